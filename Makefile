@@ -1,0 +1,38 @@
+# Everything a fresh Debian 12 machine needs, installed idempotently, then run.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+DEBIAN_PACKAGES := tshark nftables iproute2 ethtool tcpdump iperf3 python3-venv
+STAMP := $(VENV)/.installed
+
+.PHONY: test test-unit bench-codec deps debian-deps clean
+
+test: deps
+	$(PY) -m pytest -q
+
+test-unit: deps
+	$(PY) -m pytest -q -m "not netns"
+
+bench-codec: deps
+	$(PY) scripts/bench_codec.py
+
+deps: debian-deps $(STAMP)
+
+# Root installs what is missing (CI and the lab are root); anyone else gets told.
+debian-deps:
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages: $$missing (run as root, or apt-get install them)"; exit 1; fi; \
+	  echo "installing Debian packages: $$missing"; \
+	  echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,bench]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

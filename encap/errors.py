@@ -1,0 +1,56 @@
+"""One error model for the whole package.
+
+Input that arrives from outside the router (the WAN, a TUN/TAP device) can be
+anything; a decoder answers it with a result or with :class:`DecodeError`
+carrying a :class:`DropReason`, and nothing else. The router counts the reason
+and drops the packet. A mistake by the *caller* (an impossible option, a VNI
+out of range) is :class:`EncapConfigError`, a ``ValueError``: it is a bug or a
+bad configuration, never a property of a packet.
+"""
+
+import enum
+
+
+class DropReason(enum.IntEnum):
+    """Why a packet was dropped; the router keeps one counter per member."""
+
+    TRUNCATED = enum.auto()
+    IP_BAD_VERSION = enum.auto()
+    IP_BAD_HEADER_LENGTH = enum.auto()
+    IP_BAD_TOTAL_LENGTH = enum.auto()
+    IP_BAD_CHECKSUM = enum.auto()
+    IP_FRAGMENT = enum.auto()
+    IP_BAD_EXTENSION_HEADER = enum.auto()
+    WRONG_PROTOCOL = enum.auto()
+    INNER_MALFORMED = enum.auto()
+    GRE_BAD_VERSION = enum.auto()
+    GRE_RESERVED_FLAGS = enum.auto()
+    GRE_BAD_CHECKSUM = enum.auto()
+    GRE_MISSING_CHECKSUM = enum.auto()
+    GRE_WRONG_KEY = enum.auto()
+    GRE_MISSING_SEQUENCE = enum.auto()
+    GRE_OUT_OF_ORDER = enum.auto()
+    GRE_UNKNOWN_PROTOCOL = enum.auto()
+    VXLAN_NO_VNI_FLAG = enum.auto()
+    VXLAN_UNKNOWN_VNI = enum.auto()
+    UDP_BAD_LENGTH = enum.auto()
+    UDP_BAD_CHECKSUM = enum.auto()
+
+    @property
+    def label(self) -> str:
+        """The name used in counters and metrics: ``gre_bad_checksum``."""
+        return self.name.lower()
+
+
+class DecodeError(Exception):
+    """Input from outside is malformed or unwanted; drop it and count ``reason``."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: DropReason):
+        super().__init__(reason.label)
+        self.reason = reason
+
+
+class EncapConfigError(ValueError):
+    """The caller asked for something impossible (bad option or argument)."""
