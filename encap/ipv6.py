@@ -13,6 +13,9 @@ FRAGMENT_OFFSET_FIELD = 2
 FRAGMENT_OFFSET_MASK = 0xFFF8
 FRAGMENT_MORE = 0x0001
 
+# What the walk saw of fragmentation: only a later fragment lacks the upper header.
+NOT_FRAGMENTED, FIRST_FRAGMENT, LATER_FRAGMENT = 0, 1, 2
+
 # Extension headers whose length byte counts 8-octet units beyond the first 8.
 _OPTION_LIKE = frozenset({IpProto.HOPOPT, IpProto.IPV6_ROUTE, IpProto.IPV6_OPTS, 135, 139, 140})
 
@@ -31,20 +34,25 @@ class Ipv6Header(NamedTuple):
 
 
 def walk_extension_headers(view: memoryview, next_header: int, offset: int,
-                           end: int) -> tuple[int, int, bool]:
+                           end: int) -> tuple[int, int, int]:
     """Follow the chain from ``offset`` to the upper-layer header.
 
-    Returns ``(protocol, offset, is_fragment)`` where ``is_fragment`` means
-    this packet is a fragment (so its upper header may be absent or partial).
-    ``IPV6_NONXT`` and ESP end the walk: nothing beyond them can be read.
+    Returns ``(protocol, offset, fragment)``, ``fragment`` one of
+    ``NOT_FRAGMENTED`` (an atomic fragment counts as that), ``FIRST_FRAGMENT``
+    (the upper header is there, its payload partial) or ``LATER_FRAGMENT``
+    (the walk stops at the fragment header: what follows is a slice of the
+    payload, not a header). ``IPV6_NONXT`` and ESP end the walk too.
     """
-    is_fragment = False
+    fragment = NOT_FRAGMENTED
     while next_header in _OPTION_LIKE or next_header in (IpProto.IPV6_FRAG, IpProto.AH):
         if offset + 8 > end:
             raise DecodeError(DropReason.IP_BAD_EXTENSION_HEADER)
         if next_header == IpProto.IPV6_FRAG:
             (field,) = PAYLOAD_LENGTH.unpack_from(view, offset + FRAGMENT_OFFSET_FIELD)
-            is_fragment = is_fragment or bool(field & (FRAGMENT_OFFSET_MASK | FRAGMENT_MORE))
+            if field & FRAGMENT_OFFSET_MASK:
+                return view[offset], offset + 8, LATER_FRAGMENT
+            if field & FRAGMENT_MORE:
+                fragment = FIRST_FRAGMENT
             length = 8
         elif next_header == IpProto.AH:
             length = (view[offset + 1] + 2) * 4
@@ -54,7 +62,7 @@ def walk_extension_headers(view: memoryview, next_header: int, offset: int,
         offset += length
         if offset > end:
             raise DecodeError(DropReason.IP_BAD_EXTENSION_HEADER)
-    return next_header, offset, is_fragment
+    return next_header, offset, fragment
 
 
 def validate_ipv6(view: memoryview) -> int:
@@ -75,11 +83,11 @@ def parse_ipv6(view: memoryview, allow_fragments: bool = False) -> tuple[Ipv6Hea
     """Validate and parse; return the header and the upper-layer payload."""
     end = validate_ipv6(view)
     word, payload_length, next_header, hop_limit, src, dst = IPV6_HEADER.unpack_from(view)
-    upper, offset, is_fragment = walk_extension_headers(view, next_header, IPV6_HEADER_LENGTH, end)
-    if is_fragment and not allow_fragments:
+    upper, offset, fragment = walk_extension_headers(view, next_header, IPV6_HEADER_LENGTH, end)
+    if fragment and not allow_fragments:
         raise DecodeError(DropReason.IP_FRAGMENT)
     header = Ipv6Header((word >> 20) & 0xFF, word & 0xFFFFF, payload_length, next_header,
-                        hop_limit, bytes(src), bytes(dst), upper, offset, is_fragment)
+                        hop_limit, bytes(src), bytes(dst), upper, offset, fragment != NOT_FRAGMENTED)
     return header, view[offset:end]
 
 
@@ -111,8 +119,8 @@ class Ipv6Outer(Codec):
 
     def decap(self, view: memoryview) -> memoryview:
         end = validate_ipv6(view)
-        upper, offset, is_fragment = walk_extension_headers(view, view[6], IPV6_HEADER_LENGTH, end)
-        if is_fragment:
+        upper, offset, fragment = walk_extension_headers(view, view[6], IPV6_HEADER_LENGTH, end)
+        if fragment:
             raise DecodeError(DropReason.IP_FRAGMENT)
         if upper != self.protocol:
             raise DecodeError(DropReason.WRONG_PROTOCOL)

@@ -13,7 +13,7 @@ import struct
 from encap.checksum import checksum_update
 from encap.errors import DecodeError
 from encap.ipv4 import FRAGMENT_OFFSET_MASK, TOTAL_LENGTH
-from encap.ipv6 import walk_extension_headers
+from encap.ipv6 import LATER_FRAGMENT, walk_extension_headers
 from encap.wire import IPV4_HEADER_LENGTH, IPV6_HEADER_LENGTH, TCP_HEADER_LENGTH, IpProto
 
 U16 = struct.Struct("!H")
@@ -55,11 +55,12 @@ def _tcp_segment(packet: memoryview) -> tuple[int, int]:
             tcp = IPV6_HEADER_LENGTH
         else:
             try:
-                next_header, tcp, is_fragment = walk_extension_headers(
+                next_header, tcp, fragment = walk_extension_headers(
                     packet, next_header, IPV6_HEADER_LENGTH, end)
             except DecodeError:
                 return -1, 0
-            if next_header != IpProto.TCP or is_fragment:
+            # A first fragment holds the whole TCP header, as an IPv4 one does.
+            if next_header != IpProto.TCP or fragment == LATER_FRAGMENT:
                 return -1, 0
     else:
         return -1, 0

@@ -104,3 +104,13 @@ def test_decap_refuses(wire, reason):
 def test_bad_configuration_is_a_config_error(kwargs):
     with pytest.raises(EncapConfigError):
         Ipv6Outer(**(dict(src=SRC, dst=DST, protocol=47) | kwargs))
+
+
+def test_the_walk_stops_at_a_later_fragment():
+    # After a non-first fragment header come payload bytes, not headers: a byte that
+    # looks like a Hop-by-Hop length must not be followed.
+    later = (IpProto.IPV6_FRAG, b"\x00\x00\x08" + b"\0\0\0\x07")       # offset 1 (8 bytes)
+    wire = with_extensions([later], IpProto.HOPOPT, b"\x00\xff" + bytes(6))
+    header, _ = parse_ipv6(memoryview(wire), allow_fragments=True)
+    assert header.is_fragment and header.upper_protocol == IpProto.HOPOPT
+    assert header.upper_offset == 48
