@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-DEBIAN_PACKAGES := tshark nftables iproute2 ethtool tcpdump iperf3 python3-venv
+DEBIAN_PACKAGES := tshark nftables iproute2 iputils-ping ethtool tcpdump iperf3 python3-venv
 STAMP := $(VENV)/.installed
 
 .PHONY: test test-unit bench-codec deps debian-deps clean

@@ -35,6 +35,11 @@ class DropReason(enum.IntEnum):
     VXLAN_UNKNOWN_VNI = enum.auto()
     UDP_BAD_LENGTH = enum.auto()
     UDP_BAD_CHECKSUM = enum.auto()
+    # Decided by the router, not by a codec: policy and delivery.
+    NOT_A_PEER = enum.auto()
+    NO_ROUTE = enum.auto()
+    TOO_BIG = enum.auto()
+    SEND_FAILED = enum.auto()
 
     @property
     def label(self) -> str:

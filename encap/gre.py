@@ -140,3 +140,14 @@ class Gre(Codec):
         if expected is not None and (sequence - expected) & 0x80000000:
             raise DecodeError(DropReason.GRE_OUT_OF_ORDER)
         self.expected_sequence = (sequence + 1) & 0xFFFFFFFF
+
+
+def gre_key(view: memoryview) -> int | None:
+    """The key of a GRE header, or None if it has none (or is too short to say)."""
+    if len(view) < BASE_LENGTH:
+        return None
+    flags = GRE_BASE.unpack_from(view)[0]
+    offset = BASE_LENGTH + (4 if flags & FLAG_CHECKSUM else 0)
+    if not flags & FLAG_KEY or len(view) < offset + 4:
+        return None
+    return GRE_WORD.unpack_from(view, offset)[0]

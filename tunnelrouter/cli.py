@@ -6,14 +6,101 @@ a system service.
 """
 
 import argparse
+import json
+import logging
+import socket
 import sys
+from pathlib import Path
 
 from encap.errors import EncapConfigError
 from encap.mtu import Mode, tunnel_mtu
 from tunnelrouter import __version__
-from tunnelrouter.config import ConfigError, Tunnel, load_config
+from tunnelrouter.config import DEFAULT_CONTROL_DIR, ConfigError, Tunnel, load_config
 
 EXIT_CONFIG = 2
+EXIT_UNAVAILABLE = 69   # EX_UNAVAILABLE: the daemon or a privilege is not there
+EXIT_FAILURE = 1
+
+# Capability bits (linux/capability.h) the router needs: devices and routes, raw sockets.
+NEEDED_CAPABILITIES = {"CAP_NET_ADMIN": 12, "CAP_NET_RAW": 13}
+
+
+def missing_capabilities(status_path: str = "/proc/self/status") -> list[str]:
+    with open(status_path) as status:
+        effective = next(int(line.split()[1], 16) for line in status if line.startswith("CapEff:"))
+    return [name for name, bit in NEEDED_CAPABILITIES.items() if not effective >> bit & 1]
+
+
+def _print_problems(config_path: str, error: ConfigError) -> None:
+    for path, message in error.problems:
+        print(f"{config_path}: {path}: {message}" if path else f"{config_path}: {message}",
+              file=sys.stderr)
+
+
+def command_run(args) -> int:
+    from tunnelrouter.router import Router  # pyroute2 and pytun load only for the daemon
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(args.config)
+    except ConfigError as error:
+        _print_problems(args.config, error)
+        return EXIT_CONFIG
+    missing = missing_capabilities()
+    if missing:
+        print(f"tunnelrouter run: missing {' and '.join(missing)}: run as root, or grant them "
+              "(systemd AmbientCapabilities=, or setcap on the interpreter)", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    router = Router(config, args.control_socket or config.control_path(args.config))
+    try:
+        router.start()
+    except OSError as error:
+        print(f"tunnelrouter run: cannot start: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    router.run()
+    return 0
+
+
+def command_show(args) -> int:
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as control:
+            control.settimeout(5)
+            control.connect(args.socket)
+            control.sendall(b"show\n")
+            reply = b""
+            while chunk := control.recv(65536):
+                reply += chunk
+    except OSError as error:
+        print(f"tunnelrouter show: no daemon answers on {args.socket}: {error.strerror or error}",
+              file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    status = json.loads(reply)
+    tunnels = status["tunnels"]
+    if args.tunnel:
+        if args.tunnel not in tunnels:
+            print(f"tunnelrouter show: no tunnel {args.tunnel!r}; there are: "
+                  f"{', '.join(tunnels)}", file=sys.stderr)
+            return EXIT_FAILURE
+        tunnels = {args.tunnel: tunnels[args.tunnel]}
+    if args.json:
+        print(json.dumps(status | {"tunnels": tunnels}, indent=2))
+        return 0
+    for name, tunnel in tunnels.items():
+        counters = tunnel["counters"]
+        print(f"tunnel: {name}\n  mode: {tunnel['mode']}\n  local: {tunnel['local']}\n"
+              f"  peers: {', '.join(tunnel['peers'])}\n  mtu: {tunnel['mtu']}\n"
+              f"  mss clamp: {tunnel['mss_clamp']}\n"
+              f"  rx: {counters['rx_packets']} packets, {counters['rx_bytes']} bytes\n"
+              f"  tx: {counters['tx_packets']} packets, {counters['tx_bytes']} bytes")
+        for reason, count in counters["drops"].items():
+            print(f"  dropped {reason}: {count}")
+        for entry in tunnel.get("fdb", ()):
+            age = "static" if entry["static"] else f"expires in {entry['expires_in']} s"
+            print(f"  fdb {entry['mac']} -> {entry['remote']} ({age})")
+        print()
+    for reason, count in status["unattributed"].items():
+        print(f"dropped before any tunnel, {reason}: {count}")
+    return 0
 
 
 def _mtu_row(name: str, mode: str, overhead: int, mtu: int, mss4, mss6) -> str:
@@ -28,9 +115,7 @@ def command_check(args) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as error:
-        for path, message in error.problems:
-            print(f"{args.config}: {path}: {message}" if path else f"{args.config}: {message}",
-                  file=sys.stderr)
+        _print_problems(args.config, error)
         return EXIT_CONFIG
     print(HEADER)
     for name, tunnel in config.tunnels.items():
@@ -72,6 +157,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    run = commands.add_parser("run", help="run the router in the foreground (logs to stderr)")
+    run.add_argument("config", help="the YAML configuration file")
+    run.add_argument("--control-socket", metavar="PATH",
+                     help="where `show` reaches the daemon (default: /run/tunnelrouter/NAME.sock)")
+    run.set_defaults(handler=command_run)
+
+    show = commands.add_parser("show", help="state and counters of a running router")
+    show.add_argument("tunnel", nargs="?", help="only this tunnel")
+    show.add_argument("--json", action="store_true", help="machine-readable output")
+    show.add_argument("--socket", default=None, metavar="PATH",
+                      help="the daemon's control socket (default: the only one in /run/tunnelrouter)")
+    show.set_defaults(handler=command_show)
+
     check = commands.add_parser("check", help="validate a configuration; print MTU and MSS")
     check.add_argument("config", help="the YAML configuration file")
     check.set_defaults(handler=command_check)
@@ -93,7 +191,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    if args.command == "show" and args.socket is None:
+        args.socket = default_control_socket()
+        if args.socket is None:
+            print(f"tunnelrouter show: give --socket: not exactly one socket in "
+                  f"{DEFAULT_CONTROL_DIR}", file=sys.stderr)
+            return EXIT_UNAVAILABLE
     return args.handler(args)
+
+
+def default_control_socket() -> str | None:
+    sockets = sorted(Path(DEFAULT_CONTROL_DIR).glob("*.sock"))
+    return str(sockets[0]) if len(sockets) == 1 else None
 
 
 if __name__ == "__main__":

@@ -1,0 +1,288 @@
+"""The router: devices, sockets and one event loop for every configured tunnel.
+
+Each wakeup drains a file descriptor until EAGAIN (at most ``BATCH`` packets,
+so one busy tunnel cannot starve the others) through two preallocated buffers,
+one per direction. Datagrams are demultiplexed to their tunnel by source
+address (plus GRE key) or by VNI; what belongs to no tunnel is counted here.
+"""
+
+import errno
+import json
+import logging
+import os
+import selectors
+import signal
+import socket
+import time
+from collections import defaultdict
+
+from pyroute2 import IPRoute
+
+from encap.errors import DecodeError, DropReason
+from encap.gre import gre_key
+from encap.mtu import Mode
+from encap.vxlan import vxlan_decap
+from encap.wire import HEADROOM
+
+from tunnelrouter.config import RouterConfig
+from tunnelrouter.counters import Counters
+from tunnelrouter.datapath import PROTOCOL_BY_MODE, RawTunnel, VxlanTunnel
+from tunnelrouter.device import TunTapDevice
+from tunnelrouter.routes import program_device
+from tunnelrouter.transport import raw_socket, udp_socket
+
+log = logging.getLogger("tunnelrouter")
+
+BATCH = 64
+BUFFER_SIZE = HEADROOM + 65536
+HOUSEKEEPING_INTERVAL = 1.0
+
+
+class Router:
+    def __init__(self, config: RouterConfig, control_path: str | None = None):
+        self.config = config
+        self.control_path = control_path
+        self.counters = Counters()   # what no tunnel can be blamed for: strangers, unknown VNIs
+        self.tunnels: dict[str, RawTunnel | VxlanTunnel] = {}
+        self._devices: list[TunTapDevice] = []
+        self._sockets: list[socket.socket] = []
+        self._selector = selectors.DefaultSelector()
+        self._wire_buf = bytearray(BUFFER_SIZE)
+        self._wire_view = memoryview(self._wire_buf)
+        self._device_buf = bytearray(BUFFER_SIZE)
+        self._device_view = memoryview(self._device_buf)
+        self._device_rx = self._device_view[HEADROOM:]
+        self._stopping = False
+        self._control: socket.socket | None = None
+        self._wakeup: tuple[socket.socket, socket.socket] | None = None
+        self.started = time.monotonic()
+
+    # -- start and stop -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Create everything, or nothing: a failure undoes what was made."""
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self) -> None:
+        raw_sockets: dict[tuple, socket.socket] = {}
+        udp_sockets: dict[tuple, socket.socket] = {}
+        by_source: dict[tuple, dict[str, list[RawTunnel]]] = defaultdict(lambda: defaultdict(list))
+        by_vni: dict[tuple, dict[int, VxlanTunnel]] = defaultdict(dict)
+        with IPRoute() as ipr:
+            for name, tunnel in self.config.tunnels.items():
+                device = TunTapDevice(name, ethernet=tunnel.mode.is_ethernet)
+                self._devices.append(device)
+                program_device(ipr, tunnel)
+                if tunnel.mode == Mode.VXLAN:
+                    end = (str(tunnel.local), tunnel.port)
+                    if end not in udp_sockets:
+                        udp_sockets[end] = self._own(udp_socket(*end))
+                    datapath = VxlanTunnel(tunnel, device, udp_sockets[end])
+                    by_vni[end][tunnel.id] = datapath
+                    self._selector.register(device.fd, selectors.EVENT_READ,
+                                            self._vxlan_device_reader(datapath))
+                else:
+                    end = (str(tunnel.local), PROTOCOL_BY_MODE[tunnel.mode])
+                    if end not in raw_sockets:
+                        raw_sockets[end] = self._own(raw_socket(*end))
+                    datapath = RawTunnel(tunnel, device, raw_sockets[end])
+                    by_source[end][str(tunnel.remote)].append(datapath)
+                    self._selector.register(device.fd, selectors.EVENT_READ,
+                                            self._raw_device_reader(datapath))
+                self.tunnels[name] = datapath
+        for end, sock in raw_sockets.items():
+            sources = {source: tuple(tunnels) for source, tunnels in by_source[end].items()}
+            self._selector.register(sock, selectors.EVENT_READ, self._raw_wire_reader(sock, sources))
+        for end, sock in udp_sockets.items():
+            self._selector.register(sock, selectors.EVENT_READ,
+                                    self._vxlan_wire_reader(sock, by_vni[end]))
+        if self.control_path:
+            self._open_control()
+        log.info("started %d tunnel(s): %s", len(self.tunnels), ", ".join(self.tunnels))
+
+    def _own(self, sock: socket.socket) -> socket.socket:
+        self._sockets.append(sock)
+        return sock
+
+    def close(self) -> None:
+        """Remove everything the router made: devices (with their routes), sockets."""
+        self._selector.close()
+        for sock in self._sockets:
+            sock.close()
+        for device in self._devices:
+            device.close()
+        if self._control is not None:
+            self._control.close()
+            try:
+                os.unlink(self.control_path)
+            except FileNotFoundError:
+                pass
+        if self._wakeup is not None:
+            for end in self._wakeup:
+                end.close()
+        self._sockets.clear()
+        self._devices.clear()
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve until SIGTERM or SIGINT, then clean up."""
+        self._install_signal_handlers()
+        next_housekeeping = time.monotonic() + HOUSEKEEPING_INTERVAL
+        try:
+            while not self._stopping:
+                for key, _ in self._selector.select(HOUSEKEEPING_INTERVAL):
+                    key.data()
+                now = time.monotonic()
+                if now >= next_housekeeping:
+                    self._housekeeping(now)
+                    next_housekeeping = now + HOUSEKEEPING_INTERVAL
+        finally:
+            log.info("stopping")
+            self.close()
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    def _install_signal_handlers(self) -> None:
+        reader, writer = socket.socketpair()
+        reader.setblocking(False)
+        writer.setblocking(False)
+        self._wakeup = (reader, writer)
+        signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        self._selector.register(reader, selectors.EVENT_READ, lambda: reader.recv(64))
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: self.stop())
+
+    def _housekeeping(self, now: float) -> None:
+        for datapath in self.tunnels.values():
+            if isinstance(datapath, VxlanTunnel):
+                datapath.fdb.expire(now)
+
+    # -- readers: drain a descriptor, hand each packet to its datapath --------------------
+
+    def _raw_device_reader(self, datapath: RawTunnel):
+        read, rx, buf, view = datapath.device.read_into, self._device_rx, self._device_buf, \
+            self._device_view
+        from_device = datapath.from_device
+
+        def drain() -> None:
+            for _ in range(BATCH):
+                try:
+                    n = read(rx)
+                except BlockingIOError:
+                    return
+                from_device(buf, view, HEADROOM + n)
+        return drain
+
+    def _vxlan_device_reader(self, datapath: VxlanTunnel):
+        read, rx, buf, view = datapath.device.read_into, self._device_rx, self._device_buf, \
+            self._device_view
+        from_device = datapath.from_device
+
+        def drain() -> None:
+            now = time.monotonic()
+            for _ in range(BATCH):
+                try:
+                    n = read(rx)
+                except BlockingIOError:
+                    return
+                from_device(buf, view, HEADROOM + n, now)
+        return drain
+
+    def _raw_wire_reader(self, sock: socket.socket, sources: dict[str, tuple[RawTunnel, ...]]):
+        receive, buf, view, drops = sock.recvfrom_into, self._wire_buf, self._wire_view, \
+            self.counters.drops
+
+        def drain() -> None:
+            for _ in range(BATCH):
+                try:
+                    n, (source, _) = receive(buf)
+                except BlockingIOError:
+                    return
+                tunnels = sources.get(source)
+                if tunnels is None:
+                    drops[DropReason.NOT_A_PEER] += 1
+                    continue
+                datagram = view[:n]
+                datapath = tunnels[0] if len(tunnels) == 1 else _by_gre_key(tunnels, datagram)
+                if datapath is None:
+                    drops[DropReason.GRE_WRONG_KEY] += 1
+                    continue
+                datapath.from_wire(datagram)
+        return drain
+
+    def _vxlan_wire_reader(self, sock: socket.socket, by_vni: dict[int, VxlanTunnel]):
+        receive, buf, view, drops = sock.recvfrom_into, self._wire_buf, self._wire_view, \
+            self.counters.drops
+
+        def drain() -> None:
+            now = time.monotonic()
+            for _ in range(BATCH):
+                try:
+                    n, address = receive(buf)
+                except BlockingIOError:
+                    return
+                try:
+                    vni, frame = vxlan_decap(view[:n])
+                except DecodeError as error:
+                    drops[error.reason] += 1
+                    continue
+                datapath = by_vni.get(vni)
+                if datapath is None:
+                    drops[DropReason.VXLAN_UNKNOWN_VNI] += 1
+                    continue
+                datapath.from_wire(frame, address[0], now)
+        return drain
+
+    # -- control socket (``tunnelrouter show``) ------------------------------------------
+
+    def _open_control(self) -> None:
+        os.makedirs(os.path.dirname(self.control_path) or ".", mode=0o750, exist_ok=True)
+        try:
+            os.unlink(self.control_path)
+        except FileNotFoundError:
+            pass
+        control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        control.bind(self.control_path)
+        os.chmod(self.control_path, 0o660)
+        control.listen(8)
+        control.setblocking(False)
+        self._control = control
+        self._selector.register(control, selectors.EVENT_READ, self._answer_control)
+
+    def _answer_control(self) -> None:
+        try:
+            connection, _ = self._control.accept()
+        except BlockingIOError:
+            return
+        with connection:
+            connection.settimeout(1.0)
+            try:
+                connection.recv(256)
+                connection.sendall(json.dumps(self.status()).encode() + b"\n")
+            except OSError as error:
+                if error.errno not in (errno.EPIPE, errno.ECONNRESET) and \
+                        not isinstance(error, TimeoutError):
+                    raise
+
+    def status(self) -> dict:
+        now = time.monotonic()
+        return {
+            "uptime": round(now - self.started, 1),
+            "unattributed": self.counters.as_dict()["drops"],
+            "tunnels": {name: datapath.status(now) for name, datapath in self.tunnels.items()},
+        }
+
+
+def _by_gre_key(tunnels: tuple[RawTunnel, ...], datagram: memoryview) -> RawTunnel | None:
+    """Several GRE tunnels between the same two addresses differ only by key."""
+    key = gre_key(datagram[(datagram[0] & 0x0F) * 4:]) if len(datagram) >= 20 else None
+    for datapath in tunnels:
+        if datapath.config.key == key:
+            return datapath
+    return None
