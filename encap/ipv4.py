@@ -3,12 +3,13 @@
 import struct
 from typing import NamedTuple
 
-from encap.checksum import checksum_ok, internet_checksum
 from encap.codec import Codec
 from encap.errors import DecodeError, DropReason, EncapConfigError
 from encap.wire import IPV4_HEADER_LENGTH
 
 IPV4_HEADER = struct.Struct("!BBHHHBBH4s4s")
+# version/IHL, total length, flags/fragment offset and protocol in one read.
+VALIDATED_FIELDS = struct.Struct("!BxHxxHxB")
 TOTAL_LENGTH = struct.Struct("!H")
 CHECKSUM_OFFSET = 10
 FLAG_DONT_FRAGMENT = 0x4000
@@ -30,31 +31,33 @@ class Ipv4Header(NamedTuple):
     header_length: int
 
 
-def validate_ipv4(view: memoryview) -> tuple[int, int]:
+def validate_ipv4(view: memoryview) -> tuple[int, int, int, int]:
     """Check version, IHL, total length against the buffer and the header checksum.
 
-    Returns ``(header_length, total_length)``; trailing bytes past the total
-    length (Ethernet padding) are the caller's to ignore.
+    Returns ``(header_length, total_length, flags_and_offset, protocol)``;
+    trailing bytes past the total length (Ethernet padding) are the caller's
+    to ignore.
     """
     if len(view) < IPV4_HEADER_LENGTH:
         raise DecodeError(DropReason.TRUNCATED)
-    first = view[0]
+    first, total_length, flags_offset, protocol = VALIDATED_FIELDS.unpack_from(view)
     if first >> 4 != 4:
         raise DecodeError(DropReason.IP_BAD_VERSION)
     header_length = (first & 0x0F) * 4
     if header_length < IPV4_HEADER_LENGTH or header_length > len(view):
         raise DecodeError(DropReason.IP_BAD_HEADER_LENGTH)
-    (total_length,) = TOTAL_LENGTH.unpack_from(view, 2)
     if total_length < header_length or total_length > len(view):
         raise DecodeError(DropReason.IP_BAD_TOTAL_LENGTH)
-    if not checksum_ok(view[:header_length]):
+    # A valid header sums to 0xffff, i.e. 0 modulo 0xffff; the version byte is
+    # never zero, so the all-zero case that would also give 0 cannot occur.
+    if int.from_bytes(view[:header_length], "big") % 0xFFFF:
         raise DecodeError(DropReason.IP_BAD_CHECKSUM)
-    return header_length, total_length
+    return header_length, total_length, flags_offset, protocol
 
 
 def parse_ipv4(view: memoryview, allow_fragments: bool = False) -> tuple[Ipv4Header, memoryview]:
     """Validate and parse; return the header and its payload (trimmed to total length)."""
-    header_length, total_length = validate_ipv4(view)
+    header_length, total_length, _, _ = validate_ipv4(view)
     _, tos, _, ident, flags_offset, ttl, protocol, _, src, dst = IPV4_HEADER.unpack_from(view)
     if flags_offset & (FLAG_MORE_FRAGMENTS | FRAGMENT_OFFSET_MASK) and not allow_fragments:
         raise DecodeError(DropReason.IP_FRAGMENT)
@@ -88,23 +91,29 @@ class Ipv4Outer(Codec):
         self.ttl, self.tos = ttl, tos
         self.flags = FLAG_DONT_FRAGMENT if dont_fragment else 0
         self.identification = 0
+        # The words that never change, summed once (RFC 1071 sums are additive):
+        # per packet only TOS, TTL, total length and identification are added.
+        fixed = struct.pack("!HHBB4s4s", 0x4500, self.flags, 0, protocol, src, dst)
+        self._fixed_sum = int.from_bytes(fixed, "big") % 0xFFFF
 
     def encap_into(self, buf, start: int, end: int) -> int:
         header_start = start - IPV4_HEADER_LENGTH
-        self.identification = (self.identification + 1) & 0xFFFF
+        identification = self.identification = (self.identification + 1) & 0xFFFF
+        total_length = end - header_start
+        ttl, tos = self.ttl, self.tos
+        total = self._fixed_sum + tos + (ttl << 8) + total_length + identification
+        total = (total & 0xFFFF) + (total >> 16)
+        total = (total & 0xFFFF) + (total >> 16)
         IPV4_HEADER.pack_into(
-            buf, header_start, 0x45, self.tos, end - header_start, self.identification,
-            self.flags, self.ttl, self.protocol, 0, self.src, self.dst,
+            buf, header_start, 0x45, tos, total_length, identification,
+            self.flags, ttl, self.protocol, ~total & 0xFFFF, self.src, self.dst,
         )
-        header = memoryview(buf)[header_start:start]
-        TOTAL_LENGTH.pack_into(buf, header_start + CHECKSUM_OFFSET, internet_checksum(header))
         return header_start
 
     def decap(self, view: memoryview) -> memoryview:
-        header_length, total_length = validate_ipv4(view)
-        if view[9] != self.protocol:
+        header_length, total_length, flags_offset, protocol = validate_ipv4(view)
+        if protocol != self.protocol:
             raise DecodeError(DropReason.WRONG_PROTOCOL)
-        (flags_offset,) = TOTAL_LENGTH.unpack_from(view, 6)
         if flags_offset & (FLAG_MORE_FRAGMENTS | FRAGMENT_OFFSET_MASK):
             raise DecodeError(DropReason.IP_FRAGMENT)
         return view[header_length:total_length]
