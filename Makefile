@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DEBIAN_PACKAGES := tshark nftables iproute2 iputils-ping ethtool tcpdump iperf3 python3-venv
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-unit bench-codec deps debian-deps clean
+.PHONY: test test-unit bench-codec lab lab-down deps debian-deps clean
 
 test: deps
 	$(PY) -m pytest -q
@@ -15,6 +15,13 @@ test-unit: deps
 
 bench-codec: deps
 	$(PY) scripts/bench_codec.py
+
+# The namespace lab (netns-lab/README.md): tears down any old lab, builds and tests a new one.
+lab: deps
+	bash netns-lab/lab.sh up
+
+lab-down:
+	bash netns-lab/lab.sh down
 
 deps: debian-deps $(STAMP)
 

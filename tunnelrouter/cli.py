@@ -87,9 +87,12 @@ def command_show(args) -> int:
         return 0
     for name, tunnel in tunnels.items():
         counters = tunnel["counters"]
+        clamp = tunnel["mss_clamp"]
+        if isinstance(clamp, dict):
+            clamp = ", ".join(f"{family} {mss}" for family, mss in clamp.items())
         print(f"tunnel: {name}\n  mode: {tunnel['mode']}\n  local: {tunnel['local']}\n"
               f"  peers: {', '.join(tunnel['peers'])}\n  mtu: {tunnel['mtu']}\n"
-              f"  mss clamp: {tunnel['mss_clamp']}\n"
+              f"  mss clamp: {clamp}\n"
               f"  rx: {counters['rx_packets']} packets, {counters['rx_bytes']} bytes\n"
               f"  tx: {counters['tx_packets']} packets, {counters['tx_bytes']} bytes")
         for reason, count in counters["drops"].items():

@@ -91,7 +91,9 @@ class Datapath:
         return {
             "name": self.name, "mode": config.mode.value, "local": str(config.local),
             "peers": [str(p) for p in config.peers], "mtu": config.device_mtu,
-            "mss_clamp": list(self.mss) if self.mss else "off",
+            "mss_clamp": "off" if self.mss is None else {
+                f"ipv{family}": mss for family, mss in zip((4, 6), self.mss)
+                if family in config.mode.inner_families},
             "counters": self.counters.as_dict(),
         }
 

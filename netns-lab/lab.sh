@@ -1,0 +1,242 @@
+#!/usr/bin/env bash
+# The tunnelrouter namespace lab:  hostA — M1 — WAN — M2 — hostB
+#
+#   lab.sh up      tear down any old lab, build a new one, start both routers, test it
+#   lab.sh test    ping and measure every tunnel of a running lab again
+#   lab.sh down    stop every lab process and delete every trt-lab-* namespace
+#
+# Everything lives in namespaces named trt-lab-*; every veth is created inside them, so
+# deleting the namespaces removes every link. Nothing outside them is touched.
+# Run as root. See netns-lab/README.md for the addressing plan.
+set -euo pipefail
+
+LAB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$LAB_DIR/.." && pwd)
+RUN="$LAB_DIR/run"
+TR="$REPO/.venv/bin/tunnelrouter"
+PREFIX=trt-lab
+NAMESPACES=("$PREFIX-hosta" "$PREFIX-m1" "$PREFIX-wan" "$PREFIX-m2" "$PREFIX-hostb")
+
+# mode | tunnel device | hostA source | hostB destination
+TESTS=(
+  "gre   gre1  10.1.1.1 10.2.1.1"
+  "vxlan vx1   10.1.2.1 10.2.2.1"
+  "ipip  ipip1 10.1.3.1 10.2.3.1"
+  "sit   six1  fd01::1  fd02::1"
+)
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+in_ns() { local ns="$PREFIX-$1"; shift; ip netns exec "$ns" "$@"; }
+sysctl_ns() { in_ns "$1" sysctl -qw "$2=$3"; }
+
+lab_down() {
+  say "tearing down the lab"
+  # Routers first, by pid file, gracefully: they remove their own devices and sockets.
+  local pidfile pid
+  for pidfile in "$RUN"/*.pid; do
+    [[ -e $pidfile ]] || continue
+    pid=$(<"$pidfile")
+    if [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null; then
+      kill -TERM "$pid" 2>/dev/null || true
+      for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    rm -f "$pidfile"
+  done
+  # Then anything else still running inside a lab namespace (iperf3 servers, shells
+  # left over from a crashed run): `ip netns pids` names exactly those processes.
+  local ns pids
+  for ns in $(ip netns list | awk '{print $1}' | grep "^$PREFIX-" || true); do
+    pids=$(ip netns pids "$ns" 2>/dev/null || true)
+    if [[ -n $pids ]]; then
+      kill -TERM $pids 2>/dev/null || true
+      sleep 0.5
+      pids=$(ip netns pids "$ns" 2>/dev/null || true)
+      [[ -z $pids ]] || kill -KILL $pids 2>/dev/null || true
+    fi
+    ip netns del "$ns"
+  done
+  rm -f "$RUN"/*.sock
+}
+
+build_topology() {
+  say "building namespaces: ${NAMESPACES[*]}"
+  local ns
+  for ns in "${NAMESPACES[@]}"; do
+    ip netns add "$ns"
+    ip -n "$ns" link set lo up
+    # No duplicate address detection: addresses are usable at once.
+    ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
+    ip netns exec "$ns" sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
+  done
+  for ns in m1 wan m2; do
+    sysctl_ns "$ns" net.ipv4.ip_forward 1
+    sysctl_ns "$ns" net.ipv6.conf.all.forwarding 1
+  done
+
+  # Links are born inside their namespaces:  hostA:eth0—m1:lan  m1:wan—wan:to-m1
+  # wan:to-m2—m2:wan  m2:lan—hostB:eth0
+  ip -n $PREFIX-hosta link add eth0 type veth peer name lan netns $PREFIX-m1
+  ip -n $PREFIX-m1 link add wan type veth peer name to-m1 netns $PREFIX-wan
+  ip -n $PREFIX-wan link add to-m2 type veth peer name wan netns $PREFIX-m2
+  ip -n $PREFIX-m2 link add lan type veth peer name eth0 netns $PREFIX-hostb
+
+  # The WAN: IPv4 only, one /24 on each side of the plain router in trt-lab-wan.
+  ip -n $PREFIX-wan addr add 10.99.1.254/24 dev to-m1
+  ip -n $PREFIX-wan addr add 10.99.2.254/24 dev to-m2
+  ip -n $PREFIX-m1 addr add 10.99.1.1/24 dev wan
+  ip -n $PREFIX-m2 addr add 10.99.2.1/24 dev wan
+  for ns in wan m1 m2; do
+    # The WAN carries no IPv6 at all, not even link-local.
+    for dev in $(ip -n $PREFIX-$ns -br link show type veth | awk '{sub(/@.*/, "", $1); print $1}'); do
+      [[ $dev == lan ]] || sysctl_ns "$ns" "net.ipv6.conf.$dev.disable_ipv6" 1
+    done
+  done
+
+  # The LANs: one /24 per IPv4 tunnel on each side (n = 1 gre, 2 vxlan, 3 ipip), the
+  # router at .254, the host at .1; one IPv6 /64 per side for the sit tunnel.
+  local side host router n
+  for side in 1:hosta:m1 2:hostb:m2; do
+    IFS=: read -r s host router <<<"$side"
+    for n in 1 2 3; do
+      ip -n $PREFIX-$host addr add "10.$s.$n.1/24" dev eth0
+      ip -n $PREFIX-$router addr add "10.$s.$n.254/24" dev lan
+    done
+    ip -n $PREFIX-$host addr add "fd0$s::1/64" dev eth0 nodad
+    ip -n $PREFIX-$router addr add "fd0$s::fe/64" dev lan nodad
+  done
+  for ns in "${NAMESPACES[@]}"; do
+    for dev in $(ip -n "$ns" -br link show type veth | awk '{sub(/@.*/, "", $1); print $1}'); do
+      ip -n "$ns" link set "$dev" up
+    done
+  done
+  ip -n $PREFIX-m1 route add 10.99.2.0/24 via 10.99.1.254
+  ip -n $PREFIX-m2 route add 10.99.1.0/24 via 10.99.2.254
+
+  # Hosts: each far prefix through the near router, from the matching local address, so
+  # hostA's 10.1.n.1 talks to hostB's 10.2.n.1 and the reply comes back the same tunnel.
+  for n in 1 2 3; do
+    ip -n $PREFIX-hosta route add "10.2.$n.0/24" via "10.1.$n.254" src "10.1.$n.1"
+    ip -n $PREFIX-hostb route add "10.1.$n.0/24" via "10.2.$n.254" src "10.2.$n.1"
+  done
+  ip -n $PREFIX-hosta -6 route add fd02::/64 via fd01::fe
+  ip -n $PREFIX-hostb -6 route add fd01::/64 via fd02::fe
+}
+
+start_router() {  # start_router m1|m2
+  local name=$1 sock="$RUN/$1.sock" log="$RUN/$1.log"
+  rm -f "$sock"
+  # `ip netns exec` execs the router, so $! is the router's own pid.
+  setsid ip netns exec "$PREFIX-$name" "$TR" run "$LAB_DIR/$name.yaml" \
+    --control-socket "$sock" >"$log" 2>&1 </dev/null &
+  echo $! >"$RUN/$name.pid"
+}
+
+wait_router() {  # wait_router m1|m2
+  local name=$1 pid
+  pid=$(<"$RUN/$1.pid")
+  for _ in $(seq 100); do
+    [[ -S $RUN/$name.sock ]] && return 0
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "router $name exited; its log ($RUN/$name.log):" >&2
+      cat "$RUN/$name.log" >&2
+      return 1
+    fi
+    sleep 0.1
+  done
+  echo "router $name did not open its control socket in 10 s; see $RUN/$name.log" >&2
+  return 1
+}
+
+start_routers() {
+  say "starting tunnelrouter in $PREFIX-m1 and $PREFIX-m2"
+  "$TR" check "$LAB_DIR/m1.yaml" >/dev/null
+  "$TR" check "$LAB_DIR/m2.yaml" >/dev/null
+  start_router m1
+  start_router m2
+  wait_router m1
+  wait_router m2
+  # VXLAN is a TAP (Ethernet) device: its routes need the far router's VXLAN address as
+  # gateway, which a tunnelrouter `routes:` entry cannot express.
+  ip -n $PREFIX-m1 route add 10.2.2.0/24 via 192.168.102.2 dev vx1
+  ip -n $PREFIX-m2 route add 10.1.2.0/24 via 192.168.102.1 dev vx1
+}
+
+run_tests() {
+  say "testing every tunnel: ping -c 3, then iperf3 -t 2 from hostA to hostB"
+  if ! [[ -S $RUN/m1.sock && -S $RUN/m2.sock ]]; then
+    echo "the lab is not running (no control sockets in $RUN); run: $0 up" >&2
+    return 1
+  fi
+  in_ns hostb pkill -F "$RUN/iperf3-hostb.pid" 2>/dev/null || true
+  : >"$RUN/iperf3-hostb.log"
+  in_ns hostb iperf3 -s -D --pidfile "$RUN/iperf3-hostb.pid" --logfile "$RUN/iperf3-hostb.log"
+  sleep 0.3
+
+  local failed=0 rows=() mode dev src dst out loss rtt json mbit
+  for t in "${TESTS[@]}"; do
+    read -r mode dev src dst <<<"$t"
+    if out=$(in_ns hosta ping -c 3 -i 0.2 -W 2 -I "$src" "$dst" 2>&1); then
+      loss=$(sed -n 's/.* \([0-9]*\) received.*/\1/p' <<<"$out")
+      loss="ok $loss/3"
+      rtt=$(sed -n 's|^rtt [^=]*= [0-9.]*/\([0-9.]*\)/.*|\1|p' <<<"$out")
+    else
+      loss="FAIL"; rtt="-"; failed=1
+      echo "$mode: ping $dst from $src failed:" >&2; echo "$out" >&2
+    fi
+    if [[ $loss == FAIL ]]; then
+      mbit="-"  # no point measuring a tunnel that does not answer pings
+    elif json=$(in_ns hosta timeout 15 iperf3 -c "$dst" -B "$src" -t 2 -J 2>&1); then
+      mbit=$(python3 -c 'import json, sys
+print("%.1f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 1e6))' \
+        <<<"$json") || { mbit="FAIL"; failed=1; }
+    else
+      mbit="FAIL"; failed=1
+      echo "$mode: iperf3 to $dst failed: $(grep '"error"' <<<"$json" || tail -3 <<<"$json")" >&2
+    fi
+    rows+=("$(printf '%-6s | %-5s | %-21s | %-8s | %-8s | %s' "$mode" "$dev" "$src -> $dst" "$loss" "$rtt" "$mbit")")
+  done
+  in_ns hostb pkill -F "$RUN/iperf3-hostb.pid" 2>/dev/null || true
+  rm -f "$RUN/iperf3-hostb.pid"
+
+  echo
+  printf '%-6s | %-5s | %-21s | %-8s | %-8s | %s\n' mode dev path ping "rtt avg" "Mbit/s"
+  printf '%s\n' "-------+-------+-----------------------+----------+----------+-------"
+  printf '%s\n' "${rows[@]}"
+  echo
+  return $failed
+}
+
+explore_hint() {
+  cat <<EOF
+The lab is up. Explore it (from $REPO):
+  ip netns exec $PREFIX-m1 .venv/bin/tunnelrouter show --socket netns-lab/run/m1.sock
+  ip netns exec $PREFIX-hosta bash            # then: ping 10.2.1.1, ping fd02::1, ...
+  ip netns exec $PREFIX-wan tcpdump -ni to-m1  # the encapsulated traffic on the WAN
+  bash netns-lab/lab.sh test                   # ping and measure every tunnel again
+Router logs: netns-lab/run/m1.log, netns-lab/run/m2.log.  Tear down: make lab-down
+EOF
+}
+
+main() {
+  [[ $(id -u) == 0 ]] || { echo "the lab needs root" >&2; exit 1; }
+  mkdir -p "$RUN"
+  case "${1:-}" in
+    up)
+      [[ -x $TR ]] || { echo "$TR missing: run 'make deps' first" >&2; exit 1; }
+      lab_down
+      build_topology
+      start_routers
+      local rc=0
+      run_tests || rc=$?
+      explore_hint
+      [[ $rc == 0 ]] || echo "SOME TUNNELS FAILED (the lab is left up for inspection)" >&2
+      exit $rc
+      ;;
+    test) run_tests ;;
+    down) lab_down ;;
+    *) echo "usage: $0 up|test|down" >&2; exit 2 ;;
+  esac
+}
+
+main "$@"
