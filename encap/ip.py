@@ -5,9 +5,14 @@ tunnels do; what a tunnel must check is that the bytes are the IP packet the
 tunnel's protocol announced, and where that packet ends.
 """
 
+import struct
+
 from encap.errors import DecodeError, DropReason
-from encap.ipv4 import TOTAL_LENGTH
 from encap.wire import IPV4_HEADER_LENGTH, IPV6_HEADER_LENGTH
+
+# The first byte and the length field in one read: IPv4 total length, IPv6 payload length.
+IPV4_FIRST_AND_LENGTH = struct.Struct("!BxH")
+IPV6_FIRST_AND_LENGTH = struct.Struct("!BxxxH")
 
 
 def inner_ip_packet(view: memoryview, version: int) -> memoryview:
@@ -16,20 +21,21 @@ def inner_ip_packet(view: memoryview, version: int) -> memoryview:
     Raises ``DecodeError(INNER_MALFORMED)`` unless it starts with an IP header
     of ``version`` whose length fits the buffer.
     """
+    size = len(view)
     if version == 4:
-        if len(view) < IPV4_HEADER_LENGTH or view[0] >> 4 != 4 or view[0] & 0x0F < 5:
+        if size < IPV4_HEADER_LENGTH:
             raise DecodeError(DropReason.INNER_MALFORMED)
-        (length,) = TOTAL_LENGTH.unpack_from(view, 2)
-        if length < (view[0] & 0x0F) * 4 or length > len(view):
+        first, length = IPV4_FIRST_AND_LENGTH.unpack_from(view)
+        if first >> 4 != 4 or first & 0x0F < 5 or length < (first & 0x0F) * 4 or length > size:
             raise DecodeError(DropReason.INNER_MALFORMED)
     else:
-        if len(view) < IPV6_HEADER_LENGTH or view[0] >> 4 != 6:
+        if size < IPV6_HEADER_LENGTH:
             raise DecodeError(DropReason.INNER_MALFORMED)
-        (payload_length,) = TOTAL_LENGTH.unpack_from(view, 4)
+        first, payload_length = IPV6_FIRST_AND_LENGTH.unpack_from(view)
         length = IPV6_HEADER_LENGTH + payload_length
-        if length > len(view):
+        if first >> 4 != 6 or length > size:
             raise DecodeError(DropReason.INNER_MALFORMED)
-    return view[:length] if length != len(view) else view
+    return view if length == size else view[:length]
 
 
 def ip_version(view: memoryview) -> int:
