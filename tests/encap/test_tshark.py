@@ -10,7 +10,6 @@ checksum broken on purpose show that tshark does report bad ones here.
 import itertools
 import socket
 import struct
-import subprocess
 from dataclasses import dataclass
 
 import pytest
@@ -18,6 +17,8 @@ from scapy.compat import raw
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6EchoRequest, IPv6
 from scapy.layers.l2 import Ether
+
+from tests.tshark import run_tshark, values
 from scapy.packet import Raw
 
 from encap.codec import Stack
@@ -65,28 +66,6 @@ def write_pcap(path, packets) -> None:
         for number, packet in enumerate(packets):
             out.write(PCAP_RECORD_HEADER.pack(1_700_000_000 + number, 0, len(packet), len(packet)))
             out.write(packet)
-
-
-def run_tshark(path) -> list[dict[str, str]]:
-    command = [
-        "tshark", "-n", "-r", str(path),
-        "-o", "ip.check_checksum:TRUE", "-o", "tcp.check_checksum:TRUE",
-        "-o", "udp.check_checksum:TRUE", "-o", "tcp.analyze_sequence_numbers:FALSE",
-        "-T", "fields", "-E", "separator=|", "-E", "occurrence=a", "-E", "aggregator=;",
-    ]
-    for field in FIELDS:
-        command += ["-e", field]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
-    frames = []
-    for line in result.stdout.splitlines():
-        values = line.split("|", len(FIELDS) - 1)
-        assert len(values) == len(FIELDS), line
-        frames.append(dict(zip(FIELDS, values)))
-    return frames
-
-
-def values(frame: dict[str, str], field: str) -> list[str]:
-    return [value for value in frame[field].split(";") if value]
 
 
 # --- the packets ---------------------------------------------------------------------
@@ -224,7 +203,7 @@ CONTROLS = build_controls()
 def decoded(tmp_path_factory) -> list[dict[str, str]]:
     path = tmp_path_factory.mktemp("tshark") / "encap.pcap"
     write_pcap(path, [case.wire for case in CASES] + [control[1] for control in CONTROLS])
-    frames = run_tshark(path)
+    frames = run_tshark(path, FIELDS)
     assert len(frames) == len(CASES) + len(CONTROLS)
     return frames
 

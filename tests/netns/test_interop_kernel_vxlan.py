@@ -15,9 +15,8 @@ import hashlib
 import json
 
 import pytest
-import yaml
 
-from tests.netns.test_router_e2e import VENV_BIN, WAN, show, wait_for
+from tests.netns.routers import VENV_BIN, WAN, show, start_router, wait_for, without_dad
 
 pytestmark = pytest.mark.netns
 
@@ -75,8 +74,7 @@ def vxlan_pair(netns, tmp_path):
     wan = netns.veth(m1, m2)
     for ns, end, address in ((m1, wan.a_name, WAN["m1"]), (m2, wan.b_name, WAN["m2"])):
         ns.ip("addr", "add", f"{address}/24", "dev", end)
-        ns.sysctl("net.ipv6.conf.all.accept_dad", 0)
-        ns.sysctl("net.ipv6.conf.default.accept_dad", 0)
+        without_dad(ns)
     # A kernel stack sending over veth leaves UDP checksums to "hardware": finish them
     # in software so what tunnelrouter's socket receives is exactly what a NIC would send.
     m2.run("ethtool", "-K", wan.b_name, "tx", "off")
@@ -88,13 +86,9 @@ def vxlan_pair(netns, tmp_path):
     m2.ip("addr", "add", f"{INNER['m2'][1]}/64", "dev", "vx0", "nodad")
     m2.ip("link", "set", "vx0", "up")
 
-    config = tmp_path / "m1.yaml"
-    config.write_text(yaml.safe_dump({"tunnels": {TUNNEL: {
+    process, control = start_router(m1, {"tunnels": {TUNNEL: {
         "mode": "vxlan", "id": 42, "local": WAN["m1"], "remotes": [WAN["m2"]],
-        "addresses": [f"{INNER['m1'][0]}/24", f"{INNER['m1'][1]}/64"]}}}))
-    control = tmp_path / "m1.sock"
-    process = m1.popen(str(VENV_BIN / "tunnelrouter"), "run", str(config),
-                       "--control-socket", str(control))
+        "addresses": [f"{INNER['m1'][0]}/24", f"{INNER['m1'][1]}/64"]}}}, tmp_path, "m1")
     wait_for(control, process)
     return m1, m2, process, control
 

@@ -14,9 +14,8 @@ bad checksum, and so does tunnelrouter).
 import dataclasses
 
 import pytest
-import yaml
 
-from tests.netns.test_router_e2e import VENV_BIN, show, wait_for
+from tests.netns.routers import show, start_router, wait_for, without_dad
 from tests.peers.uml import Tunnel, UmlPeer, build
 
 pytestmark = pytest.mark.netns
@@ -61,16 +60,11 @@ def uml_cache():
 def router_and_guest(request, netns, tmp_path, uml_cache):
     case = CASES[request.param]
     ns = netns("uml")
-    ns.sysctl("net.ipv6.conf.all.accept_dad", 0)
-    ns.sysctl("net.ipv6.conf.default.accept_dad", 0)
+    without_dad(ns)
     with UmlPeer(ns.name, [case.guest], guest_addr=f"{GUEST}/24", host_addr=f"{HOST}/24",
                  sysctls=case.sysctls, boot_timeout=20.0, cache=uml_cache) as peer:
-        config = tmp_path / "router.yaml"
-        config.write_text(yaml.safe_dump({"tunnels": {"trt0": {
-            "local": HOST, "remote": GUEST, **case.router}}}))
-        control = tmp_path / "router.sock"
-        process = ns.popen(str(VENV_BIN / "tunnelrouter"), "run", str(config),
-                           "--control-socket", str(control))
+        process, control = start_router(ns, {"tunnels": {"trt0": {
+            "local": HOST, "remote": GUEST, **case.router}}}, tmp_path, "router")
         try:
             wait_for(control, process)
             yield case, ns, peer, process, control

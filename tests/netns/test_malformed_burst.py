@@ -18,10 +18,9 @@ import struct
 import time
 
 import pytest
-import yaml
 
 from encap.checksum import internet_checksum
-from tests.netns.test_router_e2e import VENV_BIN, WAN, show, wait_for
+from tests.netns.routers import WAN, show, start_router, wait_for
 
 pytestmark = pytest.mark.netns
 
@@ -158,12 +157,7 @@ def routers_and_attacker(netns, tmp_path):
         ns.sysctl("net.ipv4.conf.default.rp_filter", 0)
     routers = {}
     for ns, me, peer, number in ((m1, "m1", "m2", 1), (m2, "m2", "m1", 2)):
-        path = tmp_path / f"{me}.yaml"
-        path.write_text(yaml.safe_dump(config(me, peer, number)))
-        control = tmp_path / f"{me}.sock"
-        process = ns.popen(str(VENV_BIN / "tunnelrouter"), "run", str(path),
-                           "--control-socket", str(control))
-        routers[me] = (ns, process, control)
+        routers[me] = (ns, *start_router(ns, config(me, peer, number), tmp_path, me))
     for ns, process, control in routers.values():
         wait_for(control, process)
     # Neighbours resolved before the clock starts.

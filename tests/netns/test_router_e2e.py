@@ -6,18 +6,11 @@ encapsulated, and come out of the other router's device. gre1 and tap1 share
 the same two underlay addresses and are told apart by their GRE keys.
 """
 
-import json
-import socket
-import time
-from pathlib import Path
-
 import pytest
-import yaml
+
+from tests.netns.routers import WAN, join_wan, show, start_router, wait_for
 
 pytestmark = pytest.mark.netns
-
-WAN = {"m1": "10.99.0.1", "m2": "10.99.0.2"}
-VENV_BIN = Path(__file__).resolve().parents[2] / ".venv" / "bin"
 
 
 def router_config(me: str, peer: str, side: int) -> dict:
@@ -41,43 +34,18 @@ PINGS = [("gre1", "192.168.101.2"), ("gre1", "fd00:101::2"), ("tap1", "192.168.1
          ("six1", "fd00:104::2")]
 
 
-def show(control: Path) -> dict:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(5)
-        sock.connect(str(control))
-        sock.sendall(b"show\n")
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
-    return json.loads(data)
-
-
-def wait_for(path: Path, process, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if process.poll() is not None:
-            raise AssertionError(f"router exited {process.returncode}: {process.stderr.read()}")
-        assert time.monotonic() < deadline, f"router did not open {path} in {timeout} s"
-        time.sleep(0.05)
-
-
 @pytest.fixture
 def two_routers(netns, tmp_path):
     m1, m2 = netns("m1"), netns("m2")
-    wan = netns.veth(m1, m2)
-    for ns, end, address in ((m1, wan.a_name, WAN["m1"]), (m2, wan.b_name, WAN["m2"])):
-        ns.ip("addr", "add", f"{address}/24", "dev", end)
-        # Addresses on TAP devices would wait a second for duplicate address detection.
-        ns.sysctl("net.ipv6.conf.all.accept_dad", 0)
-        ns.sysctl("net.ipv6.conf.default.accept_dad", 0)
+    join_wan(netns, m1, m2)
+    return start_pair(m1, m2, tmp_path)
+
+
+def start_pair(m1, m2, directory) -> dict:
+    """Both routers with ``router_config``, started and ready: ``{name: (ns, process, control)}``."""
     routers = {}
     for ns, me, peer, side in ((m1, "m1", "m2", 1), (m2, "m2", "m1", 2)):
-        config = tmp_path / f"{me}.yaml"
-        config.write_text(yaml.safe_dump(router_config(me, peer, side)))
-        control = tmp_path / f"{me}.sock"
-        process = ns.popen(str(VENV_BIN / "tunnelrouter"), "run", str(config),
-                           "--control-socket", str(control))
-        routers[me] = (ns, process, control)
+        routers[me] = (ns, *start_router(ns, router_config(me, peer, side), directory, me))
     for ns, process, control in routers.values():
         wait_for(control, process)
     return routers
@@ -104,7 +72,6 @@ def test_shutdown_removes_every_device_and_a_second_start_works(two_routers, tmp
     links = m1.ip("-o", "link", "show").stdout
     assert not any(name in links for name in ("gre1", "tap1", "vx1", "ipip1", "six1")), links
     assert "192.168.10" not in m1.ip("route").stdout and not control.exists()
-    again = m1.popen(str(VENV_BIN / "tunnelrouter"), "run", str(tmp_path / "m1.yaml"),
-                     "--control-socket", str(control))
+    again, control = start_router(m1, router_config("m1", "m2", 1), tmp_path, "m1")
     wait_for(control, again)
     assert m1.run("ping", "-c", "1", "-W", "2", "192.168.103.2", check=False).returncode == 0

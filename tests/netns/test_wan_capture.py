@@ -15,16 +15,16 @@ socket) would appear unfinished in the capture, which a real NIC would finish.
 """
 
 import json
-import os
 import select
 import signal
 import subprocess
 import time
 
 import pytest
-import yaml
 
-from tests.netns.test_router_e2e import PINGS, VENV_BIN, WAN, router_config, wait_for
+from tests.netns.routers import VENV_BIN, WAN, join_wan
+from tests.netns.test_router_e2e import PINGS, start_pair
+from tests.tshark import run_tshark, values
 
 pytestmark = [pytest.mark.netns, pytest.mark.needs_binary("tshark", "tcpdump")]
 
@@ -99,28 +99,6 @@ def read_line(pipe, timeout: float) -> str:
     return pipe.readline() if ready else ""
 
 
-def run_tshark(path) -> list[dict[str, str]]:
-    command = [
-        "tshark", "-n", "-r", str(path),
-        "-o", "ip.check_checksum:TRUE", "-o", "tcp.check_checksum:TRUE",
-        "-o", "udp.check_checksum:TRUE", "-o", "tcp.analyze_sequence_numbers:FALSE",
-        "-T", "fields", "-E", "separator=|", "-E", "occurrence=a", "-E", "aggregator=;",
-    ]
-    for field in FIELDS:
-        command += ["-e", field]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=30, check=True)
-    frames = []
-    for line in result.stdout.splitlines():
-        fields = line.split("|", len(FIELDS) - 1)
-        assert len(fields) == len(FIELDS), line
-        frames.append(dict(zip(FIELDS, fields)))
-    return frames
-
-
-def values(frame: dict[str, str], field: str) -> list[str]:
-    return [value for value in frame[field].split(";") if value]
-
-
 def tunnel_of(frame: dict[str, str]) -> str | None:
     """Which of the routers' tunnels carried this WAN frame (None: not tunnel traffic)."""
     protocols = frame["frame.protocols"].split(":")
@@ -153,25 +131,13 @@ def inner_protocols(frame: dict[str, str]) -> list[str]:
 def wan_routers(netns, tmp_path):
     """Two routers (M1, M2), WAN veth with TX checksum offload off on both ends."""
     m1, m2 = netns("m1"), netns("m2")
-    wan = netns.veth(m1, m2)
-    for ns, end, address in ((m1, wan.a_name, WAN["m1"]), (m2, wan.b_name, WAN["m2"])):
-        ns.ip("addr", "add", f"{address}/24", "dev", end)
-        ns.run("ethtool", "-K", end, "tx", "off")
-        ns.sysctl("net.ipv6.conf.all.accept_dad", 0)
-        ns.sysctl("net.ipv6.conf.default.accept_dad", 0)
+    wan = join_wan(netns, m1, m2)
+    m1.run("ethtool", "-K", wan.a_name, "tx", "off")
+    m2.run("ethtool", "-K", wan.b_name, "tx", "off")
     # Static neighbours: no ARP needed on the WAN while the capture runs.
     m1.ip("neigh", "replace", WAN["m2"], "lladdr", m2.mac(wan.b_name), "dev", wan.a_name)
     m2.ip("neigh", "replace", WAN["m1"], "lladdr", m1.mac(wan.a_name), "dev", wan.b_name)
-    routers = {}
-    for ns, me, peer, side in ((m1, "m1", "m2", 1), (m2, "m2", "m1", 2)):
-        config = tmp_path / f"{me}.yaml"
-        config.write_text(yaml.safe_dump(router_config(me, peer, side)))
-        control = tmp_path / f"{me}.sock"
-        process = ns.popen(str(VENV_BIN / "tunnelrouter"), "run", str(config),
-                           "--control-socket", str(control))
-        routers[me] = (ns, process, control)
-    for _, process, control in routers.values():
-        wait_for(control, process)
+    start_pair(m1, m2, tmp_path)
     return m1, m2, wan
 
 
@@ -224,7 +190,7 @@ def test_wan_capture_decodes_cleanly(wan_routers, tmp_path):
 
     pcap = tmp_path / "wan.pcap"
     capture_traffic(m1, m2, wan, pcap)
-    frames = run_tshark(pcap)
+    frames = run_tshark(pcap, FIELDS, timeout=30)
     assert frames, "empty capture"
 
     problems = []
