@@ -37,7 +37,3 @@ def inner_ip_packet(view: memoryview, version: int) -> memoryview:
             raise DecodeError(DropReason.INNER_MALFORMED)
     return view if length == size else view[:length]
 
-
-def ip_version(view: memoryview) -> int:
-    """The version nibble, or 0 for an empty buffer."""
-    return view[0] >> 4 if len(view) else 0
