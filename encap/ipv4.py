@@ -11,7 +11,6 @@ IPV4_HEADER = struct.Struct("!BBHHHBBH4s4s")
 # version/IHL, total length, flags/fragment offset and protocol in one read.
 VALIDATED_FIELDS = struct.Struct("!BxHxxHxB")
 TOTAL_LENGTH = struct.Struct("!H")
-CHECKSUM_OFFSET = 10
 FLAG_DONT_FRAGMENT = 0x4000
 FLAG_MORE_FRAGMENTS = 0x2000
 FRAGMENT_OFFSET_MASK = 0x1FFF

@@ -119,7 +119,7 @@ class RawTunnel(Datapath):
         self.stack = Stack(self.outer, self.codec)
         self.destination = (str(config.remote), 0)
 
-    def from_device(self, buf: bytearray, view: memoryview, end: int) -> None:
+    def from_device(self, buf: bytearray, view: memoryview, end: int, now: float) -> None:
         packet = view[HEADROOM:end]
         self._clamp(packet)
         if self.inherit_ttl or self.inherit_tos:
@@ -158,8 +158,10 @@ class VxlanTunnel(Datapath):
     def __init__(self, config: Tunnel, device, sock: socket.socket):
         super().__init__(config, device, sock)
         self.codec = Vxlan(config.id)
-        self.flood = tuple((str(peer), config.port) for peer in config.peers)
-        self.peers = frozenset(str(peer) for peer in config.peers)
+        # Source address -> where to send: one lookup checks the peer and gives the
+        # destination to learn, the same tuple every time.
+        self.destinations = {str(peer): (str(peer), config.port) for peer in config.peers}
+        self.flood = tuple(self.destinations.values())
         static = {bytes.fromhex(entry.mac.replace(":", "")): (str(entry.remote), config.port)
                   for entry in config.fdb}
         self.fdb = Fdb(config.ageing, config.mac_learning, static)
@@ -182,11 +184,12 @@ class VxlanTunnel(Datapath):
             self.counters.tx_bytes += end - HEADROOM
 
     def from_wire(self, frame: memoryview, source: str, now: float) -> None:
-        if source not in self.peers:
+        destination = self.destinations.get(source)
+        if destination is None:
             self.counters.drops[DropReason.NOT_A_PEER] += 1
             return
         if self.fdb.learning and not frame[6] & 1:
-            self.fdb.learn(bytes(frame[6:12]), (source, self.config.port), now)
+            self.fdb.learn(bytes(frame[6:12]), destination, now)
         self._deliver(frame)
 
     def status(self, now: float) -> dict:

@@ -13,6 +13,7 @@ class Fdb:
     def __init__(self, ageing: float, learning: bool, static: dict[bytes, tuple] | None = None):
         self.ageing = ageing
         self.learning = learning
+        self._refresh_below = ageing / 2
         self.entries: dict[bytes, tuple[tuple, float]] = {
             mac: (remote, STATIC) for mac, remote in (static or {}).items()}
 
@@ -21,7 +22,7 @@ class Fdb:
         if entry is not None and entry[1] == STATIC:
             return
         # Rewriting an entry that is fresh and unchanged would be wasted work per packet.
-        if entry is None or entry[0] != remote or entry[1] - now < self.ageing / 2:
+        if entry is None or entry[0] != remote or entry[1] - now < self._refresh_below:
             self.entries[mac] = (remote, now + self.ageing)
 
     def lookup(self, mac: bytes, now: float) -> tuple | None:

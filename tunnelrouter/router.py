@@ -83,16 +83,14 @@ class Router:
                         udp_sockets[end] = self._own(udp_socket(*end))
                     datapath = VxlanTunnel(tunnel, device, udp_sockets[end])
                     by_vni[end][tunnel.id] = datapath
-                    self._selector.register(device.fd, selectors.EVENT_READ,
-                                            self._vxlan_device_reader(datapath))
                 else:
                     end = (str(tunnel.local), PROTOCOL_BY_MODE[tunnel.mode])
                     if end not in raw_sockets:
                         raw_sockets[end] = self._own(raw_socket(*end))
                     datapath = RawTunnel(tunnel, device, raw_sockets[end])
                     by_source[end][str(tunnel.remote)].append(datapath)
-                    self._selector.register(device.fd, selectors.EVENT_READ,
-                                            self._raw_device_reader(datapath))
+                self._selector.register(device.fd, selectors.EVENT_READ,
+                                        self._device_reader(datapath))
                 self.tunnels[name] = datapath
         for end, sock in raw_sockets.items():
             sources = {source: tuple(tunnels) for source, tunnels in by_source[end].items()}
@@ -165,21 +163,7 @@ class Router:
 
     # -- readers: drain a descriptor, hand each packet to its datapath --------------------
 
-    def _raw_device_reader(self, datapath: RawTunnel):
-        read, rx, buf, view = datapath.device.read_into, self._device_rx, self._device_buf, \
-            self._device_view
-        from_device = datapath.from_device
-
-        def drain() -> None:
-            for _ in range(BATCH):
-                try:
-                    n = read(rx)
-                except BlockingIOError:
-                    return
-                from_device(buf, view, HEADROOM + n)
-        return drain
-
-    def _vxlan_device_reader(self, datapath: VxlanTunnel):
+    def _device_reader(self, datapath: RawTunnel | VxlanTunnel):
         read, rx, buf, view = datapath.device.read_into, self._device_rx, self._device_buf, \
             self._device_view
         from_device = datapath.from_device

@@ -8,12 +8,12 @@ outer TTL, TOS, DF and ID are the codec's, per packet.
 
 import socket
 
-RECEIVE_BUFFER = 4 << 20
+SOCKET_BUFFER = 4 << 20
 
 
 def _tune(sock: socket.socket) -> None:
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, RECEIVE_BUFFER)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
     sock.setblocking(False)
 
 

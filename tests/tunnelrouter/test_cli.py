@@ -5,6 +5,8 @@ import pytest
 from tunnelrouter import __version__
 from tunnelrouter.cli import main
 
+from tests.tunnelrouter.test_config import EXAMPLE
+
 
 def test_version(capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -13,7 +15,7 @@ def test_version(capsys):
 
 
 def test_check_prints_derived_values(capsys):
-    assert main(["check", "examples/site-a.yaml"]) == 0
+    assert main(["check", str(EXAMPLE)]) == 0
     out = capsys.readouterr().out
     assert "gre1            gre           36  1464     1424     1404" in out
     assert "six1            sit           20  1480        -     1420" in out

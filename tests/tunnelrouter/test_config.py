@@ -1,10 +1,13 @@
 """Configuration: every problem named by its key path, before anything is touched."""
 
+from pathlib import Path
+
 import pytest
 
 from encap.mtu import Mode
 from tunnelrouter.config import ConfigError, load_config, parse_config
 
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "site-a.yaml"
 GRE = {"mode": "gre", "local": "10.0.0.1", "remote": "10.0.0.2"}
 VXLAN = {"mode": "vxlan", "local": "10.0.0.1", "remotes": ["10.0.0.2", "10.0.0.3"], "id": 42}
 
@@ -16,7 +19,7 @@ def problems(tunnels: dict) -> list[tuple[str, str]]:
 
 
 def test_the_example_configuration_is_valid():
-    config = load_config("examples/site-a.yaml")
+    config = load_config(EXAMPLE)
     assert list(config.tunnels) == ["gre1", "vx1", "ipip1", "six1"]
     assert config.tunnels["gre1"].key == 42 and config.tunnels["vx1"].id == 4242
 
