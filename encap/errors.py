@@ -40,6 +40,8 @@ class DropReason(enum.IntEnum):
     NO_ROUTE = enum.auto()
     TOO_BIG = enum.auto()
     SEND_FAILED = enum.auto()
+    TTL_EXPIRED = enum.auto()
+    ECN_CE_ON_NOT_ECT = enum.auto()   # RFC 6040 §4.2: congestion the inner packet cannot carry
 
     @property
     def label(self) -> str:
