@@ -6,6 +6,7 @@ datagram (``decap``): no copy of the payload in either direction. ``encap`` and
 ``decap_bytes`` are bytes-to-bytes conveniences for tests and tools.
 """
 
+from encap.errors import DecodeError, DropReason
 from encap.wire import HEADROOM
 
 
@@ -30,6 +31,20 @@ class Codec:
 
     def decap_bytes(self, datagram) -> bytes:
         return bytes(self.decap(memoryview(datagram)))
+
+
+def header_for_inner(headers: list, minimum_inner: int, buf, start: int, end: int):
+    """The entry of ``headers`` for the inner packet ``buf[start:end]``, by its version nibble.
+
+    Raises ``DecodeError(INNER_MALFORMED)`` when the packet is shorter than
+    ``minimum_inner`` or its entry is None: a packet the tunnel does not carry.
+    """
+    if end - start < minimum_inner:
+        raise DecodeError(DropReason.INNER_MALFORMED)
+    header = headers[buf[start] >> 4]
+    if header is None:
+        raise DecodeError(DropReason.INNER_MALFORMED)
+    return header
 
 
 class Stack(Codec):

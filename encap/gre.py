@@ -16,7 +16,7 @@ verified, as the Linux kernel does.
 import struct
 
 from encap.checksum import checksum_ok, internet_checksum
-from encap.codec import Codec
+from encap.codec import Codec, header_for_inner
 from encap.errors import DecodeError, DropReason, EncapConfigError
 from encap.ip import inner_ip_packet
 from encap.wire import ETHERNET_HEADER_LENGTH, EtherType
@@ -66,36 +66,44 @@ class Gre(Codec):
         self.flags = ((FLAG_CHECKSUM if checksum else 0) | (FLAG_KEY if key is not None else 0)
                       | (FLAG_SEQUENCE if sequence else 0))
         self.overhead = header_length(self.flags)
-        self._key_offset = BASE_LENGTH + (4 if checksum else 0)
-        self._sequence_offset = self._key_offset + (4 if key is not None else 0)
+        # Everything in front of the sequence number is fixed per inner version:
+        # flags, protocol, a zero checksum (filled in after), Reserved1 and the key,
+        # so one pack_into writes the header whatever the options.
+        fixed = GRE_BASE.size + (4 if checksum else 0) + (4 if key is not None else 0)
+        self._write = struct.Struct(f"!{fixed}s" + ("I" if sequence else ""))
+        self.minimum_inner = ETHERNET_HEADER_LENGTH if ethernet else 1
+        key_bytes = b"" if key is None else key.to_bytes(4, "big")
+
+        def fixed_part(protocol: int) -> bytes:
+            return GRE_BASE.pack(self.flags, protocol) + bytes(4 if checksum else 0) + key_bytes
+        # Indexed by the inner version nibble; None where it is not ours to carry.
+        if ethernet:
+            self.header_by_version = [fixed_part(_PROTOCOL_ETHERNET)] * 16
+        else:
+            self.header_by_version = [None] * 16
+            self.header_by_version[4] = fixed_part(_PROTOCOL_IPV4)
+            self.header_by_version[6] = fixed_part(_PROTOCOL_IPV6)
         self.next_sequence = 0
         self.expected_sequence: int | None = None
 
     def encap_into(self, buf, start: int, end: int) -> int:
+        fixed = header_for_inner(self.header_by_version, self.minimum_inner, buf, start, end)
         header_start = start - self.overhead
-        if self.ethernet:
-            if end - start < ETHERNET_HEADER_LENGTH:
-                raise DecodeError(DropReason.INNER_MALFORMED)
-            protocol = _PROTOCOL_ETHERNET
-        else:
-            version = buf[start] >> 4 if end > start else 0
-            if version == 4:
-                protocol = _PROTOCOL_IPV4
-            elif version == 6:
-                protocol = _PROTOCOL_IPV6
-            else:
-                raise DecodeError(DropReason.INNER_MALFORMED)
-        GRE_BASE.pack_into(buf, header_start, self.flags, protocol)
-        if self.key is not None:
-            GRE_WORD.pack_into(buf, header_start + self._key_offset, self.key)
         if self.sequence:
-            GRE_WORD.pack_into(buf, header_start + self._sequence_offset, self.next_sequence)
-            self.next_sequence = (self.next_sequence + 1) & 0xFFFFFFFF
+            sequence = self.next_sequence
+            self.next_sequence = (sequence + 1) & 0xFFFFFFFF
+            self._write.pack_into(buf, header_start, fixed, sequence)
+        else:
+            self._write.pack_into(buf, header_start, fixed)
         if self.checksum:
-            GRE_WORD.pack_into(buf, header_start + BASE_LENGTH, 0)
-            checksum = internet_checksum(memoryview(buf)[header_start:end])
-            GRE_CHECKSUM.pack_into(buf, header_start + BASE_LENGTH, checksum)
+            self.write_checksum(buf, header_start, end)
         return header_start
+
+    @staticmethod
+    def write_checksum(buf, header_start: int, end: int) -> None:
+        """Fill in the checksum of the GRE header at ``header_start`` (its field is zero)."""
+        checksum = internet_checksum(memoryview(buf)[header_start:end])
+        GRE_CHECKSUM.pack_into(buf, header_start + BASE_LENGTH, checksum)
 
     def decap(self, view: memoryview) -> memoryview:
         if len(view) < BASE_LENGTH:
@@ -123,7 +131,7 @@ class Gre(Codec):
             raise DecodeError(DropReason.GRE_WRONG_KEY)
         if flags & FLAG_SEQUENCE:
             if self.sequence:
-                self._accept_sequence(GRE_WORD.unpack_from(view, offset)[0])
+                self.accept_sequence(GRE_WORD.unpack_from(view, offset)[0])
         elif self.sequence:
             raise DecodeError(DropReason.GRE_MISSING_SEQUENCE)
         payload = view[length:]
@@ -139,7 +147,7 @@ class Gre(Codec):
             return inner_ip_packet(payload, 6)
         raise DecodeError(DropReason.GRE_UNKNOWN_PROTOCOL)
 
-    def _accept_sequence(self, sequence: int) -> None:
+    def accept_sequence(self, sequence: int) -> None:
         # RFC 2890 §2.2 with serial-number arithmetic, as Linux ip_tunnel_rcv():
         # anything at or after the next expected number is in order; the gap
         # (lost packets) is forgiven, a step back (reorder, duplicate) is not.

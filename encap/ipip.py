@@ -23,6 +23,11 @@ class IpInIp(Codec):
             raise EncapConfigError(f"inner IP version {inner_version} is neither 4 nor 6")
         self.inner_version = inner_version
         self.protocol = _PROTOCOL_BY_VERSION[inner_version]
+        # The shape a fused outer header (encap.ipv4.Ipv4Tunnel) reads, as Gre has it:
+        # no header bytes of its own, for the one inner version it carries.
+        self.minimum_inner = 1
+        self.header_by_version = [None] * 16
+        self.header_by_version[inner_version] = b""
 
     def encap_into(self, buf, start: int, end: int) -> int:
         if end <= start or buf[start] >> 4 != self.inner_version:

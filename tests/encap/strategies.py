@@ -34,3 +34,13 @@ def ipv6_packets(draw, max_payload: int = 1400) -> bytes:
 
 ip_packets = st.one_of(ipv4_packets(), ipv6_packets())
 ethernet_frames = st.binary(min_size=14, max_size=1514)
+
+
+@st.composite
+def mutated(draw, base):
+    """A packet from ``base`` with up to four bytes changed, then cut short."""
+    data = bytearray(draw(base))
+    for _ in range(draw(st.integers(0, 4))):
+        if data:
+            data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+    return bytes(data[:draw(st.integers(0, len(data)))])

@@ -20,7 +20,7 @@ from encap.mss import MssAction, clamp_mss
 from encap.udp import Udp
 from encap.vxlan import Vxlan, vxlan_decap
 
-from tests.encap.strategies import ip_packets, ipv4_packets, ipv6_packets
+from tests.encap.strategies import ip_packets, ipv4_packets, ipv6_packets, mutated
 
 V4, V6 = bytes([10, 0, 0, 1]), bytes(15) + b"\x01"
 
@@ -44,15 +44,6 @@ STACKS = {  # each with the payloads it can carry, to mutate valid datagrams
     "ipip": (Stack(Ipv4Outer(V4, V4, 4), IpInIp(4)), ipv4_packets()),
     "sit": (Stack(Ipv4Outer(V4, V4, 41), IpInIp(6)), ipv6_packets()),
 }
-
-
-@st.composite
-def mutated(draw, base):
-    data = bytearray(draw(base))
-    for _ in range(draw(st.integers(0, 4))):
-        if data:
-            data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
-    return bytes(data[:draw(st.integers(0, len(data)))])
 
 
 def decodes_or_refuses(decode, data: bytes) -> None:

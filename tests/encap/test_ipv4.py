@@ -36,6 +36,15 @@ def test_dont_fragment_is_optional():
     assert not header.dont_fragment
 
 
+def test_dont_fragment_can_change_per_packet():
+    outer = Ipv4Outer(SRC, DST, 4)
+    outer.dont_fragment = False
+    cleared, _ = parse_ipv4(memoryview(outer.encap(b"x")))   # the checksum is verified too
+    outer.dont_fragment = True
+    restored, _ = parse_ipv4(memoryview(outer.encap(b"x")))
+    assert (cleared.dont_fragment, restored.dont_fragment) == (False, True)
+
+
 @given(addresses_v4, addresses_v4, st.integers(0, 255), st.integers(1, 255), st.integers(0, 255),
        st.booleans(), payloads)
 def test_round_trip(src, dst, protocol, ttl, tos, df, payload):

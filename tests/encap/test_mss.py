@@ -1,9 +1,10 @@
 """TCP MSS clamping: only ever lowers, fixes the checksum incrementally, never guesses."""
 
 import struct
+from unittest.mock import patch
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
@@ -11,8 +12,10 @@ from scapy.layers.inet6 import IPv6
 from encap.checksum import checksum_ok, internet_checksum, pseudo_header_sum
 from encap.ipv4 import Ipv4Outer
 from encap.ipv6 import Ipv6Outer
-from encap.mss import MssAction, clamp_mss, clamp_mss_bytes
+from encap.mss import MssAction, _tcp_segment, clamp_mss, clamp_mss_bytes
 from encap.wire import IpProto
+
+from tests.encap.strategies import ip_packets, mutated
 
 SRC4, DST4 = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
 SRC6, DST6 = bytes(15) + b"\x01", bytes(15) + b"\x02"
@@ -158,3 +161,58 @@ def test_only_ever_lowers_and_always_keeps_a_valid_checksum(mss, limit, build, e
     assert mss_of(clamped) == min(mss, limit)
     assert action == (MssAction.CLAMPED if mss > limit else MssAction.WITHIN_LIMIT)
     assert tcp_checksum_ok(clamped)
+
+
+TCP_SEGMENTS = st.builds(
+    lambda v6, options, flags, payload: (syn_v6 if v6 else syn_v4)(options, flags) + payload,
+    st.booleans(), st.sampled_from([b"", MSS_1460, MSS_1460 + SACK_OK + TIMESTAMP + NOP + WSCALE_7,
+                                    NOP + MSS_1460]),
+    st.sampled_from([SYN, SYN_ACK, ACK]), st.binary(max_size=40))
+
+
+def with_length_field(packet: bytes, length: int) -> bytes:
+    """``packet`` claiming another IPv4 total length or IPv6 payload length."""
+    at = 2 if packet[0] >> 4 == 4 else 4
+    return packet[:at] + length.to_bytes(2, "big") + packet[at + 2:]
+
+
+@settings(max_examples=500)
+@given(st.one_of(st.binary(max_size=80), mutated(TCP_SEGMENTS), mutated(ip_packets),
+                 st.builds(with_length_field, TCP_SEGMENTS, st.integers(0, 80))))
+def test_the_one_read_syn_test_agrees_with_the_general_walk(packet):
+    # clamp_mss settles the usual shapes with one struct read; _tcp_segment is the
+    # general header walk behind it, and must come to the same answer on anything.
+    action = clamp_mss(memoryview(bytearray(packet)), 1360, 1340)
+    tcp, _ = _tcp_segment(memoryview(packet))
+    assert (action == MssAction.NOT_A_SYN) == (tcp < 0)
+
+
+LINUX = MSS_1460 + SACK_OK + TIMESTAMP + NOP + WSCALE_7
+WINDOWS = MSS_1460 + NOP + WSCALE_7 + NOP + NOP + SACK_OK
+MACOS = MSS_1460 + NOP + WSCALE_7 + NOP + NOP + TIMESTAMP + SACK_OK + EOL + EOL
+
+
+@st.composite
+def changed_option_lists(draw):
+    options = bytearray(draw(st.sampled_from([LINUX, WINDOWS, MACOS])))
+    for _ in range(draw(st.integers(0, 2))):
+        options[draw(st.integers(0, len(options) - 1))] = draw(
+            st.one_of(st.integers(0, 10), st.integers(0, 255)))
+    return bytes(options)
+
+
+@settings(max_examples=300)
+@given(changed_option_lists(), st.sampled_from([syn_v4, syn_v6]))
+def test_known_option_lists_are_read_as_the_walk_reads_them(options, syn):
+    # The common stacks' option lists are recognised by their kind and length bytes
+    # with one read; changed in any byte, they must still give what the walk gives.
+    packet = syn(options)
+    recognised = clamp_mss_bytes(packet, 1360, 1340)
+    with patch.dict("encap.mss._KNOWN_OPTION_LISTS", clear=True):
+        assert clamp_mss_bytes(packet, 1360, 1340) == recognised
+
+
+@pytest.mark.parametrize("options", [LINUX, WINDOWS, MACOS], ids=["linux", "windows", "macos"])
+def test_known_option_lists_are_clamped(options):
+    clamped, action = clamp_mss_bytes(syn_v4(options), 1360, 1340)
+    assert action == MssAction.CLAMPED and mss_of(clamped) == 1360 and tcp_checksum_ok(clamped)
