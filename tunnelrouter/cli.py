@@ -16,6 +16,7 @@ from encap.errors import EncapConfigError
 from encap.mtu import Mode, tunnel_mtu
 from tunnelrouter import __version__
 from tunnelrouter.config import DEFAULT_CONTROL_DIR, ConfigError, Tunnel, load_config
+from tunnelrouter.counters import Counters
 
 EXIT_CONFIG = 2
 EXIT_UNAVAILABLE = 69   # EX_UNAVAILABLE: the daemon or a privilege is not there
@@ -91,10 +92,16 @@ def command_show(args) -> int:
         if isinstance(clamp, dict):
             clamp = ", ".join(f"{family} {mss}" for family, mss in clamp.items())
         print(f"tunnel: {name}\n  mode: {tunnel['mode']}\n  local: {tunnel['local']}\n"
-              f"  peers: {', '.join(tunnel['peers'])}\n  mtu: {tunnel['mtu']}\n"
+              f"  peers: {', '.join(tunnel['peers'])}\n"
+              f"  mtu: {tunnel['mtu']} (carries {tunnel['effective_mtu']} now)\n"
               f"  mss clamp: {clamp}\n"
               f"  rx: {counters['rx_packets']} packets, {counters['rx_bytes']} bytes\n"
               f"  tx: {counters['tx_packets']} packets, {counters['tx_bytes']} bytes")
+        for peer, learnt in tunnel["path_mtu"].items():
+            print(f"  path mtu to {peer}: {learnt['mtu']} (expires in {learnt['expires_in']} s)")
+        for event in Counters.EVENTS:
+            if counters[event]:
+                print(f"  {event.replace('_', ' ')}: {counters[event]}")
         for reason, count in counters["drops"].items():
             print(f"  dropped {reason}: {count}")
         for entry in tunnel.get("fdb", ()):

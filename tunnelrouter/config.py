@@ -19,8 +19,9 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, IPvAnyAddress, IPvAnyInterface, IPvAnyNetwork,
                       ValidationError, field_validator, model_validator)
 
+from encap.ecn import EcnMode
 from encap.errors import EncapConfigError
-from encap.mtu import Mode, TunnelMtu, tunnel_mtu
+from encap.mtu import IPV6_MINIMUM_MTU, Mode, TunnelMtu, tcp_mss, tunnel_mtu
 from encap.vxlan import VNI_MAX
 from encap.wire import VXLAN_PORT
 
@@ -77,9 +78,13 @@ class Tunnel(_Strict):
     mac_learning: bool = Field(default=True, alias="mac-learning")
     ageing: int = Field(default=300, ge=1, le=86400)
     fdb: tuple[StaticFdbEntry, ...] = ()
-    # Outer header.
+    # Outer header (the README's table "Outer header, MTU and ICMP" says what each does).
     ttl: Annotated[int, Field(ge=1, le=255)] | Inherit = 64
-    tos: Annotated[int, Field(ge=0, le=255)] | Inherit = 0
+    dscp: Annotated[int, Field(ge=0, le=63)] | Inherit = 0
+    ecn: EcnMode = EcnMode.NORMAL
+    pmtu_discovery: bool = Field(default=True, alias="pmtu-discovery")
+    pmtu_timeout: int = Field(default=600, ge=5, le=86400, alias="pmtu-timeout")
+    icmp_rate_limit: int = Field(default=100, ge=0, le=100000, alias="icmp-rate-limit")
     # The device and what is routed into it.
     addresses: tuple[IPvAnyInterface, ...] = ()
     mtu: Annotated[int, Field(ge=68, le=65535)] | Literal["auto"] = "auto"
@@ -102,14 +107,16 @@ class Tunnel(_Strict):
     def device_mtu(self) -> int:
         return self.derived_mtu().mtu if self.mtu == "auto" else self.mtu
 
-    def mss_limits(self) -> tuple[int, int] | None:
-        """``(mss_ipv4, mss_ipv6)`` to clamp to, or None when clamping is off."""
+    def mss_limits(self, mtu: int | None = None) -> tuple[int, int] | None:
+        """``(mss_ipv4, mss_ipv6)`` to clamp to when the tunnel carries ``mtu``-byte packets
+        (default: the device MTU), or None when clamping is off. IPv6 is carried at 1280
+        at least, in outer fragments if it must (RFC 4213 §3.2)."""
         if self.mss_clamp == "off":
             return None
         if self.mss_clamp != "auto":
             return self.mss_clamp, self.mss_clamp
-        mtu = self.device_mtu
-        return mtu - 40, mtu - 60
+        mtu = self.device_mtu if mtu is None else mtu
+        return tcp_mss(mtu, 4), tcp_mss(max(mtu, IPV6_MINIMUM_MTU), 6)
 
 
 class RouterConfig(_Strict):
@@ -158,6 +165,7 @@ def _path(loc: tuple) -> str:
     return path
 
 
+_REPLACED_KEYS = {"tos": ": it became 'dscp' (0..63 or inherit) and 'ecn' (normal or compatibility)"}
 _UNION_BRANCHES = {"int", "str", "constrained-int", "IPv4Address", "IPv6Address"}
 
 
@@ -166,7 +174,7 @@ def _problems(error: ValidationError) -> list[tuple[str, str]]:
     for detail in error.errors():
         path = _path(detail["loc"])
         if detail["type"] == "extra_forbidden":
-            message = "unknown key"
+            message = "unknown key" + _REPLACED_KEYS.get(detail["loc"][-1], "")
         elif detail["type"] == "missing":
             message = "missing"
         else:
@@ -245,6 +253,7 @@ def _cross_tunnel_problems(config: RouterConfig) -> list[tuple[str, str]]:
                              f"underlay MTU {tunnel.underlay_mtu} leaves inside {tunnel.mode}"))
     raw_ends: dict[tuple, str] = {}
     vxlan_ids: dict[tuple, str] = {}
+    vxlan_sockets: dict[tuple, tuple[str, bool]] = {}
     for name, tunnel in config.tunnels.items():
         if tunnel.mode == Mode.VXLAN:
             end = (tunnel.local, tunnel.port, tunnel.id)
@@ -253,6 +262,12 @@ def _cross_tunnel_problems(config: RouterConfig) -> list[tuple[str, str]]:
                                  f"VNI {tunnel.id} on {tunnel.local} port {tunnel.port} is "
                                  f"already tunnel {vxlan_ids[end]}"))
             vxlan_ids[end] = name
+            # DF is a property of the UDP socket, which these tunnels share.
+            other, discovery = vxlan_sockets.setdefault(end[:2], (name, tunnel.pmtu_discovery))
+            if discovery != tunnel.pmtu_discovery:
+                problems.append((f"tunnels.{name}.pmtu-discovery",
+                                 f"must equal tunnel {other}'s: both use {tunnel.local} port "
+                                 f"{tunnel.port}"))
             continue
         protocol = {Mode.IPIP: 4, Mode.SIT: 41}.get(tunnel.mode, 47)
         end = (protocol, tunnel.local, tunnel.remote, tunnel.key if protocol == 47 else None)

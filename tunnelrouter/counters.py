@@ -6,16 +6,27 @@ from encap.errors import DropReason
 class Counters:
     """Packets and bytes each way, and drops by reason (indexed by ``DropReason``)."""
 
-    __slots__ = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "drops")
+    __slots__ = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "fragments_sent",
+                 "icmp_sent", "icmp_rate_limited", "wan_errors", "ecn_unused_combinations",
+                 "drops")
+    # What a packet did besides passing: fragmented, answered, reported, oddly marked.
+    EVENTS = ("fragments_sent", "icmp_sent", "icmp_rate_limited", "wan_errors",
+              "ecn_unused_combinations")
 
     def __init__(self) -> None:
         self.rx_packets = self.rx_bytes = self.tx_packets = self.tx_bytes = 0
+        self.fragments_sent = self.icmp_sent = self.icmp_rate_limited = self.wan_errors = 0
+        self.ecn_unused_combinations = 0
         self.drops = [0] * (max(DropReason) + 1)
 
     def as_dict(self) -> dict:
         return {
             "rx_packets": self.rx_packets, "rx_bytes": self.rx_bytes,
             "tx_packets": self.tx_packets, "tx_bytes": self.tx_bytes,
-            "drops": {reason.label: self.drops[reason] for reason in DropReason
-                      if self.drops[reason]},
+            **{event: getattr(self, event) for event in self.EVENTS},
+            "drops": self.drops_by_label(),
         }
+
+    def drops_by_label(self) -> dict[str, int]:
+        """The reasons that dropped anything: ``{"too_big": 3}``."""
+        return {reason.label: self.drops[reason] for reason in DropReason if self.drops[reason]}

@@ -13,6 +13,7 @@ import os
 import selectors
 import signal
 import socket
+import sys
 import time
 from collections import defaultdict
 
@@ -26,16 +27,20 @@ from encap.wire import HEADROOM
 
 from tunnelrouter.config import RouterConfig
 from tunnelrouter.counters import Counters
-from tunnelrouter.datapath import PROTOCOL_BY_MODE, RawTunnel, VxlanTunnel
+from tunnelrouter.datapath import (EXTENDED_ERROR, ORIGIN_LOCAL, PROTOCOL_BY_MODE, RawTunnel,
+                                   VxlanTunnel)
 from tunnelrouter.device import TunTapDevice
-from tunnelrouter.routes import program_device
-from tunnelrouter.transport import raw_socket, udp_socket
+from tunnelrouter.routes import program_device, program_routes
+from tunnelrouter.transport import IP_RECVERR, IPV6_RECVERR, raw_socket, udp_socket
 
 log = logging.getLogger("tunnelrouter")
 
 BATCH = 64
 BUFFER_SIZE = HEADROOM + 65536
 HOUSEKEEPING_INTERVAL = 1.0
+ERROR_QUOTE = 2048        # an ICMP error quotes at most 576 (IPv4) or 1280 (IPv6) bytes
+ERROR_ANCILLARY = 512
+_EXTENDED_ERROR_MESSAGES = {(socket.IPPROTO_IP, IP_RECVERR), (socket.IPPROTO_IPV6, IPV6_RECVERR)}
 
 
 class Router:
@@ -80,7 +85,7 @@ class Router:
                 if tunnel.mode == Mode.VXLAN:
                     end = (str(tunnel.local), tunnel.port)
                     if end not in udp_sockets:
-                        udp_sockets[end] = self._own(udp_socket(*end))
+                        udp_sockets[end] = self._own(udp_socket(*end, tunnel.pmtu_discovery))
                     datapath = VxlanTunnel(tunnel, device, udp_sockets[end])
                     by_vni[end][tunnel.id] = datapath
                 else:
@@ -133,8 +138,8 @@ class Router:
         next_housekeeping = time.monotonic() + HOUSEKEEPING_INTERVAL
         try:
             while not self._stopping:
-                for key, _ in self._selector.select(HOUSEKEEPING_INTERVAL):
-                    key.data()
+                for key, events in self._selector.select(HOUSEKEEPING_INTERVAL):
+                    key.data(events)
                 now = time.monotonic()
                 if now >= next_housekeeping:
                     self._housekeeping(now)
@@ -152,7 +157,7 @@ class Router:
         writer.setblocking(False)
         self._wakeup = (reader, writer)
         signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
-        self._selector.register(reader, selectors.EVENT_READ, lambda: reader.recv(64))
+        self._selector.register(reader, selectors.EVENT_READ, lambda _: reader.recv(64))
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: self.stop())
 
@@ -160,6 +165,22 @@ class Router:
         for datapath in self.tunnels.values():
             if isinstance(datapath, VxlanTunnel):
                 datapath.fdb.expire(now)
+            if datapath.expire_path_mtu(now):
+                self._mtu_changed(datapath)
+
+    def _mtu_changed(self, datapath: RawTunnel | VxlanTunnel) -> None:
+        """The effective MTU moved: the kernel's routes into the tunnel follow it, so that
+        it answers senders itself (and fragments what may be fragmented) before the
+        packets reach us."""
+        mtu = datapath.effective_mtu
+        lowered = mtu < datapath.config.device_mtu
+        log.info("tunnel %s: path MTU %s, now carries %d-byte packets", datapath.name,
+                 datapath.pmtu.status(time.monotonic()) or "back to the link's", mtu)
+        try:
+            with IPRoute() as ipr:
+                program_routes(ipr, datapath.config, mtu if lowered else None)
+        except OSError as error:
+            log.warning("tunnel %s: cannot set the route MTU: %s", datapath.name, error)
 
     # -- readers: drain a descriptor, hand each packet to its datapath --------------------
 
@@ -168,7 +189,7 @@ class Router:
             self._device_view
         from_device = datapath.from_device
 
-        def drain() -> None:
+        def drain(_events) -> None:
             now = time.monotonic()
             for _ in range(BATCH):
                 try:
@@ -182,12 +203,26 @@ class Router:
         receive, buf, view, drops = sock.recvfrom_into, self._wire_buf, self._wire_view, \
             self.counters.drops
 
-        def drain() -> None:
+        def on_error(origin, icmp_type, code, info, address, quoted, now) -> None:
+            tunnels = sources.get(address[0], ())
+            if len(tunnels) > 1 and origin != ORIGIN_LOCAL:
+                keyed = _by_gre_key(tunnels, quoted)
+                tunnels = (keyed,) if keyed is not None else ()
+            for datapath in tunnels:
+                if datapath.wan_error(origin, icmp_type, code, info, address[0], quoted, now):
+                    self._mtu_changed(datapath)
+
+        def drain(events) -> None:
+            if events & selectors.EVENT_WRITE:
+                self._read_errors(sock, on_error)
             for _ in range(BATCH):
                 try:
                     n, (source, _) = receive(buf)
                 except BlockingIOError:
                     return
+                except OSError:
+                    self._read_errors(sock, on_error)
+                    continue
                 tunnels = sources.get(source)
                 if tunnels is None:
                     drops[DropReason.NOT_A_PEER] += 1
@@ -201,16 +236,29 @@ class Router:
         return drain
 
     def _vxlan_wire_reader(self, sock: socket.socket, by_vni: dict[int, VxlanTunnel]):
-        receive, buf, view, drops = sock.recvfrom_into, self._wire_buf, self._wire_view, \
+        receive, buffers, view, drops = sock.recvmsg_into, [self._wire_buf], self._wire_view, \
             self.counters.drops
+        space = socket.CMSG_SPACE(4)
 
-        def drain() -> None:
+        def on_error(origin, icmp_type, code, info, address, quoted, now) -> None:
+            vni = int.from_bytes(quoted[4:7], "big") if len(quoted) >= 8 else None
+            datapath = by_vni.get(vni)
+            if datapath is not None and address[0] in datapath.destinations:
+                if datapath.wan_error(origin, icmp_type, code, info, address[0], quoted, now):
+                    self._mtu_changed(datapath)
+
+        def drain(events) -> None:
+            if events & selectors.EVENT_WRITE:
+                self._read_errors(sock, on_error)
             now = time.monotonic()
             for _ in range(BATCH):
                 try:
-                    n, address = receive(buf)
+                    n, ancillary, _, address = receive(buffers, space)
                 except BlockingIOError:
                     return
+                except OSError:
+                    self._read_errors(sock, on_error)
+                    continue
                 try:
                     vni, frame = vxlan_decap(view[:n])
                 except DecodeError as error:
@@ -220,8 +268,26 @@ class Router:
                 if datapath is None:
                     drops[DropReason.VXLAN_UNKNOWN_VNI] += 1
                     continue
-                datapath.from_wire(frame, address[0], now)
+                # IP_TOS arrives as one byte, IPV6_TCLASS as an int: the low byte either way.
+                tos = ancillary[0][2][0 if sys.byteorder == "little" else -1] if ancillary else 0
+                datapath.from_wire(frame, address[0], tos, now)
         return drain
+
+    def _read_errors(self, sock: socket.socket, on_error) -> None:
+        """Everything on the socket's error queue: ICMP errors from the WAN about our
+        datagrams, and local EMSGSIZE, each with the datagram as far as it was quoted."""
+        now = time.monotonic()
+        while True:
+            try:
+                data, ancillary, _, address = sock.recvmsg(ERROR_QUOTE, ERROR_ANCILLARY,
+                                                           socket.MSG_ERRQUEUE)
+            except BlockingIOError:
+                return
+            for level, kind, payload in ancillary:
+                if (level, kind) in _EXTENDED_ERROR_MESSAGES and \
+                        len(payload) >= EXTENDED_ERROR.size:
+                    _, origin, icmp_type, code, _, info, _ = EXTENDED_ERROR.unpack_from(payload)
+                    on_error(origin, icmp_type, code, info, address, memoryview(data), now)
 
     # -- control socket (``tunnelrouter show``) ------------------------------------------
 
@@ -239,7 +305,7 @@ class Router:
         self._control = control
         self._selector.register(control, selectors.EVENT_READ, self._answer_control)
 
-    def _answer_control(self) -> None:
+    def _answer_control(self, _events) -> None:
         try:
             connection, _ = self._control.accept()
         except BlockingIOError:

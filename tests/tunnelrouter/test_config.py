@@ -26,7 +26,9 @@ def test_the_example_configuration_is_valid():
 
 def test_defaults_follow_the_kernel():
     tunnel = parse_config({"tunnels": {"gre1": GRE}}).tunnels["gre1"]
-    assert (tunnel.ttl, tunnel.tos, tunnel.mtu, tunnel.mss_clamp) == (64, 0, "auto", "auto")
+    assert (tunnel.ttl, tunnel.dscp, tunnel.ecn, tunnel.mtu, tunnel.mss_clamp) == \
+        (64, 0, "normal", "auto", "auto")
+    assert (tunnel.pmtu_discovery, tunnel.pmtu_timeout) == (True, 600)
     assert tunnel.device_mtu == 1476 and tunnel.mss_limits() == (1436, 1416)
     assert tunnel.name == "gre1" and tunnel.mode == Mode.GRE
 
@@ -68,6 +70,12 @@ def test_vxlan_peers_merge_remote_and_remotes():
     (GRE | {"underlay-mtu": 80}, "tunnels.t.underlay-mtu", "less than 68"),
     (VXLAN | {"fdb": [{"mac": "02:00:00:00:00", "remote": "10.0.0.2"}]}, "tunnels.t.fdb[0].mac",
      "MAC"),
+    (GRE | {"tos": 0}, "tunnels.t.tos", "'dscp'"),
+    (GRE | {"dscp": 64}, "tunnels.t.dscp", "'inherit'"),
+    (GRE | {"ecn": "full"}, "tunnels.t.ecn", "'compatibility'"),
+    (GRE | {"pmtu-timeout": 1}, "tunnels.t.pmtu-timeout", "greater than or equal to 5"),
+    (GRE | {"icmp-rate-limit": -1}, "tunnels.t.icmp-rate-limit", "greater than or equal to 0"),
+    (GRE | {"pmtu-discovery": "maybe"}, "tunnels.t.pmtu-discovery", "boolean"),
 ])
 def test_problems_name_the_key_and_the_problem(tunnel, path, words):
     found = problems({"t": tunnel})
@@ -92,6 +100,19 @@ def test_two_tunnels_between_the_same_ends_need_different_keys():
 
 def test_one_vni_per_port():
     assert problems({"a": VXLAN, "b": VXLAN})[0][0] == "tunnels.b.id"
+
+
+def test_vxlan_tunnels_on_one_socket_agree_on_pmtu_discovery():
+    found = problems({"a": VXLAN, "b": VXLAN | {"id": 43, "pmtu-discovery": False}})
+    assert found == [("tunnels.b.pmtu-discovery", "must equal tunnel a's: both use 10.0.0.1 "
+                                                  "port 4789")]
+
+
+def test_the_mss_follows_the_mtu_the_tunnel_carries():
+    tunnel = parse_config({"tunnels": {"gre1": GRE}}).tunnels["gre1"]
+    assert tunnel.mss_limits(1376) == (1336, 1316)
+    # Below 1280, IPv6 still goes as 1280-byte packets, in outer fragments (RFC 4213 §3.2).
+    assert tunnel.mss_limits(1256) == (1216, 1220)
 
 
 def test_every_problem_is_reported_at_once():

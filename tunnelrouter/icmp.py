@@ -1,0 +1,84 @@
+"""ICMP errors the router sends to inner senders: too big, time exceeded, relayed WAN errors.
+
+They are written into the tunnel's own device, as if they had come out of the
+tunnel, so the kernel routes them to the sender (or delivers them locally, and
+lowers its own route's PMTU). On a TAP device the message is framed in
+Ethernet back to the MAC the offending frame came from. A token bucket per
+tunnel limits them (``icmp-rate-limit``), as RFC 1812 §4.3.2.8 asks.
+"""
+
+from encap.errors import DropReason
+from encap.icmp import icmp4_error, icmp6_error
+from encap.wire import ETHERNET_HEADER_LENGTH
+
+_ETHERTYPE = {4: b"\x08\x00", 6: b"\x86\xdd"}
+
+
+class TokenBucket:
+    """``rate`` tokens a second, at most ``rate`` saved up; one token per message."""
+
+    def __init__(self, rate: int):
+        self.rate = rate
+        self.tokens = float(rate)
+        self.updated = 0.0
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(float(self.rate), self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens < 1.0:
+            return False
+        self.tokens -= 1.0
+        return True
+
+
+class IcmpReplies:
+    """Builds and writes ICMP errors for one tunnel; counts what it sends and holds back."""
+
+    def __init__(self, tunnel, device, counters):
+        self.device = device
+        self.counters = counters
+        self.bucket = TokenBucket(tunnel.icmp_rate_limit)
+        # The source is the tunnel's own address of the family; an IPv4 tunnel
+        # without one speaks from its underlay address, as a kernel tunnel would.
+        self.sources: dict[int, bytes] = {}
+        for interface in tunnel.addresses:
+            self.sources.setdefault(interface.version, interface.ip.packed)
+        if tunnel.local.version == 4:
+            self.sources.setdefault(4, tunnel.local.packed)
+
+    def send(self, packet, frame_header, icmp_type: int, code: int, parameter: int,
+             now: float) -> bool:
+        """An ICMP error about the inner IP ``packet`` (possibly truncated) to its source.
+
+        ``frame_header`` is the offending frame's Ethernet header on a TAP
+        device, else None. False when nothing was sent: no source address, the
+        rate limit, or RFC 1122/4443 forbid an error about this packet.
+        """
+        version = packet[0] >> 4 if len(packet) else 0
+        source = self.sources.get(version)
+        if source is None:
+            return False
+        if not self.bucket.take(now):
+            self.counters.icmp_rate_limited += 1
+            return False
+        if version == 4:
+            message = icmp4_error(packet, icmp_type, code, source, mtu=parameter)
+        else:
+            message = icmp6_error(packet, icmp_type, code, source, parameter=parameter)
+        if message is None:
+            return False
+        if frame_header is not None:
+            message = (bytes(frame_header[6:12]) + bytes(frame_header[0:6]) + _ETHERTYPE[version]
+                       + message)
+        try:
+            self.device.write(message)
+        except OSError:
+            self.counters.drops[DropReason.SEND_FAILED] += 1
+            return False
+        self.counters.icmp_sent += 1
+        return True
+
+
+def frame_header_of(frame, ethernet: bool):
+    """The Ethernet header a reply must be framed back to, or None on a TUN device."""
+    return frame[:ETHERNET_HEADER_LENGTH] if ethernet else None
