@@ -76,8 +76,8 @@ class Ipv4Outer(Codec):
 
     ``ttl`` and ``tos`` are plain attributes so the router can set them per
     packet when it inherits them from the inner header; ``dont_fragment`` can
-    be changed per packet too (the router clears it to send a small-MTU IPv6
-    packet in outer fragments). The identification field counts up per packet
+    be changed per packet too (the router copies an inner IPv4 packet's DF, and
+    clears it to send a small-MTU IPv6 packet in outer fragments). The identification field counts up per packet
     (RFC 6864 allows any value with DF set).
     """
 
@@ -93,6 +93,13 @@ class Ipv4Outer(Codec):
             raise EncapConfigError(f"tos {tos} is not in 0..255")
         self.src, self.dst, self.protocol = src, dst, protocol
         self.ttl, self.tos = ttl, tos
+        # The words that change only with DF, summed once for each value of the flags
+        # (RFC 1071 sums are additive): per packet only TOS, TTL, total length and
+        # identification are added.
+        self._fixed_sum_by_flags = {
+            flags: int.from_bytes(struct.pack("!HHBB4s4s", 0x4500, flags, 0, protocol, src, dst),
+                                  "big") % 0xFFFF
+            for flags in (0, FLAG_DONT_FRAGMENT)}
         self.dont_fragment = dont_fragment
         self.identification = 0
 
@@ -103,10 +110,7 @@ class Ipv4Outer(Codec):
     @dont_fragment.setter
     def dont_fragment(self, value: bool) -> None:
         self.flags = FLAG_DONT_FRAGMENT if value else 0
-        # The words that change only here, summed once (RFC 1071 sums are additive):
-        # per packet only TOS, TTL, total length and identification are added.
-        fixed = struct.pack("!HHBB4s4s", 0x4500, self.flags, 0, self.protocol, self.src, self.dst)
-        self._fixed_sum = int.from_bytes(fixed, "big") % 0xFFFF
+        self._fixed_sum = self._fixed_sum_by_flags[self.flags]
 
     def encap_into(self, buf, start: int, end: int) -> int:
         header_start = start - IPV4_HEADER_LENGTH

@@ -35,6 +35,7 @@ from tunnelrouter.counters import Counters
 from tunnelrouter.fdb import Fdb
 from tunnelrouter.icmp import IcmpReplies
 from tunnelrouter.pmtu import PathMtu
+from tunnelrouter.transport import SOCKET_TTL
 
 PROTOCOL_BY_MODE = {Mode.GRE: IpProto.GRE, Mode.GRETAP: IpProto.GRE, Mode.IPIP: IpProto.IPIP,
                     Mode.SIT: IpProto.IPV6}
@@ -55,12 +56,12 @@ def inner_ip(packet: memoryview, ethernet: bool) -> memoryview | None:
     return None
 
 
-def inner_ttl_tos(packet: memoryview) -> tuple[int, int] | None:
-    """``(ttl or hop limit, tos or traffic class)`` of an IP packet."""
+def inner_header_fields(packet: memoryview) -> tuple[int, int, bool] | None:
+    """``(ttl or hop limit, tos or traffic class, may be fragmented)`` of an IP packet."""
     if len(packet) >= 20 and packet[0] >> 4 == 4:
-        return packet[8], packet[1]
+        return packet[8], packet[1], not packet[6] & 0x40
     if len(packet) >= 40 and packet[0] >> 4 == 6:
-        return packet[7], ((packet[0] & 0x0F) << 4) | (packet[1] >> 4)
+        return packet[7], ((packet[0] & 0x0F) << 4) | (packet[1] >> 4), False
     return None
 
 
@@ -84,6 +85,7 @@ class Datapath(abc.ABC):
         self.inherit_ttl = config.ttl == "inherit"
         self.default_ttl = 64 if self.inherit_ttl else config.ttl
         self.frame_overhead = ETHERNET_HEADER_LENGTH if self.ethernet else 0
+        self.discovery = config.pmtu_discovery
         self.pmtu_overhead = config.derived_mtu().overhead.total
         self.pmtu = PathMtu(config.device_mtu, self.pmtu_overhead,
                             config.pmtu_timeout) if config.pmtu_discovery else None
@@ -119,24 +121,33 @@ class Datapath(abc.ABC):
             if inner is not None:
                 clamp_mss(inner, *self.mss)
 
-    def _outer_ttl_tos(self, packet: memoryview) -> tuple[int, int]:
-        """Outer TTL and TOS for ``packet`` (ttl, dscp and ecn settings); TTL 0 means drop."""
+    def _outer_fields(self, packet: memoryview) -> tuple[int, int, bool]:
+        """Outer TTL, TOS and whether the outer packet may be fragmented, for ``packet``
+        (ttl, dscp and ecn settings; an IPv4 packet's own DF, RFC 2003 §3.1). TTL 0: drop."""
         inner = inner_ip(packet, self.ethernet)
-        fields = inner_ttl_tos(inner) if inner is not None else None
+        fields = inner_header_fields(inner) if inner is not None else None
         if fields is None:
-            return self.default_ttl, self.tos_fixed
-        ttl, tos = fields
+            return self.default_ttl, self.tos_fixed, False
+        ttl, tos, fragmentable = fields
         return (ttl if self.inherit_ttl else self.default_ttl if ttl else 0), \
-            (tos & self.tos_inherited) | self.tos_fixed
+            (tos & self.tos_inherited) | self.tos_fixed, fragmentable
 
-    def _send(self, datagram: memoryview, destination: tuple) -> bool:
-        try:
-            self.sock.sendto(datagram, destination)
-        except OSError as error:
-            reason = DropReason.TOO_BIG if error.errno == errno.EMSGSIZE else DropReason.SEND_FAILED
-            self.counters.drops[reason] += 1
-            return False
-        return True
+    def _send(self, send, *arguments) -> bool:
+        """``send(*arguments)``, once more if the first attempt only collected an error.
+
+        An ICMP error about an earlier datagram leaves the socket with a pending error
+        that the next send returns instead of sending (the error itself waits on the
+        error queue for the router); that packet deserves a second try."""
+        for attempt in (1, 2):
+            try:
+                send(*arguments)
+                return True
+            except OSError as error:
+                if attempt == 2:
+                    reason = DropReason.TOO_BIG if error.errno == errno.EMSGSIZE else \
+                        DropReason.SEND_FAILED
+                    self.counters.drops[reason] += 1
+        return False
 
     def _decapsulate_ecn(self, packet: memoryview, outer_ecn: int) -> bool:
         """RFC 6040 §4.2 on an arriving packet whose outer header is ECN-capable.
@@ -265,6 +276,8 @@ class Datapath(abc.ABC):
             parameter = min(self.effective_mtu, info - self.pmtu_overhead)
             if parameter < (IPV6_MINIMUM_MTU if version == 6 else IPV4_MINIMUM_MTU):
                 return  # nothing true to tell (IPv6 now goes in outer fragments)
+            if version == 4 and (len(inner) < 7 or not inner[6] & 0x40):
+                return  # its sender allowed fragments: from now on the router makes them
         header = frame[:ETHERNET_HEADER_LENGTH] if self.ethernet else None
         self.icmp.send(inner, header, relayed[0], relayed[1], parameter, now)
 
@@ -307,21 +320,28 @@ class RawTunnel(Datapath):
         self.stack = Ipv4Tunnel(self.outer, self.codec)
         self.destination = (str(config.remote), 0)
 
-    def _encapsulate(self, buf: bytearray, view: memoryview, end: int, now: float) -> None:
+    def _encapsulate(self, buf: bytearray, view: memoryview, end: int, now: float,
+                     fragmentable: bool = False) -> None:
         packet = view[HEADROOM:end]
         self._clamp(packet)
         outer = self.outer
-        ttl, outer.tos = self._outer_ttl_tos(packet)
+        ttl, outer.tos, inner_fragmentable = self._outer_fields(packet)
         if not ttl:
             self._time_exceeded(packet, now)
             return
         outer.ttl = ttl
+        # Outer DF as the inner IPv4 packet's (RFC 2003 §3.1): a packet that may be
+        # fragmented is fragmented by a narrow WAN link rather than lost before the path
+        # MTU is known; once it is, such packets are fragmented inside (_too_big).
+        dont_fragment = self.discovery and not (fragmentable or inner_fragmentable)
+        if dont_fragment != outer.dont_fragment:
+            outer.dont_fragment = dont_fragment
         try:
             start = self.stack.encap_into(buf, HEADROOM, end)
         except DecodeError as error:
             self.counters.drops[error.reason] += 1
             return
-        if self._send(view[start:end], self.destination):
+        if self._send(self.sock.sendto, view[start:end], self.destination):
             self.counters.tx_packets += 1
             self.counters.tx_bytes += end - HEADROOM
 
@@ -336,12 +356,7 @@ class RawTunnel(Datapath):
             self.icmp.send(inner, header, Icmp6Type.TIME_EXCEEDED, 0, 0, now)
 
     def _send_outer_fragmented(self, buf, view, end: int, now: float) -> None:
-        outer = self.outer
-        outer.dont_fragment = False
-        try:
-            self._encapsulate(buf, view, end, now)
-        finally:
-            outer.dont_fragment = True
+        self._encapsulate(buf, view, end, now, fragmentable=True)
 
     def from_wire(self, datagram: memoryview) -> None:
         try:
@@ -396,7 +411,7 @@ class VxlanTunnel(Datapath):
     def _encapsulate(self, buf: bytearray, view: memoryview, end: int, now: float) -> None:
         frame = view[HEADROOM:end]
         self._clamp(frame)
-        ttl, tos = self._outer_ttl_tos(frame)
+        ttl, tos, _ = self._outer_fields(frame)  # DF is the socket's: RFC 7348 §4.3
         if not ttl:
             ttl = self.default_ttl  # bridged frames are not routed: their TTL is not ours
         try:
@@ -404,17 +419,16 @@ class VxlanTunnel(Datapath):
         except DecodeError as error:
             self.counters.drops[error.reason] += 1
             return
-        datagram = (view[start:end],)
-        ancillary = self._ancillary.get(ttl << 8 | tos) or self._new_ancillary(ttl, tos)
         remote = None if frame[0] & 1 else self.fdb.lookup(bytes(frame[0:6]), now)
         sent = False
+        if ttl == SOCKET_TTL and tos == 0:
+            # The socket's own defaults: no ancillary data to build or parse.
+            send, arguments = self.sock.sendto, (view[start:end],)
+        else:
+            ancillary = self._ancillary.get(ttl << 8 | tos) or self._new_ancillary(ttl, tos)
+            send, arguments = self.sock.sendmsg, ((view[start:end],), ancillary, 0)
         for destination in ((remote,) if remote is not None else self.flood):
-            try:
-                self.sock.sendmsg(datagram, ancillary, 0, destination)
-                sent = True
-            except OSError as error:
-                self.counters.drops[DropReason.TOO_BIG if error.errno == errno.EMSGSIZE
-                                    else DropReason.SEND_FAILED] += 1
+            sent = self._send(send, *arguments, destination) or sent
         if sent:
             self.counters.tx_packets += 1
             self.counters.tx_bytes += end - HEADROOM

@@ -10,7 +10,7 @@ import errno
 import json
 import logging
 import os
-import selectors
+import select
 import signal
 import socket
 import sys
@@ -51,7 +51,10 @@ class Router:
         self.tunnels: dict[str, RawTunnel | VxlanTunnel] = {}
         self._devices: list[TunTapDevice] = []
         self._sockets: list[socket.socket] = []
-        self._selector = selectors.DefaultSelector()
+        # epoll itself, not selectors: selectors hides EPOLLERR from a descriptor
+        # registered for reading, and EPOLLERR is how the error queue says it has ICMP.
+        self._epoll = select.epoll()
+        self._handlers: dict[int, object] = {}
         self._wire_buf = bytearray(BUFFER_SIZE)
         self._wire_view = memoryview(self._wire_buf)
         self._device_buf = bytearray(BUFFER_SIZE)
@@ -94,18 +97,21 @@ class Router:
                         raw_sockets[end] = self._own(raw_socket(*end))
                     datapath = RawTunnel(tunnel, device, raw_sockets[end])
                     by_source[end][str(tunnel.remote)].append(datapath)
-                self._selector.register(device.fd, selectors.EVENT_READ,
-                                        self._device_reader(datapath))
+                self._watch(device.fd, self._device_reader(datapath))
                 self.tunnels[name] = datapath
         for end, sock in raw_sockets.items():
             sources = {source: tuple(tunnels) for source, tunnels in by_source[end].items()}
-            self._selector.register(sock, selectors.EVENT_READ, self._raw_wire_reader(sock, sources))
+            self._watch(sock.fileno(), self._raw_wire_reader(sock, sources))
         for end, sock in udp_sockets.items():
-            self._selector.register(sock, selectors.EVENT_READ,
-                                    self._vxlan_wire_reader(sock, by_vni[end]))
+            self._watch(sock.fileno(), self._vxlan_wire_reader(sock, by_vni[end]))
         if self.control_path:
             self._open_control()
         log.info("started %d tunnel(s): %s", len(self.tunnels), ", ".join(self.tunnels))
+
+    def _watch(self, fd: int, handler) -> None:
+        """Call ``handler(epoll events)`` whenever ``fd`` is readable or has an error."""
+        self._handlers[fd] = handler
+        self._epoll.register(fd, select.EPOLLIN)
 
     def _own(self, sock: socket.socket) -> socket.socket:
         self._sockets.append(sock)
@@ -113,7 +119,7 @@ class Router:
 
     def close(self) -> None:
         """Remove everything the router made: devices (with their routes), sockets."""
-        self._selector.close()
+        self._epoll.close()
         for sock in self._sockets:
             sock.close()
         for device in self._devices:
@@ -138,8 +144,8 @@ class Router:
         next_housekeeping = time.monotonic() + HOUSEKEEPING_INTERVAL
         try:
             while not self._stopping:
-                for key, events in self._selector.select(HOUSEKEEPING_INTERVAL):
-                    key.data(events)
+                for fd, events in self._epoll.poll(HOUSEKEEPING_INTERVAL):
+                    self._handlers[fd](events)
                 now = time.monotonic()
                 if now >= next_housekeeping:
                     self._housekeeping(now)
@@ -157,7 +163,7 @@ class Router:
         writer.setblocking(False)
         self._wakeup = (reader, writer)
         signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
-        self._selector.register(reader, selectors.EVENT_READ, lambda _: reader.recv(64))
+        self._watch(reader.fileno(), lambda _: reader.recv(64))
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: self.stop())
 
@@ -213,7 +219,7 @@ class Router:
                     self._mtu_changed(datapath)
 
         def drain(events) -> None:
-            if events & selectors.EVENT_WRITE:
+            if events & select.EPOLLERR:
                 self._read_errors(sock, on_error)
             for _ in range(BATCH):
                 try:
@@ -248,7 +254,7 @@ class Router:
                     self._mtu_changed(datapath)
 
         def drain(events) -> None:
-            if events & selectors.EVENT_WRITE:
+            if events & select.EPOLLERR:
                 self._read_errors(sock, on_error)
             now = time.monotonic()
             for _ in range(BATCH):
@@ -303,7 +309,7 @@ class Router:
         control.listen(8)
         control.setblocking(False)
         self._control = control
-        self._selector.register(control, selectors.EVENT_READ, self._answer_control)
+        self._watch(control.fileno(), self._answer_control)
 
     def _answer_control(self, _events) -> None:
         try:

@@ -15,6 +15,7 @@ the quoted packet, for the router to read (``MSG_ERRQUEUE``).
 import socket
 
 SOCKET_BUFFER = 4 << 20
+SOCKET_TTL = 64
 # <linux/in.h> and <linux/in6.h>; the socket module does not name these.
 IP_MTU_DISCOVER, IP_RECVERR = 10, 11
 IPV6_MTU_DISCOVER, IPV6_RECVERR = 23, 25
@@ -53,10 +54,14 @@ def udp_socket(local: str, port: int, dont_fragment: bool = True) -> socket.sock
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # The defaults a datagram without ancillary data gets: TTL 64 whatever the host's
+        # ip_default_ttl, TOS 0; other values travel as ancillary data per datagram.
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVTCLASS, 1)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, SOCKET_TTL)
         else:
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_RECVTOS, 1)
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, SOCKET_TTL)
         sock.bind((local, port))
         _tune(sock, dont_fragment)
     except OSError:

@@ -98,6 +98,34 @@ def test_outer_ttl_dscp_and_ecn_follow_the_settings(options, inner_tos, inner_tt
     assert (outer.tos, outer.ttl) == (outer_tos, outer_ttl)
 
 
+@pytest.mark.parametrize("options, packet, outer_df", [
+    ({}, inner4(df=True), True),
+    ({}, inner4(df=False), False),     # RFC 2003 §3.1: the WAN may fragment what the sender may
+    ({}, inner6(), True),
+    ({"pmtu-discovery": False}, inner4(df=True), False),
+])
+def test_outer_dont_fragment_follows_the_inner_packet_and_the_setting(options, packet, outer_df):
+    datapath = tunnel(**options)
+    from_device(datapath, packet)
+    (outer,) = sent_outer(datapath)
+    assert bool(outer.flags.DF) == outer_df
+
+
+def test_a_send_that_only_collected_an_earlier_error_is_tried_again():
+    datapath = tunnel()
+    sendto = datapath.sock.sendto
+    failures = iter([OSError(90, "Message too long")])
+
+    def send_after_icmp(data, destination):
+        error = next(failures, None)
+        if error is not None:
+            raise error
+        sendto(data, destination)
+    datapath.sock.sendto = send_after_icmp
+    from_device(datapath, inner4())
+    assert len(datapath.sock.sent) == 1 and not datapath.counters.drops_by_label()
+
+
 def test_ipv6_traffic_class_is_the_inner_tos():
     datapath = tunnel(dscp="inherit", ttl="inherit")
     from_device(datapath, inner6(tc=0x2E << 2 | ECT_1, hlim=9))
@@ -185,7 +213,7 @@ def test_a_packet_that_may_be_fragmented_is_sent_in_inner_fragments():
     original = inner4(1476, df=False)
     from_device(datapath, original)
     outers = sent_outer(datapath)
-    assert len(outers) == 2 and all(len(bytes(o)) <= 1400 and o.flags.DF for o in outers)
+    assert len(outers) == 2 and all(len(bytes(o)) <= 1400 for o in outers)
     fragments = [IP(Gre().decap_bytes(bytes(o[IP].payload))) for o in outers]
     assert all(f.flags.MF or f.frag for f in fragments)
     (whole,) = defragment(fragments)
@@ -263,6 +291,14 @@ def test_a_too_big_report_that_cannot_be_true_is_ignored(reported, why):
     assert datapath.effective_mtu == 1476 and not datapath.device.written
 
 
+def test_a_sender_that_allowed_fragments_is_not_told_to_stop():
+    datapath = tunnel(**{"pmtu-discovery": True})
+    quoted = quoted_outer(datapath, inner4(1476, df=False))
+    # (A WAN router says so only if the outer had DF: here the quote is forged to have it.)
+    assert datapath.wan_error(ORIGIN_ICMP, 3, 4, 1400, REMOTE, quoted, NOW)
+    assert datapath.effective_mtu == 1376 and not datapath.device.written
+
+
 def test_a_local_emsgsize_lowers_the_path_too():
     datapath = tunnel()
     assert datapath.wan_error(ORIGIN_LOCAL, 0, 0, 1400, REMOTE, memoryview(bytes(20)), NOW)
@@ -300,6 +336,12 @@ def test_vxlan_sets_ttl_and_tos_per_datagram_as_ancillary_data():
     (ancillary,) = datapath.sock.ancillary
     values = {kind: int.from_bytes(data, "little") for _, kind, data in ancillary}
     assert values == {socket.IP_TTL: 33, socket.IP_TOS: 0xB8 | ECT_0}
+
+
+def test_vxlan_sends_plainly_when_the_socket_defaults_are_right():
+    datapath = tunnel(VxlanTunnel)
+    from_device(datapath, bytes(Ether(dst="ff:ff:ff:ff:ff:ff") / IP(inner4(100, tos=0xB8))))
+    assert len(datapath.sock.sent) == 1 and datapath.sock.ancillary == []
 
 
 def test_vxlan_drops_congestion_marks_an_inner_packet_cannot_carry():
