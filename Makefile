@@ -17,8 +17,10 @@ bench-codec: deps
 	$(PY) scripts/bench_codec.py
 
 # The namespace lab (netns-lab/README.md): tears down any old lab, builds and tests a new one.
+# WAN_MTU=1400 (or 1280) narrows the link in the middle of the WAN: the path-MTU variant.
+WAN_MTU ?= 1500
 lab: deps
-	bash netns-lab/lab.sh up
+	bash netns-lab/lab.sh up $(WAN_MTU)
 
 lab-down:
 	bash netns-lab/lab.sh down

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# The tunnelrouter namespace lab:  hostA — M1 — WAN — M2 — hostB
+# The tunnelrouter namespace lab:  hostA — M1 — WAN1 ==middle== WAN2 — M2 — hostB
 #
-#   lab.sh up      tear down any old lab, build a new one, start both routers, test it
-#   lab.sh test    ping and measure every tunnel of a running lab again
-#   lab.sh down    stop every lab process and delete every trt-lab-* namespace
+#   lab.sh up [MTU]  tear down any old lab, build a new one whose middle WAN link has this
+#                    MTU (default 1500), start both routers, test it
+#   lab.sh test      ping, measure and load every tunnel of a running lab again
+#   lab.sh mtu N     set the middle WAN link's MTU on the running lab (the routers are
+#                    not told: they learn it from ICMP, and forget it after pmtu-timeout)
+#   lab.sh down      stop every lab process and delete every trt-lab-* namespace
 #
 # Everything lives in namespaces named trt-lab-*; every veth is created inside them, so
 # deleting the namespaces removes every link. Nothing outside them is touched.
@@ -15,14 +18,18 @@ REPO=$(cd "$LAB_DIR/.." && pwd)
 RUN="$LAB_DIR/run"
 TR="$REPO/.venv/bin/tunnelrouter"
 PREFIX=trt-lab
-NAMESPACES=("$PREFIX-hosta" "$PREFIX-m1" "$PREFIX-wan" "$PREFIX-m2" "$PREFIX-hostb")
+NAMESPACES=("$PREFIX-hosta" "$PREFIX-m1" "$PREFIX-wan1" "$PREFIX-wan2" "$PREFIX-m2" "$PREFIX-hostb")
+FULL_MTU=1500          # every link but the middle one
+TRANSFER=10M           # bytes each way per tunnel in the black-hole check
+TRANSFER_TIMEOUT=20    # seconds: a transfer that takes longer counts as a black hole
 
-# mode | tunnel device | hostA source | hostB destination
+# mode | tunnel device | hostA source | hostB destination | encapsulation overhead
+# (gre1 has key, checksum and sequence: 24 + 3 * 4)
 TESTS=(
-  "gre   gre1  10.1.1.1 10.2.1.1"
-  "vxlan vx1   10.1.2.1 10.2.2.1"
-  "ipip  ipip1 10.1.3.1 10.2.3.1"
-  "sit   six1  fd01::1  fd02::1"
+  "gre   gre1  10.1.1.1 10.2.1.1 36"
+  "vxlan vx1   10.1.2.1 10.2.2.1 50"
+  "ipip  ipip1 10.1.3.1 10.2.3.1 20"
+  "sit   six1  fd01::1  fd02::1  20"
 )
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
@@ -59,8 +66,16 @@ lab_down() {
   rm -f "$RUN"/*.sock
 }
 
-build_topology() {
-  say "building namespaces: ${NAMESPACES[*]}"
+set_middle_mtu() {  # set_middle_mtu N: both ends of the wan1—wan2 link
+  local ns
+  for ns in wan1 wan2; do ip -n "$PREFIX-$ns" link set mid mtu "$1"; done
+}
+
+middle_mtu() { in_ns wan1 cat /sys/class/net/mid/mtu; }
+
+build_topology() {  # build_topology MIDDLE_MTU
+  local middle_mtu=$1
+  say "building namespaces: ${NAMESPACES[*]} (middle WAN link MTU $middle_mtu)"
   local ns
   for ns in "${NAMESPACES[@]}"; do
     ip netns add "$ns"
@@ -69,24 +84,30 @@ build_topology() {
     ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
     ip netns exec "$ns" sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
   done
-  for ns in m1 wan m2; do
+  for ns in m1 wan1 wan2 m2; do
     sysctl_ns "$ns" net.ipv4.ip_forward 1
     sysctl_ns "$ns" net.ipv6.conf.all.forwarding 1
   done
 
-  # Links are born inside their namespaces:  hostA:eth0—m1:lan  m1:wan—wan:to-m1
-  # wan:to-m2—m2:wan  m2:lan—hostB:eth0
+  # Links are born inside their namespaces:  hostA:eth0—m1:lan  m1:wan—wan1:to-m1
+  # wan1:mid—wan2:mid  wan2:to-m2—m2:wan  m2:lan—hostB:eth0
   ip -n $PREFIX-hosta link add eth0 type veth peer name lan netns $PREFIX-m1
-  ip -n $PREFIX-m1 link add wan type veth peer name to-m1 netns $PREFIX-wan
-  ip -n $PREFIX-wan link add to-m2 type veth peer name wan netns $PREFIX-m2
+  ip -n $PREFIX-m1 link add wan type veth peer name to-m1 netns $PREFIX-wan1
+  ip -n $PREFIX-wan1 link add mid type veth peer name mid netns $PREFIX-wan2
+  ip -n $PREFIX-wan2 link add to-m2 type veth peer name wan netns $PREFIX-m2
   ip -n $PREFIX-m2 link add lan type veth peer name eth0 netns $PREFIX-hostb
 
-  # The WAN: IPv4 only, one /24 on each side of the plain router in trt-lab-wan.
-  ip -n $PREFIX-wan addr add 10.99.1.254/24 dev to-m1
-  ip -n $PREFIX-wan addr add 10.99.2.254/24 dev to-m2
+  # The WAN: IPv4 only. Two plain routers, wan1 and wan2, one /24 on each side and one
+  # between them: M1's and M2's own links stay at 1500, only the middle link gets
+  # $middle_mtu, so the tunnelrouters can learn it from ICMP only.
+  ip -n $PREFIX-wan1 addr add 10.99.1.254/24 dev to-m1
+  ip -n $PREFIX-wan1 addr add 10.99.12.1/24 dev mid
+  ip -n $PREFIX-wan2 addr add 10.99.12.2/24 dev mid
+  ip -n $PREFIX-wan2 addr add 10.99.2.254/24 dev to-m2
   ip -n $PREFIX-m1 addr add 10.99.1.1/24 dev wan
   ip -n $PREFIX-m2 addr add 10.99.2.1/24 dev wan
-  for ns in wan m1 m2; do
+  set_middle_mtu "$middle_mtu"
+  for ns in wan1 wan2 m1 m2; do
     # The WAN carries no IPv6 at all, not even link-local.
     for dev in $(ip -n $PREFIX-$ns -br link show type veth | awk '{sub(/@.*/, "", $1); print $1}'); do
       [[ $dev == lan ]] || sysctl_ns "$ns" "net.ipv6.conf.$dev.disable_ipv6" 1
@@ -112,6 +133,8 @@ build_topology() {
   done
   ip -n $PREFIX-m1 route add 10.99.2.0/24 via 10.99.1.254
   ip -n $PREFIX-m2 route add 10.99.1.0/24 via 10.99.2.254
+  ip -n $PREFIX-wan1 route add 10.99.2.0/24 via 10.99.12.2
+  ip -n $PREFIX-wan2 route add 10.99.1.0/24 via 10.99.12.1
 
   # Hosts: each far prefix through the near router, from the matching local address, so
   # hostA's 10.1.n.1 talks to hostB's 10.2.n.1 and the reply comes back the same tunnel.
@@ -162,31 +185,71 @@ start_routers() {
   ip -n $PREFIX-m2 route add 10.1.2.0/24 via 192.168.102.1 dev vx1
 }
 
+# What a sender on hostA must be told is the largest packet through a tunnel, when the
+# middle link takes MIDDLE bytes: the device MTU or the path minus the overhead, whichever
+# is smaller, and never less than 1280 for IPv6 (RFC 8200 §5).
+told_mtu() {  # told_mtu MIDDLE OVERHEAD FAMILY
+  local middle=$1 overhead=$2 family=$3 mtu
+  mtu=$(( (middle < FULL_MTU ? middle : FULL_MTU) - overhead ))
+  (( family == 6 && mtu < 1280 )) && mtu=1280
+  echo "$mtu"
+}
+
+# A DF ping from hostA of the largest packet the tunnel device takes. A narrower path must
+# answer it with fragmentation-needed / packet-too-big naming the MTU WANT; a full one
+# must carry it. Prints the table cell; fails if the answer is wrong.
+df_ping() {  # df_ping SRC DST DEVICE_MTU WANT
+  local src=$1 dst=$2 device_mtu=$3 want=$4 headers=28 out told
+  [[ $dst == *:* ]] && headers=48
+  in_ns hosta ip route flush cache; in_ns hosta ip -6 route flush cache  # forget old PMTUs
+  out=$(in_ns hosta ping -M do -s $((device_mtu - headers)) -c 4 -i 0.2 -W 1 -I "$src" "$dst" 2>&1) || true
+  if (( want == device_mtu )); then
+    if grep -q ' 4 received' <<<"$out"; then echo "$device_mtu passes"; return 0; fi
+    echo "$device_mtu LOST"; echo "DF ping $src -> $dst:" >&2; echo "$out" >&2; return 1
+  fi
+  told=$(grep -oE 'Frag needed and DF set \(mtu = [0-9]+|Packet too big: mtu=[0-9]+' <<<"$out" \
+    | grep -oE '[0-9]+$' | sort -u | paste -sd, -)
+  if [[ $told == "$want" ]]; then echo "told $told"; return 0; fi
+  echo "told ${told:-nothing} FAIL"
+  echo "DF ping $src -> $dst: expected mtu $want:" >&2; echo "$out" >&2
+  return 1
+}
+
+transfer() {  # transfer SRC DST [-R]: $TRANSFER bytes cross within $TRANSFER_TIMEOUT s
+  in_ns hosta timeout "$TRANSFER_TIMEOUT" iperf3 -c "$2" -B "$1" -n "$TRANSFER" "${@:3}" >/dev/null 2>&1
+}
+
+ROW='%-6s | %-5s | %-21s | %-8s | %-8s | %-6s | %-7s | %-7s | %s'
+
 run_tests() {
-  say "testing every tunnel: ping -c 3, then iperf3 -t 2 from hostA to hostB"
   if ! [[ -S $RUN/m1.sock && -S $RUN/m2.sock ]]; then
     echo "the lab is not running (no control sockets in $RUN); run: $0 up" >&2
     return 1
   fi
+  local middle
+  middle=$(middle_mtu)
+  say "testing every tunnel (middle WAN link MTU $middle): ping -c 3, iperf3 -t 2 from hostA" \
+    "to hostB, $TRANSFER each way (iperf3 -n, ${TRANSFER_TIMEOUT} s timeout), a DF ping of the device MTU"
   in_ns hostb pkill -F "$RUN/iperf3-hostb.pid" 2>/dev/null || true
   : >"$RUN/iperf3-hostb.log"
   in_ns hostb iperf3 -s -D --pidfile "$RUN/iperf3-hostb.pid" --logfile "$RUN/iperf3-hostb.log"
   sleep 0.3
 
-  local failed=0 rows=() mode dev src dst out loss rtt json mbit
+  local failed=0 rows=() mode dev src dst overhead out loss rtt json mbit there back df family
   for t in "${TESTS[@]}"; do
-    read -r mode dev src dst <<<"$t"
+    read -r mode dev src dst overhead <<<"$t"
     if out=$(in_ns hosta ping -c 3 -i 0.2 -W 2 -I "$src" "$dst" 2>&1); then
       loss=$(sed -n 's/.* \([0-9]*\) received.*/\1/p' <<<"$out")
       loss="ok $loss/3"
       rtt=$(sed -n 's|^rtt [^=]*= [0-9.]*/\([0-9.]*\)/.*|\1|p' <<<"$out")
     else
-      loss="FAIL"; rtt="-"; failed=1
+      failed=1
       echo "$mode: ping $dst from $src failed:" >&2; echo "$out" >&2
+      # No point measuring a tunnel that does not answer pings.
+      rows+=("$(printf "$ROW" "$mode" "$dev" "$src -> $dst" FAIL - - - - -)")
+      continue
     fi
-    if [[ $loss == FAIL ]]; then
-      mbit="-"  # no point measuring a tunnel that does not answer pings
-    elif json=$(in_ns hosta timeout 15 iperf3 -c "$dst" -B "$src" -t 2 -J 2>&1); then
+    if json=$(in_ns hosta timeout 15 iperf3 -c "$dst" -B "$src" -t 2 -J 2>&1); then
       mbit=$(python3 -c 'import json, sys
 print("%.1f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 1e6))' \
         <<<"$json") || { mbit="FAIL"; failed=1; }
@@ -194,17 +257,36 @@ print("%.1f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] /
       mbit="FAIL"; failed=1
       echo "$mode: iperf3 to $dst failed: $(grep '"error"' <<<"$json" || tail -3 <<<"$json")" >&2
     fi
-    rows+=("$(printf '%-6s | %-5s | %-21s | %-8s | %-8s | %s' "$mode" "$dev" "$src -> $dst" "$loss" "$rtt" "$mbit")")
+    there=ok; back=ok
+    transfer "$src" "$dst" || { there=FAIL; failed=1; echo "$mode: $TRANSFER hostA -> hostB did not complete" >&2; }
+    transfer "$src" "$dst" -R || { back=FAIL; failed=1; echo "$mode: $TRANSFER hostB -> hostA did not complete" >&2; }
+    family=4; [[ $dst == *:* ]] && family=6
+    df=$(df_ping "$src" "$dst" $((FULL_MTU - overhead)) "$(told_mtu "$middle" "$overhead" $family)") || failed=1
+    rows+=("$(printf "$ROW" "$mode" "$dev" "$src -> $dst" "$loss" "$rtt" "$mbit" "$there" "$back" "$df")")
   done
   in_ns hostb pkill -F "$RUN/iperf3-hostb.pid" 2>/dev/null || true
   rm -f "$RUN/iperf3-hostb.pid"
 
   echo
-  printf '%-6s | %-5s | %-21s | %-8s | %-8s | %s\n' mode dev path ping "rtt avg" "Mbit/s"
-  printf '%s\n' "-------+-------+-----------------------+----------+----------+-------"
+  printf "$ROW\n" mode dev path ping "rtt avg" Mbit/s "$TRANSFER ->" "$TRANSFER <-" "DF ping (middle MTU $middle)"
+  printf '%s\n' "-------+-------+-----------------------+----------+----------+--------+---------+---------+-----------------"
   printf '%s\n' "${rows[@]}"
   echo
   return $failed
+}
+
+set_mtu() {  # set_mtu N: the middle link of a running lab
+  local mtu=$1
+  [[ $mtu =~ ^[0-9]+$ ]] && (( mtu >= 576 && mtu <= FULL_MTU )) \
+    || { echo "mtu: give a number from 576 to $FULL_MTU" >&2; return 2; }
+  ip netns list | grep -q "^$PREFIX-wan1\b" || { echo "the lab is not running; run: $0 up" >&2; return 1; }
+  say "middle WAN link (wan1 mid — wan2 mid): MTU $(middle_mtu) -> $mtu"
+  set_middle_mtu "$mtu"
+  cat <<EOF
+The routers learn a narrower path from the ICMP answering the next oversized DF packet,
+and try the full MTU again after pmtu-timeout (30 s in m1.yaml and m2.yaml). Watch:
+  ip netns exec $PREFIX-m1 $TR show --socket $RUN/m1.sock
+EOF
 }
 
 explore_hint() {
@@ -212,8 +294,9 @@ explore_hint() {
 The lab is up. Explore it (from $REPO):
   ip netns exec $PREFIX-m1 .venv/bin/tunnelrouter show --socket netns-lab/run/m1.sock
   ip netns exec $PREFIX-hosta bash            # then: ping 10.2.1.1, ping fd02::1, ...
-  ip netns exec $PREFIX-wan tcpdump -ni to-m1  # the encapsulated traffic on the WAN
-  bash netns-lab/lab.sh test                   # ping and measure every tunnel again
+  ip netns exec $PREFIX-wan1 tcpdump -ni to-m1 # the encapsulated traffic on the WAN
+  bash netns-lab/lab.sh test                   # ping, measure and load every tunnel again
+  bash netns-lab/lab.sh mtu 1400               # narrow the middle WAN link; 1500 widens it
 Router logs: netns-lab/run/m1.log, netns-lab/run/m2.log.  Tear down: make lab-down
 EOF
 }
@@ -224,8 +307,11 @@ main() {
   case "${1:-}" in
     up)
       [[ -x $TR ]] || { echo "$TR missing: run 'make deps' first" >&2; exit 1; }
+      local mtu=${2:-$FULL_MTU}
+      [[ $mtu =~ ^[0-9]+$ ]] && (( mtu >= 576 && mtu <= FULL_MTU )) \
+        || { echo "up: the middle WAN link MTU must be a number from 576 to $FULL_MTU" >&2; exit 2; }
       lab_down
-      build_topology
+      build_topology "$mtu"
       start_routers
       local rc=0
       run_tests || rc=$?
@@ -234,8 +320,9 @@ main() {
       exit $rc
       ;;
     test) run_tests ;;
+    mtu) set_mtu "${2:-}" ;;
     down) lab_down ;;
-    *) echo "usage: $0 up|test|down" >&2; exit 2 ;;
+    *) echo "usage: $0 up [MTU]|test|mtu N|down" >&2; exit 2 ;;
   esac
 }
 

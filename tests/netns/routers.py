@@ -1,8 +1,13 @@
 """Running tunnelrouters inside test namespaces: start, wait, ask ``show``."""
 
 import json
+import os
+import select
+import signal
 import socket
+import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -56,3 +61,56 @@ def show(control: Path) -> dict:
         while chunk := sock.recv(65536):
             data += chunk
     return json.loads(data)
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.1) -> None:
+    """Poll ``predicate()`` until it is true; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
+        time.sleep(interval)
+
+
+def wait_for_text(stream, text: str, timeout: float) -> None:
+    """Read a process's ``stream`` until ``text`` appears (TimeoutError if it does not).
+    Reads the descriptor itself: a buffered readline would hide data from select."""
+    deadline = time.monotonic() + timeout
+    seen = b""
+    while (left := deadline - time.monotonic()) > 0:
+        if not select.select([stream], [], [], left)[0]:
+            break
+        chunk = os.read(stream.fileno(), 4096)
+        seen += chunk
+        if text.encode() in seen:
+            return
+        if not chunk:
+            break
+    raise TimeoutError(f"no {text!r} in {timeout} s; got {seen.decode(errors='replace')!r}")
+
+
+@contextmanager
+def capture(ns, ifname: str, pcap: Path, *bpf: str, timeout: float = 5.0):
+    """tcpdump on ``ifname`` in ``ns`` into ``pcap`` while the ``with`` block runs.
+
+    It is capturing when the block starts (``listening on`` said, file header written)
+    and every frame it saw is in the file when the block ends. --immediate-mode: without
+    it frames wait in the capture ring for up to a second, and what is still there at
+    SIGINT is counted "received by filter" but never written.
+    """
+    tcpdump = ns.popen("tcpdump", "-ni", ifname, "-w", str(pcap), "-U", "--immediate-mode",
+                       "-Z", "root", *bpf)
+    deadline = time.monotonic() + timeout
+    wait_for_text(tcpdump.stderr, "listening on", timeout)
+    while not (pcap.exists() and pcap.stat().st_size >= 24):  # the pcap file header
+        assert time.monotonic() < deadline, "tcpdump did not write its file header"
+        time.sleep(0.02)
+    try:
+        yield pcap
+    finally:
+        time.sleep(0.1)  # let the last frames reach the capture
+        tcpdump.send_signal(signal.SIGINT)
+        try:
+            tcpdump.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            tcpdump.kill()
+            raise AssertionError("tcpdump did not stop on SIGINT")
