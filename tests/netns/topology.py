@@ -182,7 +182,8 @@ class PmtuLab:
             return all(entry["expires_in"] >= within
                        for router in self.routers.values()
                        for entry in router.tunnel(tunnel)["path_mtu"].values())
-        wait_until(settled, within + 1, f"{tunnel}'s learnt path MTUs to expire")
+        # An entry goes at the router's next housekeeping (every second) after it expires.
+        wait_until(settled, within + 3, f"{tunnel}'s learnt path MTUs to expire")
 
     def route_mtu(self, side: int, flow: Flow) -> int | None:
         """The ``mtu`` of the route into the flow's tunnel on M1 (side 1) or M2 (side 2)."""
