@@ -8,6 +8,7 @@ a system service.
 import argparse
 import json
 import logging
+import os
 import socket
 import sys
 from pathlib import Path
@@ -207,7 +208,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"tunnelrouter show: give --socket: not exactly one socket in "
                   f"{DEFAULT_CONTROL_DIR}", file=sys.stderr)
             return EXIT_UNAVAILABLE
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except BrokenPipeError:
+        # `tunnelrouter show | head`: the reader has what it wanted. Point stdout at
+        # /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def default_control_socket() -> str | None:

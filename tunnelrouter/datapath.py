@@ -17,8 +17,8 @@ import socket
 import struct
 import sys
 
-from encap.ecn import DROP, UNUSED_COMBINATIONS, EcnMode, decapsulated_ecn, packet_ecn, \
-    set_packet_ecn
+from encap.ecn import (DROP, ECN_MASK, UNUSED_COMBINATIONS, decapsulated_ecn, outer_ecn,
+                       packet_ecn, set_packet_ecn)
 from encap.errors import DecodeError, DropReason
 from encap.fragment import fragment_ipv4
 from encap.gre import Gre, header_length as gre_header_length
@@ -79,8 +79,7 @@ class Datapath(abc.ABC):
         # The outer TOS is (inner TOS & inherited bits) | fixed bits: DSCP is the
         # upper six bits, ECN the lower two (RFC 6040 normal mode copies them).
         inherit_dscp = config.dscp == "inherit"
-        self.tos_inherited = (0xFC if inherit_dscp else 0) | \
-            (0x03 if config.ecn == EcnMode.NORMAL else 0)
+        self.tos_inherited = (0xFC if inherit_dscp else 0) | outer_ecn(ECN_MASK, config.ecn)
         self.tos_fixed = 0 if inherit_dscp else config.dscp << 2
         self.inherit_ttl = config.ttl == "inherit"
         self.default_ttl = 64 if self.inherit_ttl else config.ttl

@@ -9,7 +9,6 @@ tunnel limits them (``icmp-rate-limit``), as RFC 1812 §4.3.2.8 asks.
 
 from encap.errors import DropReason
 from encap.icmp import icmp4_error, icmp6_error
-from encap.wire import ETHERNET_HEADER_LENGTH
 
 _ETHERTYPE = {4: b"\x08\x00", 6: b"\x86\xdd"}
 
@@ -78,7 +77,3 @@ class IcmpReplies:
         self.counters.icmp_sent += 1
         return True
 
-
-def frame_header_of(frame, ethernet: bool):
-    """The Ethernet header a reply must be framed back to, or None on a TUN device."""
-    return frame[:ETHERNET_HEADER_LENGTH] if ethernet else None

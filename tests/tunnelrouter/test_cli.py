@@ -1,11 +1,16 @@
 """The command line: exit codes and what it prints."""
 
+import json
+import socket
+import threading
+
 import pytest
 
 from tunnelrouter import __version__
 from tunnelrouter.cli import main
 
 from tests.tunnelrouter.test_config import EXAMPLE
+from tests.tunnelrouter.test_datapath import NOW, REMOTE, tunnel
 
 
 def test_version(capsys):
@@ -37,3 +42,28 @@ def test_mtu_calculator(capsys):
 def test_mtu_refuses_impossible_options(capsys):
     assert main(["mtu", "ipip", "--key"]) == 2
     assert "GRE options" in capsys.readouterr().err
+
+
+def test_show_prints_the_learnt_path_mtu_and_what_happened(tmp_path, capsys):
+    datapath = tunnel()
+    datapath.learn_path_mtu(REMOTE, 1400, NOW)
+    datapath.counters.icmp_sent = 2
+    status = {"uptime": 1.0, "unattributed": {}, "tunnels": {"t0": datapath.status(NOW)}}
+    path = str(tmp_path / "control.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(path)
+        server.listen(1)
+
+        def answer():
+            connection, _ = server.accept()
+            with connection:
+                connection.recv(64)
+                connection.sendall(json.dumps(status).encode() + b"\n")
+        thread = threading.Thread(target=answer)
+        thread.start()
+        assert main(["show", "--socket", path]) == 0
+        thread.join()
+    out = capsys.readouterr().out
+    assert "  mtu: 1476 (carries 1376 now)" in out
+    assert f"  path mtu to {REMOTE}: 1400 (expires in 600.0 s)" in out
+    assert "  icmp sent: 2" in out and "fragments sent" not in out
