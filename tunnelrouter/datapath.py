@@ -332,9 +332,10 @@ class RawTunnel(Datapath):
         # Outer DF as the inner IPv4 packet's (RFC 2003 §3.1): a packet that may be
         # fragmented is fragmented by a narrow WAN link rather than lost before the path
         # MTU is known; once it is, such packets are fragmented inside (_too_big).
-        dont_fragment = self.discovery and not (fragmentable or inner_fragmentable)
-        if dont_fragment != outer.dont_fragment:
-            outer.dont_fragment = dont_fragment
+        flags = FLAG_DONT_FRAGMENT if self.discovery and not (fragmentable or
+                                                             inner_fragmentable) else 0
+        if flags != outer.flags:  # the plain attribute: the property costs a call
+            outer.dont_fragment = bool(flags)
         try:
             start = self.stack.encap_into(buf, HEADROOM, end)
         except DecodeError as error:
