@@ -114,16 +114,15 @@ class Datapath(abc.ABC):
 
     # -- per packet helpers ---------------------------------------------------------------
 
-    def _clamp(self, packet: memoryview) -> None:
-        if self.mss is not None:
-            inner = inner_ip(packet, self.ethernet)
-            if inner is not None:
-                clamp_mss(inner, *self.mss)
+    def _clamp(self, inner: memoryview | None) -> None:
+        """Clamp the MSS of ``inner``, the IP packet ``inner_ip`` found (None: not IP)."""
+        if self.mss is not None and inner is not None:
+            clamp_mss(inner, *self.mss)
 
-    def _outer_fields(self, packet: memoryview) -> tuple[int, int, bool]:
-        """Outer TTL, TOS and whether the outer packet may be fragmented, for ``packet``
-        (ttl, dscp and ecn settings; an IPv4 packet's own DF, RFC 2003 §3.1). TTL 0: drop."""
-        inner = inner_ip(packet, self.ethernet)
+    def _outer_fields(self, inner: memoryview | None) -> tuple[int, int, bool]:
+        """Outer TTL, TOS and whether the outer packet may be fragmented, for the inner IP
+        packet (ttl, dscp and ecn settings; an IPv4 packet's own DF, RFC 2003 §3.1).
+        TTL 0: drop."""
         fields = inner_header_fields(inner) if inner is not None else None
         if fields is None:
             return self.default_ttl, self.tos_fixed, False
@@ -131,22 +130,20 @@ class Datapath(abc.ABC):
         return (ttl if self.inherit_ttl else self.default_ttl if ttl else 0), \
             (tos & self.tos_inherited) | self.tos_fixed, fragmentable
 
-    def _send(self, send, *arguments) -> bool:
-        """``send(*arguments)``, once more if the first attempt only collected an error.
+    def _send_again(self, send, *arguments) -> bool:
+        """``send(*arguments)`` once more, after a first attempt failed.
 
         An ICMP error about an earlier datagram leaves the socket with a pending error
         that the next send returns instead of sending (the error itself waits on the
         error queue for the router); that packet deserves a second try."""
-        for attempt in (1, 2):
-            try:
-                send(*arguments)
-                return True
-            except OSError as error:
-                if attempt == 2:
-                    reason = DropReason.TOO_BIG if error.errno == errno.EMSGSIZE else \
-                        DropReason.SEND_FAILED
-                    self.counters.drops[reason] += 1
-        return False
+        try:
+            send(*arguments)
+        except OSError as error:
+            reason = DropReason.TOO_BIG if error.errno == errno.EMSGSIZE else \
+                DropReason.SEND_FAILED
+            self.counters.drops[reason] += 1
+            return False
+        return True
 
     def _decapsulate_ecn(self, packet: memoryview, outer_ecn: int) -> bool:
         """RFC 6040 §4.2 on an arriving packet whose outer header is ECN-capable.
@@ -171,7 +168,7 @@ class Datapath(abc.ABC):
         return True
 
     def _deliver(self, packet: memoryview) -> None:
-        self._clamp(packet)
+        self._clamp(inner_ip(packet, self.ethernet))
         try:
             self.device.write(packet)
         except OSError:
@@ -322,9 +319,10 @@ class RawTunnel(Datapath):
     def _encapsulate(self, buf: bytearray, view: memoryview, end: int, now: float,
                      fragmentable: bool = False) -> None:
         packet = view[HEADROOM:end]
-        self._clamp(packet)
+        inner = inner_ip(packet, self.ethernet)
+        self._clamp(inner)
         outer = self.outer
-        ttl, outer.tos, inner_fragmentable = self._outer_fields(packet)
+        ttl, outer.tos, inner_fragmentable = self._outer_fields(inner)
         if not ttl:
             self._time_exceeded(packet, now)
             return
@@ -341,9 +339,14 @@ class RawTunnel(Datapath):
         except DecodeError as error:
             self.counters.drops[error.reason] += 1
             return
-        if self._send(self.sock.sendto, view[start:end], self.destination):
-            self.counters.tx_packets += 1
-            self.counters.tx_bytes += end - HEADROOM
+        datagram = view[start:end]
+        try:
+            self.sock.sendto(datagram, self.destination)
+        except OSError:
+            if not self._send_again(self.sock.sendto, datagram, self.destination):
+                return
+        self.counters.tx_packets += 1
+        self.counters.tx_bytes += end - HEADROOM
 
     def _time_exceeded(self, packet: memoryview, now: float) -> None:
         """RFC 2003 §3.1 / RFC 1812 §5.3.1: a packet with no hops left is not sent on."""
@@ -410,8 +413,9 @@ class VxlanTunnel(Datapath):
 
     def _encapsulate(self, buf: bytearray, view: memoryview, end: int, now: float) -> None:
         frame = view[HEADROOM:end]
-        self._clamp(frame)
-        ttl, tos, _ = self._outer_fields(frame)  # DF is the socket's: RFC 7348 §4.3
+        inner = inner_ip(frame, True)
+        self._clamp(inner)
+        ttl, tos, _ = self._outer_fields(inner)  # DF is the socket's: RFC 7348 §4.3
         if not ttl:
             ttl = self.default_ttl  # bridged frames are not routed: their TTL is not ours
         try:
@@ -428,7 +432,11 @@ class VxlanTunnel(Datapath):
             ancillary = self._ancillary.get(ttl << 8 | tos) or self._new_ancillary(ttl, tos)
             send, arguments = self.sock.sendmsg, ((view[start:end],), ancillary, 0)
         for destination in ((remote,) if remote is not None else self.flood):
-            sent = self._send(send, *arguments, destination) or sent
+            try:
+                send(*arguments, destination)
+                sent = True
+            except OSError:
+                sent = self._send_again(send, *arguments, destination) or sent
         if sent:
             self.counters.tx_packets += 1
             self.counters.tx_bytes += end - HEADROOM

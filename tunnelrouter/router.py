@@ -245,6 +245,8 @@ class Router:
         receive, buffers, view, drops = sock.recvmsg_into, [self._wire_buf], self._wire_view, \
             self.counters.drops
         space = socket.CMSG_SPACE(4)
+        # IP_TOS arrives as one byte, IPV6_TCLASS as a native int: its low byte either way.
+        low_byte = 0 if sys.byteorder == "little" else -1
 
         def on_error(origin, icmp_type, code, info, address, quoted, now) -> None:
             vni = int.from_bytes(quoted[4:7], "big") if len(quoted) >= 8 else None
@@ -274,8 +276,7 @@ class Router:
                 if datapath is None:
                     drops[DropReason.VXLAN_UNKNOWN_VNI] += 1
                     continue
-                # IP_TOS arrives as one byte, IPV6_TCLASS as an int: the low byte either way.
-                tos = ancillary[0][2][0 if sys.byteorder == "little" else -1] if ancillary else 0
+                tos = ancillary[0][2][low_byte] if ancillary else 0
                 datapath.from_wire(frame, address[0], tos, now)
         return drain
 

@@ -16,13 +16,11 @@ socket) would appear unfinished in the capture, which a real NIC would finish.
 
 import json
 import select
-import signal
 import subprocess
-import time
 
 import pytest
 
-from tests.netns.routers import VENV_BIN, WAN, join_wan
+from tests.netns.routers import VENV_BIN, WAN, capture, join_wan
 from tests.netns.test_router_e2e import PINGS, start_pair
 from tests.tshark import run_tshark, values
 
@@ -142,20 +140,14 @@ def wan_routers(netns, tmp_path):
 
 
 def capture_traffic(m1, m2, wan, pcap) -> None:
-    # --immediate-mode: without it frames wait in the capture ring for up to a second, and
-    # what is still there at SIGINT is counted "received by filter" but never written.
-    tcpdump = m2.popen("tcpdump", "-i", wan.b_name, "-w", str(pcap), "-U", "--immediate-mode",
-                       "-n", "-Z", "root")
-    deadline = time.monotonic() + 5
-    listening = ""
-    while "listening on" not in listening:
-        assert tcpdump.poll() is None, f"tcpdump exited: {tcpdump.stderr.read()}"
-        assert time.monotonic() < deadline, "tcpdump did not start capturing"
-        listening = read_line(tcpdump.stderr, deadline - time.monotonic())
-    while not (pcap.exists() and pcap.stat().st_size >= 24):  # the pcap file header
-        assert time.monotonic() < deadline, "tcpdump did not write its file header"
-        time.sleep(0.02)
+    with capture(m2, wan.b_name, pcap):
+        failed_pings, results, addresses = exchange_traffic(m1, m2)
+    assert not failed_pings, f"no answer through: {failed_pings}"
+    assert results == {address: str(PAYLOAD) for address in addresses}, results
 
+
+def exchange_traffic(m1, m2):
+    """Pings through every tunnel and one TCP connection per tunnel address, at once."""
     addresses = [address for _, address in TCP_TARGETS]
     server = m2.popen(str(VENV_BIN / "python"), "-c", SERVER, str(TCP_PORT), *addresses)
     assert read_line(server.stdout, 5).strip() == "ready", server.stderr.read()
@@ -167,18 +159,7 @@ def capture_traffic(m1, m2, wan, pcap) -> None:
     failed_pings = [f"{tunnel} -> {address}" for tunnel, address, ping in pings
                     if ping.wait(timeout=10)]
     server.wait(timeout=10)
-
-    time.sleep(0.2)  # let the last frames reach the capture
-    tcpdump.send_signal(signal.SIGINT)
-    try:
-        tcpdump.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        tcpdump.kill()
-        raise AssertionError("tcpdump did not stop on SIGINT")
-
-    assert not failed_pings, f"no answer through: {failed_pings}"
-    results = json.loads(client.stdout)
-    assert results == {address: str(PAYLOAD) for address in addresses}, results
+    return failed_pings, json.loads(client.stdout), addresses
 
 
 def test_wan_capture_decodes_cleanly(wan_routers, tmp_path):

@@ -8,6 +8,7 @@ scapy builds the inner packets and reads what comes out.
 """
 
 import socket
+import sys
 
 import pytest
 from scapy.layers.inet import ICMP, IP, TCP, UDP, defragment
@@ -294,7 +295,7 @@ def test_a_too_big_report_that_cannot_be_true_is_ignored(reported, why):
 def test_a_sender_that_allowed_fragments_is_not_told_to_stop():
     datapath = tunnel(**{"pmtu-discovery": True})
     quoted = quoted_outer(datapath, inner4(1476, df=False))
-    # (A WAN router says so only if the outer had DF: here the quote is forged to have it.)
+    # (The outer copied the inner's clear DF, so only a forged or confused report says this.)
     assert datapath.wan_error(ORIGIN_ICMP, 3, 4, 1400, REMOTE, quoted, NOW)
     assert datapath.effective_mtu == 1376 and not datapath.device.written
 
@@ -334,7 +335,7 @@ def test_vxlan_sets_ttl_and_tos_per_datagram_as_ancillary_data():
     frame = bytes(Ether(dst="ff:ff:ff:ff:ff:ff") / IP(inner4(100, tos=0xB8 | ECT_0)))
     from_device(datapath, frame)
     (ancillary,) = datapath.sock.ancillary
-    values = {kind: int.from_bytes(data, "little") for _, kind, data in ancillary}
+    values = {kind: int.from_bytes(data, sys.byteorder) for _, kind, data in ancillary}
     assert values == {socket.IP_TTL: 33, socket.IP_TOS: 0xB8 | ECT_0}
 
 
