@@ -40,6 +40,8 @@ class DropReason(enum.IntEnum):
     NO_ROUTE = enum.auto()
     TOO_BIG = enum.auto()
     SEND_FAILED = enum.auto()
+    UNDERLAY_FULL = enum.auto()       # the socket's send buffer is full (EAGAIN, ENOBUFS)
+    DEVICE_DOWN = enum.auto()         # the tunnel's device is down, or gone
     TTL_EXPIRED = enum.auto()
     ECN_CE_ON_NOT_ECT = enum.auto()   # RFC 6040 §4.2: congestion the inner packet cannot carry
 

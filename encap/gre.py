@@ -35,6 +35,10 @@ VERSION_MASK = 0x0007
 # That leaves 1 (Routing), 4 (strict source route) and 5 (top recursion bit).
 # Bits 6-12 MUST be ignored on receipt.
 DISCARD_FLAGS = 0x4000 | 0x0800 | 0x0400
+# A packet at most this far behind the window is a late or duplicate one, dropped; a run
+# of NEW_EPOCH_RUN consecutive ones further behind means the sender numbers anew.
+REORDER_WINDOW = 64
+NEW_EPOCH_RUN = 4
 # Plain ints: an IntEnum member lookup costs ~10x a global on the hot path (Python 3.11).
 _PROTOCOL_IPV4 = int(EtherType.IPV4)
 _PROTOCOL_IPV6 = int(EtherType.IPV6)
@@ -85,6 +89,9 @@ class Gre(Codec):
             self.header_by_version[6] = fixed_part(_PROTOCOL_IPV6)
         self.next_sequence = 0
         self.expected_sequence: int | None = None
+        self._behind_run = 0          # consecutive packets far behind the window ...
+        self._behind_next = 0         # ... and the number that would continue their run
+        self.epochs = 0               # how often the receiver followed the sender to new numbers
 
     def encap_into(self, buf, start: int, end: int) -> int:
         fixed = header_for_inner(self.header_by_version, self.minimum_inner, buf, start, end)
@@ -129,10 +136,7 @@ class Gre(Codec):
             offset += 4
         elif self.key is not None:
             raise DecodeError(DropReason.GRE_WRONG_KEY)
-        if flags & FLAG_SEQUENCE:
-            if self.sequence:
-                self.accept_sequence(GRE_WORD.unpack_from(view, offset)[0])
-        elif self.sequence:
+        if not flags & FLAG_SEQUENCE and self.sequence:
             raise DecodeError(DropReason.GRE_MISSING_SEQUENCE)
         payload = view[length:]
         if self.ethernet:
@@ -140,21 +144,46 @@ class Gre(Codec):
                 raise DecodeError(DropReason.GRE_UNKNOWN_PROTOCOL)
             if len(payload) < ETHERNET_HEADER_LENGTH:
                 raise DecodeError(DropReason.INNER_MALFORMED)
-            return payload
-        if protocol == _PROTOCOL_IPV4:
-            return inner_ip_packet(payload, 4)
-        if protocol == _PROTOCOL_IPV6:
-            return inner_ip_packet(payload, 6)
-        raise DecodeError(DropReason.GRE_UNKNOWN_PROTOCOL)
+        elif protocol == _PROTOCOL_IPV4:
+            payload = inner_ip_packet(payload, 4)
+        elif protocol == _PROTOCOL_IPV6:
+            payload = inner_ip_packet(payload, 6)
+        else:
+            raise DecodeError(DropReason.GRE_UNKNOWN_PROTOCOL)
+        if self.sequence:
+            # Last: the receive window moves only for a packet that is otherwise good.
+            self.accept_sequence(GRE_WORD.unpack_from(view, offset)[0])
+        return payload
 
     def accept_sequence(self, sequence: int) -> None:
-        # RFC 2890 §2.2 with serial-number arithmetic, as Linux ip_tunnel_rcv():
-        # anything at or after the next expected number is in order; the gap
-        # (lost packets) is forgiven, a step back (reorder, duplicate) is not.
+        """RFC 2890 §2.2 with serial-number arithmetic, as Linux ip_tunnel_rcv(): anything
+        at or after the next expected number is in order; the gap (lost packets) is
+        forgiven, a step back (reorder, duplicate) is not.
+
+        Unlike Linux, a tunnel recovers when its peer restarts (and numbers from 0
+        again) or when a forged number far ahead was once accepted: a run of
+        ``NEW_EPOCH_RUN`` packets that follow one another, all more than
+        ``REORDER_WINDOW`` behind, is a new epoch of the sender, not a replay. Only
+        packets that passed every other check reach this, so the run cannot be
+        built from packets the tunnel would drop anyway.
+        """
         expected = self.expected_sequence
-        if expected is not None and (sequence - expected) & 0x80000000:
-            raise DecodeError(DropReason.GRE_OUT_OF_ORDER)
-        self.expected_sequence = (sequence + 1) & 0xFFFFFFFF
+        if expected is None or not (sequence - expected) & 0x80000000:
+            self.expected_sequence = (sequence + 1) & 0xFFFFFFFF
+            self._behind_run = 0
+            return
+        if (expected - sequence) & 0xFFFFFFFF > REORDER_WINDOW:
+            if self._behind_run and (sequence - self._behind_next) & 0xFFFFFFFF < REORDER_WINDOW:
+                self._behind_run += 1
+            else:
+                self._behind_run = 1
+            self._behind_next = (sequence + 1) & 0xFFFFFFFF
+            if self._behind_run >= NEW_EPOCH_RUN:
+                self.expected_sequence = self._behind_next
+                self._behind_run = 0
+                self.epochs += 1
+                return
+        raise DecodeError(DropReason.GRE_OUT_OF_ORDER)
 
 
 def gre_key(view: memoryview) -> int | None:

@@ -13,15 +13,16 @@ import socket
 import sys
 from pathlib import Path
 
-from encap.errors import EncapConfigError
-from encap.mtu import Mode, tunnel_mtu
 from tunnelrouter import __version__
-from tunnelrouter.config import DEFAULT_CONTROL_DIR, ConfigError, Tunnel, load_config
-from tunnelrouter.counters import Counters
+from tunnelrouter.config import DEFAULT_CONTROL_DIR, ConfigError, load_config, parse_config, render
+from tunnelrouter.control.render import render_status
+from tunnelrouter.modes import MODES, TunnelConfig
 
 EXIT_CONFIG = 2
 EXIT_UNAVAILABLE = 69   # EX_UNAVAILABLE: the daemon or a privilege is not there
 EXIT_FAILURE = 1
+SHOW_TIMEOUT = 5.0
+SHOW_MAX_BYTES = 64 << 20
 
 # Capability bits (linux/capability.h) the router needs: devices and routes, raw sockets.
 NEEDED_CAPABILITIES = {"CAP_NET_ADMIN": 12, "CAP_NET_RAW": 13}
@@ -33,20 +34,19 @@ def missing_capabilities(status_path: str = "/proc/self/status") -> list[str]:
     return [name for name, bit in NEEDED_CAPABILITIES.items() if not effective >> bit & 1]
 
 
-def _print_problems(config_path: str, error: ConfigError) -> None:
-    for path, message in error.problems:
-        print(f"{config_path}: {path}: {message}" if path else f"{config_path}: {message}",
-              file=sys.stderr)
+def _print_problems(config_path: str, problems) -> None:
+    for problem in problems:
+        print(render(problem, config_path), file=sys.stderr)
 
 
 def command_run(args) -> int:
-    from tunnelrouter.router import Router  # pyroute2 and pytun load only for the daemon
+    from tunnelrouter.router import Router, StartError  # pyroute2 and pytun: the daemon only
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         config = load_config(args.config)
     except ConfigError as error:
-        _print_problems(args.config, error)
+        _print_problems(args.config, error.problems)
         return EXIT_CONFIG
     missing = missing_capabilities()
     if missing:
@@ -56,8 +56,10 @@ def command_run(args) -> int:
     router = Router(config, args.control_socket or config.control_path(args.config))
     try:
         router.start()
-    except OSError as error:
-        print(f"tunnelrouter run: cannot start: {error}", file=sys.stderr)
+    except StartError as error:
+        for path, message in error.problems:
+            print(f"{args.config}: cannot start: {path + ': ' if path else ''}{message}",
+                  file=sys.stderr)
         return EXIT_FAILURE
     router.run()
     return 0
@@ -66,51 +68,33 @@ def command_run(args) -> int:
 def command_show(args) -> int:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as control:
-            control.settimeout(5)
+            control.settimeout(SHOW_TIMEOUT)
             control.connect(args.socket)
             control.sendall(b"show\n")
             reply = b""
-            while chunk := control.recv(65536):
+            while len(reply) <= SHOW_MAX_BYTES and (chunk := control.recv(1 << 16)):
                 reply += chunk
     except OSError as error:
-        print(f"tunnelrouter show: no daemon answers on {args.socket}: {error.strerror or error}",
-              file=sys.stderr)
+        print(f"tunnelrouter show: no daemon answers on {args.socket}: "
+              f"{error.strerror or error or 'it timed out'}", file=sys.stderr)
         return EXIT_UNAVAILABLE
-    status = json.loads(reply)
+    try:
+        status = json.loads(reply)
+    except ValueError:
+        print(f"tunnelrouter show: the daemon on {args.socket} sent {len(reply)} bytes that "
+              f"are not its status", file=sys.stderr)
+        return EXIT_FAILURE
+    if "error" in status:
+        print(f"tunnelrouter show: the daemon says: {status['error']}", file=sys.stderr)
+        return EXIT_FAILURE
     tunnels = status["tunnels"]
     if args.tunnel:
         if args.tunnel not in tunnels:
             print(f"tunnelrouter show: no tunnel {args.tunnel!r}; there are: "
                   f"{', '.join(tunnels)}", file=sys.stderr)
             return EXIT_FAILURE
-        tunnels = {args.tunnel: tunnels[args.tunnel]}
-    if args.json:
-        print(json.dumps(status | {"tunnels": tunnels}, indent=2))
-        return 0
-    for name, tunnel in tunnels.items():
-        counters = tunnel["counters"]
-        clamp = tunnel["mss_clamp"]
-        if isinstance(clamp, dict):
-            clamp = ", ".join(f"{family} {mss}" for family, mss in clamp.items())
-        print(f"tunnel: {name}\n  mode: {tunnel['mode']}\n  local: {tunnel['local']}\n"
-              f"  peers: {', '.join(tunnel['peers'])}\n"
-              f"  mtu: {tunnel['mtu']} (carries {tunnel['effective_mtu']} now)\n"
-              f"  mss clamp: {clamp}\n"
-              f"  rx: {counters['rx_packets']} packets, {counters['rx_bytes']} bytes\n"
-              f"  tx: {counters['tx_packets']} packets, {counters['tx_bytes']} bytes")
-        for peer, learnt in tunnel["path_mtu"].items():
-            print(f"  path mtu to {peer}: {learnt['mtu']} (expires in {learnt['expires_in']} s)")
-        for event in Counters.EVENTS:
-            if counters[event]:
-                print(f"  {event.replace('_', ' ')}: {counters[event]}")
-        for reason, count in counters["drops"].items():
-            print(f"  dropped {reason}: {count}")
-        for entry in tunnel.get("fdb", ()):
-            age = "static" if entry["static"] else f"expires in {entry['expires_in']} s"
-            print(f"  fdb {entry['mac']} -> {entry['remote']} ({age})")
-        print()
-    for reason, count in status["unattributed"].items():
-        print(f"dropped before any tunnel, {reason}: {count}")
+        status = status | {"tunnels": {args.tunnel: tunnels[args.tunnel]}}
+    print(json.dumps(status, indent=2) if args.json else render_status(status))
     return 0
 
 
@@ -126,7 +110,7 @@ def command_check(args) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as error:
-        _print_problems(args.config, error)
+        _print_problems(args.config, error.problems)
         return EXIT_CONFIG
     print(HEADER)
     for name, tunnel in config.tunnels.items():
@@ -135,22 +119,33 @@ def command_check(args) -> int:
     return 0
 
 
-def _row_for(name: str, tunnel: Tunnel) -> str:
+def _row_for(name: str, tunnel: TunnelConfig) -> str:
     derived = tunnel.derived_mtu()
     limits = tunnel.mss_limits()
-    carried = tunnel.mode.inner_families
+    carried = tunnel.kind.inner_families
     mss4, mss6 = ("off", "off") if limits is None else limits
-    return _mtu_row(name, tunnel.mode.value, derived.overhead.total, tunnel.device_mtu,
+    return _mtu_row(name, tunnel.mode, derived.overhead.total, tunnel.device_mtu,
                     mss4 if 4 in carried else None, mss6 if 6 in carried else None)
 
 
 def command_mtu(args) -> int:
+    """The calculator asks the configuration the same question a tunnel would."""
+    family = 6 if args.ipv6_underlay else 4
+    local, remote = ("2001:db8::1", "2001:db8::2") if family == 6 else ("192.0.2.1", "192.0.2.2")
+    body = {"mode": args.mode, "local": local, "remote": remote,
+            "underlay-mtu": args.underlay_mtu}
+    if MODES[args.mode].config.model_fields.get("id") is not None:
+        body["id"] = 1
+    body |= {"key": 1} if args.key else {}
+    body |= {option: True for option in ("sequence", "checksum") if getattr(args, option)}
     try:
-        result = tunnel_mtu(args.mode, args.underlay_mtu, 6 if args.ipv6_underlay else 4,
-                            key=args.key, sequence=args.sequence, checksum=args.checksum)
-    except EncapConfigError as error:
-        print(f"tunnelrouter mtu: {error}", file=sys.stderr)
+        tunnel = parse_config({"tunnels": {"-": body}}).tunnels["-"]
+    except ConfigError as error:
+        for problem in error.problems:
+            print(f"tunnelrouter mtu: {problem.path.removeprefix('tunnels.-.')}: "
+                  f"{problem.message}", file=sys.stderr)
         return EXIT_CONFIG
+    result = tunnel.derived_mtu()
     parts = result.overhead
     print(HEADER)
     print(_mtu_row("-", args.mode, parts.total, result.mtu, result.mss_ipv4, result.mss_ipv6))
@@ -186,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=command_check)
 
     mtu = commands.add_parser("mtu", help="the overhead, MTU and MSS of an encapsulation")
-    mtu.add_argument("mode", choices=[m.value for m in Mode])
+    mtu.add_argument("mode", choices=list(MODES))
     mtu.add_argument("--underlay-mtu", type=int, default=1500, metavar="BYTES")
     mtu.add_argument("--ipv6-underlay", action="store_true", help="outer IPv6 instead of IPv4")
     mtu.add_argument("--key", action="store_true", help="GRE key present")

@@ -1,150 +1,66 @@
-"""The router's configuration: one YAML file, validated whole before anything is touched.
+"""The router's configuration: one YAML file, checked whole before anything is touched.
 
 Key names follow netplan's ``tunnels:`` section (``mode``, ``local``, ``remote``,
 ``key``, ``ttl``, ``addresses``, ``routes``, VXLAN ``id``/``port``/``ageing``/
 ``mac-learning``) and, where netplan has nothing, wg-quick's habits. The device
-name is the key of the tunnel's mapping, as in netplan.
+name is the key of the tunnel's mapping, as in netplan; each mode's own keys
+are its model's (``tunnelrouter/modes/``).
 
-pydantic does the type and shape checking (unknown keys, bad addresses, ranges)
-and names the key path of every problem; the checks across fields and tunnels
-(options a mode lacks, overlapping routes, address families) are validators here.
+One pass reports every problem of the file, each with its key path and line:
+YAML that does not parse or repeats a key, every key of every tunnel that is
+wrong (pydantic, per tunnel, by its mode), how a tunnel's keys fit together
+(checked on whatever keys were right), and how the tunnels fit together
+(routes that overlap or cover a peer, two tunnels a socket cannot tell apart).
+Nothing in a file, however broken or hostile, gives more than messages: size,
+nesting and alias expansion are bounded, and the route checks take n log n.
 """
 
-import ipaddress
+from __future__ import annotations
+
+import bisect
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import NamedTuple
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, IPvAnyAddress, IPvAnyInterface, IPvAnyNetwork,
-                      ValidationError, field_validator, model_validator)
+from pydantic import ValidationError
 
-from encap.ecn import EcnMode
-from encap.errors import EncapConfigError
-from encap.mtu import IPV6_MINIMUM_MTU, Mode, TunnelMtu, tcp_mss, tunnel_mtu
-from encap.vxlan import VNI_MAX
-from encap.wire import VXLAN_PORT
+from tunnelrouter.modes import MODES, TunnelConfig, Underlay
 
 IFNAMSIZ = 16  # the kernel's limit, including the terminating NUL
-DEFAULT_UNDERLAY_MTU = 1500
 DEFAULT_CONTROL_DIR = "/run/tunnelrouter"
+MAX_FILE_BYTES = 16 << 20
+MAX_NODES = 200_000      # YAML nodes once aliases are expanded: an alias bomb stops here
+MAX_DIGITS = 40          # a longer number is no configuration value (and int() would balk)
+TOP_LEVEL_KEYS = ("tunnels", "control-socket")
+
+
+class Problem(NamedTuple):
+    path: str      # the key path: ``tunnels.gre1.addresses[1]`` ("" for the file itself)
+    message: str
+    line: int | None = None
 
 
 class ConfigError(Exception):
-    """The configuration is wrong; ``problems`` lists ``(key path, message)`` pairs."""
+    """The configuration is wrong; ``problems`` lists every :class:`Problem`."""
 
-    def __init__(self, problems: list[tuple[str, str]]):
+    def __init__(self, problems: list[Problem]):
         self.problems = problems
-        super().__init__("\n".join(f"{path}: {message}" if path else message
-                                   for path, message in problems))
+        super().__init__("\n".join(render(problem) for problem in problems))
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+def render(problem: Problem, file: str | None = None) -> str:
+    """``file:line: path: message``, leaving out what is not known."""
+    where = f"{file}:{problem.line}" if file and problem.line else file or (
+        f"line {problem.line}" if problem.line else "")
+    return ": ".join(part for part in (where, problem.path, problem.message) if part)
 
 
-Inherit = Literal["inherit"]
-
-
-class StaticFdbEntry(_Strict):
-    mac: str
-    remote: IPvAnyAddress
-
-    @field_validator("mac")
-    @classmethod
-    def _mac(cls, value: str) -> str:
-        parts = value.split(":")
-        if len(parts) != 6 or not all(len(p) == 2 and all(c in "0123456789abcdefABCDEF" for c in p)
-                                      for p in parts):
-            raise ValueError(f"{value!r} is not a MAC address like 02:00:00:00:00:01")
-        return value.lower()
-
-
-class Tunnel(_Strict):
-    """One tunnel: its device, its peer(s), its encapsulation options."""
-
-    name: str = ""
-    mode: Mode
-    local: IPvAnyAddress
-    remote: IPvAnyAddress | None = None
-    # GRE (RFC 2890) options.
-    key: int | None = Field(default=None, ge=0, le=0xFFFFFFFF)
-    sequence: bool = False
-    checksum: bool = False
-    # VXLAN options.
-    id: int | None = Field(default=None, ge=0, le=VNI_MAX, description="the VNI")
-    port: int = Field(default=VXLAN_PORT, ge=1, le=65535)
-    remotes: tuple[IPvAnyAddress, ...] = ()
-    mac_learning: bool = Field(default=True, alias="mac-learning")
-    ageing: int = Field(default=300, ge=1, le=86400)
-    fdb: tuple[StaticFdbEntry, ...] = ()
-    # Outer header (the README's table "Outer header, MTU and ICMP" says what each does).
-    ttl: Annotated[int, Field(ge=1, le=255)] | Inherit = 64
-    dscp: Annotated[int, Field(ge=0, le=63)] | Inherit = 0
-    ecn: EcnMode = EcnMode.NORMAL
-    pmtu_discovery: bool = Field(default=True, alias="pmtu-discovery")
-    pmtu_timeout: int = Field(default=600, ge=5, le=86400, alias="pmtu-timeout")
-    icmp_rate_limit: int = Field(default=100, ge=0, le=100000, alias="icmp-rate-limit")
-    # The device and what is routed into it.
-    addresses: tuple[IPvAnyInterface, ...] = ()
-    mtu: Annotated[int, Field(ge=68, le=65535)] | Literal["auto"] = "auto"
-    underlay_mtu: int = Field(default=DEFAULT_UNDERLAY_MTU, ge=68, le=65535, alias="underlay-mtu")
-    routes: tuple[IPvAnyNetwork, ...] = ()
-    mss_clamp: Annotated[int, Field(ge=88, le=65535)] | Literal["auto", "off"] = Field(
-        default="auto", alias="mss-clamp")
-
-    @property
-    def peers(self) -> tuple:
-        """Every underlay address this tunnel sends to and accepts from."""
-        return tuple(dict.fromkeys(((self.remote,) if self.remote else ()) + self.remotes))
-
-    def derived_mtu(self) -> TunnelMtu:
-        """Overhead, automatic MTU and MSS values from ``encap.mtu``."""
-        return tunnel_mtu(self.mode, self.underlay_mtu, self.local.version, key=self.key is not None,
-                          sequence=self.sequence, checksum=self.checksum)
-
-    @property
-    def device_mtu(self) -> int:
-        return self.derived_mtu().mtu if self.mtu == "auto" else self.mtu
-
-    def mss_limits(self, mtu: int | None = None) -> tuple[int, int] | None:
-        """``(mss_ipv4, mss_ipv6)`` to clamp to when the tunnel carries ``mtu``-byte packets
-        (default: the device MTU), or None when clamping is off. IPv6 is carried at 1280
-        at least, in outer fragments if it must (RFC 4213 §3.2)."""
-        if self.mss_clamp == "off":
-            return None
-        if self.mss_clamp != "auto":
-            return self.mss_clamp, self.mss_clamp
-        mtu = self.device_mtu if mtu is None else mtu
-        return tcp_mss(mtu, 4), tcp_mss(max(mtu, IPV6_MINIMUM_MTU), 6)
-
-
-class RouterConfig(_Strict):
-    control_socket: str | None = Field(default=None, alias="control-socket")
-    tunnels: dict[str, Tunnel]
-
-    @model_validator(mode="before")
-    @classmethod
-    def _names_into_tunnels(cls, data):
-        if isinstance(data, dict) and isinstance(data.get("tunnels"), dict):
-            data = dict(data)
-            data["tunnels"] = {name: ({**body, "name": name} if isinstance(body, dict) else body)
-                               for name, body in data["tunnels"].items()}
-        return data
-
-    @field_validator("tunnels")
-    @classmethod
-    def _device_names(cls, tunnels: dict[str, Tunnel]) -> dict[str, Tunnel]:
-        if not tunnels:
-            raise ValueError("at least one tunnel is needed")
-        for name in tunnels:
-            # The key is the device name, so the message names it.
-            if not 1 <= len(name.encode()) < IFNAMSIZ:
-                raise ValueError(f"device name {name!r} is {len(name.encode())} bytes; the kernel "
-                                 f"allows 1 to {IFNAMSIZ - 1}")
-            if "/" in name or any(c.isspace() for c in name) or name in (".", ".."):
-                raise ValueError(f"device name {name!r} may not contain '/' or white space")
-        return tunnels
+@dataclass(frozen=True)
+class RouterConfig:
+    tunnels: dict[str, TunnelConfig]
+    control_socket: str | None = None
 
     def control_path(self, config_path: str | os.PathLike) -> str:
         if self.control_socket:
@@ -152,155 +68,370 @@ class RouterConfig(_Strict):
         return f"{DEFAULT_CONTROL_DIR}/{Path(config_path).stem}.sock"
 
 
-def _path(loc: tuple) -> str:
-    """``('tunnels', 'gre1', 'addresses', 1, 'int')`` -> ``tunnels.gre1.addresses[1]``."""
-    path = ""
-    for part in loc:
+def load_config(path: str | os.PathLike) -> RouterConfig:
+    try:
+        with open(path, "rb") as file:
+            raw = file.read(MAX_FILE_BYTES + 1)
+    except OSError as error:
+        raise ConfigError([Problem("", f"cannot read {path}: {error.strerror}")]) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError([Problem("", f"larger than {MAX_FILE_BYTES >> 20} MiB: not a "
+                                       f"configuration")])
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw[:error.start].count(b"\n") + 1
+        raise ConfigError([Problem("", f"not UTF-8 text: byte {raw[error.start]:#04x} at "
+                                       f"offset {error.start}", line)]) from None
+    data, lines, problems = read_yaml(text)
+    return parse_config(data, lines, problems)
+
+
+# -- YAML -------------------------------------------------------------------------------
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _construct_int(loader: _Loader, node: yaml.ScalarNode):
+    if sum(character.isdigit() for character in node.value) > MAX_DIGITS:
+        return node.value   # the model then says it is not a number it takes
+    return yaml.SafeLoader.construct_yaml_int(loader, node)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+
+
+def read_yaml(text: str) -> tuple[object, dict[tuple, int], list[Problem]]:
+    """The document, the line of every key and item (by key path), and what is wrong
+    with the YAML itself. When it cannot be read at all, the document is None."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, {}, []
+        lines, problems = _inspect(node)
+        if any(problem.message.startswith(("aliases", "an alias")) for problem in problems):
+            return None, lines, problems
+        data = loader.construct_document(node)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        return None, {}, [Problem("", f"not valid YAML: {error.problem or error}",
+                                  mark.line + 1 if mark else None)]
+    except yaml.YAMLError as error:
+        return None, {}, [Problem("", f"not valid YAML: {error}")]
+    except RecursionError:
+        return None, {}, [Problem("", "nested too deeply to be a configuration")]
+    except (ValueError, TypeError) as error:
+        return None, {}, [Problem("", f"cannot read it: {error}")]
+    finally:
+        loader.dispose()
+    return data, lines, problems
+
+
+def _inspect(root: yaml.Node) -> tuple[dict[tuple, int], list[Problem]]:
+    """One walk over the node graph: lines by key path, keys given twice, and the size
+    the document would have with its aliases expanded (an alias bomb is refused here,
+    before anything expands it)."""
+    lines: dict[tuple, int] = {(): root.start_mark.line + 1}
+    problems: list[Problem] = []
+    sizes: dict[int, int] = {}
+    walking: set[int] = set()
+    stack: list[tuple[yaml.Node, tuple, bool]] = [(root, (), False)]
+    while stack:
+        node, path, done = stack.pop()
+        if done:
+            walking.discard(id(node))
+            sizes[id(node)] = 1 + sum(sizes.get(id(child), 0) for child in _children(node))
+            if sizes[id(node)] > MAX_NODES:
+                problems.append(Problem(_path_text(path), f"aliases expand this to more than "
+                                        f"{MAX_NODES} values", node.start_mark.line + 1))
+                return lines, problems
+            continue
+        if id(node) in sizes:
+            continue
+        if id(node) in walking:
+            problems.append(Problem(_path_text(path), "an alias refers to a value that holds it",
+                                    node.start_mark.line + 1))
+            return lines, problems
+        walking.add(id(node))
+        stack.append((node, path, True))
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[object, int] = {}
+            for key_node, value_node in node.value:
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else id(key_node)
+                line = key_node.start_mark.line + 1
+                if isinstance(key_node, yaml.ScalarNode) and key != "<<":
+                    if key in seen:
+                        problems.append(Problem(_path_text(path + (key,)),
+                                                f"given twice (first on line {seen[key]})", line))
+                    seen.setdefault(key, line)
+                    lines.setdefault(path + (key,), line)
+                stack.append((value_node, path + (key,), False))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                lines.setdefault(path + (index,), item.start_mark.line + 1)
+                stack.append((item, path + (index,), False))
+    return lines, problems
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [child for pair in node.value for child in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return node.value
+    return []
+
+
+def _path_text(path: tuple) -> str:
+    """``('tunnels', 'gre1', 'addresses', 1)`` -> ``tunnels.gre1.addresses[1]``."""
+    text = ""
+    for part in path:
         if isinstance(part, int):
-            path += f"[{part}]"
-        elif part in _UNION_BRANCHES or part.startswith(("literal[", "function-")):
-            break  # a union branch's tag: the key ends before it
+            text += f"[{part}]"
         else:
-            path += f".{part}" if path else part
-    return path
+            text += f".{part}" if text else str(part)
+    return text
 
 
-_REPLACED_KEYS = {"tos": ": it became 'dscp' (0..63 or inherit) and 'ecn' (normal or compatibility)"}
-_UNION_BRANCHES = {"int", "str", "constrained-int", "IPv4Address", "IPv6Address"}
+# -- the document -----------------------------------------------------------------------
+
+@dataclass
+class _Problems:
+    """Problems in the order found, each at its key path with the line YAML had for it
+    (or for the nearest key above it). A later problem at a path that already has one,
+    or below it, adds nothing: the first one says what to fix."""
+
+    lines: dict[tuple, int]
+    found: list[Problem] = field(default_factory=list)
+    _paths: set[tuple] = field(default_factory=set)
+
+    def add(self, path: tuple, message: str) -> None:
+        if any(path[:length] in self._paths for length in range(len(path) + 1)):
+            return
+        self._paths.add(path)
+        self.found.append(Problem(_path_text(path), message, self._line(path)))
+
+    def keep(self, problems: list[Problem]) -> None:
+        self.found.extend(problems)
+
+    def _line(self, path: tuple) -> int | None:
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path[:-1]
+        return None
 
 
-def _problems(error: ValidationError) -> list[tuple[str, str]]:
-    merged: dict[str, list[str]] = {}
+def parse_config(data, lines: dict[tuple, int] | None = None,
+                 problems: list[Problem] | None = None) -> RouterConfig:
+    """Check a parsed document; raise ConfigError naming every problem."""
+    found = _Problems(lines or {})
+    found.keep(problems or [])
+    if not isinstance(data, dict):
+        if not found.found:
+            found.add((), "the file is empty: it needs a 'tunnels:' mapping" if data is None
+                      else "the file must be a mapping with a 'tunnels:' key")
+        raise ConfigError(found.found)
+    for key in data:
+        if key not in TOP_LEVEL_KEYS:
+            found.add((key,), f"unknown key; the file's keys are {', '.join(TOP_LEVEL_KEYS)}")
+    control_socket = data.get("control-socket")
+    if control_socket is not None and not (isinstance(control_socket, str) and control_socket):
+        found.add(("control-socket",), "must be the path of a socket")
+        control_socket = None
+    tunnels = data.get("tunnels")
+    if not isinstance(tunnels, dict) or not tunnels:
+        found.add(("tunnels",), "missing: at least one tunnel is needed" if tunnels is None else
+                  "must be a mapping of device names to tunnels, with at least one tunnel")
+        raise ConfigError(found.found)
+    configs = {}
+    for name, body in tunnels.items():
+        config = _tunnel(name, body, found)
+        if config is not None:
+            configs[name] = config
+    _across_tunnels(configs, found)
+    if found.found:
+        raise ConfigError(found.found)
+    return RouterConfig(tunnels=configs, control_socket=control_socket)
+
+
+def _device_name_problem(name) -> str | None:
+    """Linux's dev_valid_name(), plus '%', which the kernel takes for a template."""
+    if not isinstance(name, str):
+        return f"the device name {name!r} must be text"
+    size = len(name.encode())
+    if not 1 <= size < IFNAMSIZ:
+        return f"device name {name!r} is {size} bytes; the kernel allows 1 to {IFNAMSIZ - 1}"
+    if name in (".", "..") or any(c in "/:%" or c.isspace() for c in name):
+        return f"device name {name!r} may not be '.' or '..', nor hold '/', ':', '%' or space"
+    return None
+
+
+def _tunnel(name, body, found: _Problems) -> TunnelConfig | None:
+    at = ("tunnels", name)
+    message = _device_name_problem(name)
+    if message is not None:
+        found.add(at, message)
+        return None
+    if not isinstance(body, dict):
+        found.add(at, "must be a mapping of the tunnel's keys")
+        return None
+    if "name" in body:
+        found.add(at + ("name",), "unknown key: the device name is the tunnel's own key")
+        body = {key: value for key, value in body.items() if key != "name"}
+    modes = ", ".join(MODES)
+    mode = body.get("mode")
+    if mode is None:
+        found.add(at + ("mode",), f"missing: one of {modes}")
+        return None
+    if not isinstance(mode, str) or mode not in MODES:
+        found.add(at + ("mode",), f"{_shown(mode)} is not a mode; the modes are {modes}")
+        return None
+    model = MODES[mode].config
+    try:
+        config = model.model_validate(body | {"name": name})
+    except ValidationError as error:
+        failed = set()
+        for loc, text in _messages(error, mode):
+            found.add(at + loc, text)
+            failed.add(loc[0] if loc else None)
+        # Check how the right keys fit together too: without the wrong ones, and with
+        # their defaults, if the model can do without them.
+        try:
+            config = model.model_validate({key: value for key, value in body.items()
+                                           if key not in failed} | {"name": name})
+        except ValidationError:
+            return None
+    for path, text in config.problems():
+        found.add(at + path, text)
+    return config
+
+
+def _messages(error: ValidationError, mode: str) -> list[tuple[tuple, str]]:
+    """pydantic's errors as ``(key path, message)``; a union (a number or 'inherit') fails
+    once per branch: said once, with "or"."""
+    merged: dict[tuple, list[str]] = {}
     for detail in error.errors():
-        path = _path(detail["loc"])
+        loc = _key_loc(detail["loc"])
         if detail["type"] == "extra_forbidden":
-            message = "unknown key" + _REPLACED_KEYS.get(detail["loc"][-1], "")
+            message = _unknown_key(loc[-1], mode)
         elif detail["type"] == "missing":
             message = "missing"
         else:
             message = detail["msg"].removeprefix("Value error, ")
             if not isinstance(detail["input"], dict):
-                message = f"{detail['input']!r}: {message}"
-        merged.setdefault(path, [])
-        if message not in merged[path]:
-            merged[path].append(message)
-    # A union (a number or 'inherit') fails once per branch: say it once, with "or".
-    return [(path, messages[0] + "".join(
-                ", or " + m.split(": ", 1)[-1].removeprefix("Input should be ") for m in messages[1:]))
-            for path, messages in merged.items()]
+                message = f"{_shown(detail['input'])}: {message}"
+        merged.setdefault(loc, [])
+        if message not in merged[loc]:
+            merged[loc].append(message)
+    return [(loc, messages[0] + "".join(
+                ", or " + m.split(": ", 1)[-1].removeprefix("Input should be ")
+                for m in messages[1:]))
+            for loc, messages in merged.items()]
 
 
-def _tunnel_problems(name: str, tunnel: Tunnel) -> list[tuple[str, str]]:
-    """What pydantic cannot see field by field: options against the mode, families."""
-    at = f"tunnels.{name}"
-    problems = []
-    if tunnel.mode not in (Mode.GRE, Mode.GRETAP):
-        for option in ("key", "sequence", "checksum"):
-            if getattr(tunnel, option) not in (None, False):
-                problems.append((f"{at}.{option}", f"a GRE option; mode {tunnel.mode} has none"))
-    if tunnel.mode != Mode.VXLAN:
-        for option in ("id", "remotes", "fdb"):
-            if getattr(tunnel, option):
-                problems.append((f"{at}.{option}", f"a VXLAN option; mode {tunnel.mode} has none"))
-        if tunnel.remote is None:
-            problems.append((f"{at}.remote", f"missing: mode {tunnel.mode} needs the peer's address"))
-    else:
-        if tunnel.id is None:
-            problems.append((f"{at}.id", "missing: mode vxlan needs the VNI"))
-        if not tunnel.peers:
-            problems.append((f"{at}.remotes", "missing: mode vxlan needs 'remote' or 'remotes'"))
-    family = tunnel.local.version
-    for peer in tunnel.peers:
-        if peer.version != family:
-            problems.append((f"{at}.remote", f"{peer} is IPv{peer.version} but local "
-                                             f"{tunnel.local} is IPv{family}"))
-    if family == 6 and tunnel.mode != Mode.VXLAN:
-        problems.append((f"{at}.local", f"an IPv6 underlay is supported for vxlan only, not yet "
-                                        f"for {tunnel.mode}"))
-    carried = tunnel.mode.inner_families
-    for key in ("addresses", "routes"):
-        for index, value in enumerate(getattr(tunnel, key)):
-            if value.version not in carried:
-                problems.append((f"{at}.{key}[{index}]", f"{value} is IPv{value.version}, which "
-                                                          f"{tunnel.mode} does not carry"))
-    for index, entry in enumerate(tunnel.fdb):
-        if entry.remote.version != family:
-            problems.append((f"{at}.fdb[{index}].remote", f"{entry.remote} is not IPv{family}"))
-    return problems
+_UNION_BRANCHES = {"int", "str", "bool", "constrained-int", "IPv4Address", "IPv6Address",
+                   "IPv4Interface", "IPv6Interface", "IPv4Network", "IPv6Network"}
+_REPLACED_KEYS = {"tos": "it became 'dscp' (0..63 or inherit) and 'ecn' (normal or compatibility)"}
 
 
-def _cross_tunnel_problems(config: RouterConfig) -> list[tuple[str, str]]:
-    problems = []
-    for name, tunnel in config.tunnels.items():
-        problems += _tunnel_problems(name, tunnel)
-    if problems:
-        return problems  # the checks below assume consistent tunnels
-    seen_routes: list[tuple[str, ipaddress.IPv4Network | ipaddress.IPv6Network]] = []
-    for name, tunnel in config.tunnels.items():
-        for route in tunnel.routes:
-            for other_name, other in seen_routes:
-                if route.version == other.version and route.overlaps(other):
-                    problems.append((f"tunnels.{name}.routes",
-                                     f"{route} overlaps {other} of tunnel {other_name}"))
-            seen_routes.append((name, route))
-        try:
-            tunnel.derived_mtu()
-        except EncapConfigError as error:
-            problems.append((f"tunnels.{name}.underlay-mtu", str(error)))
-        if tunnel.mtu != "auto" and tunnel.mtu > tunnel.derived_mtu().mtu:
-            problems.append((f"tunnels.{name}.mtu",
-                             f"{tunnel.mtu} is more than the {tunnel.derived_mtu().mtu} bytes the "
-                             f"underlay MTU {tunnel.underlay_mtu} leaves inside {tunnel.mode}"))
-    raw_ends: dict[tuple, str] = {}
-    vxlan_ids: dict[tuple, str] = {}
-    vxlan_sockets: dict[tuple, tuple[str, bool]] = {}
-    for name, tunnel in config.tunnels.items():
-        if tunnel.mode == Mode.VXLAN:
-            end = (tunnel.local, tunnel.port, tunnel.id)
-            if end in vxlan_ids:
-                problems.append((f"tunnels.{name}.id",
-                                 f"VNI {tunnel.id} on {tunnel.local} port {tunnel.port} is "
-                                 f"already tunnel {vxlan_ids[end]}"))
-            vxlan_ids[end] = name
-            # DF is a property of the UDP socket, which these tunnels share.
-            other, discovery = vxlan_sockets.setdefault(end[:2], (name, tunnel.pmtu_discovery))
-            if discovery != tunnel.pmtu_discovery:
-                problems.append((f"tunnels.{name}.pmtu-discovery",
-                                 f"must equal tunnel {other}'s: both use {tunnel.local} port "
-                                 f"{tunnel.port}"))
+def _key_loc(loc: tuple) -> tuple:
+    """pydantic's location without the type tags of union branches."""
+    kept = []
+    for part in loc:
+        if isinstance(part, str) and (part in _UNION_BRANCHES or part.startswith(
+                ("literal[", "function-", "lax-", "strict-"))):
+            break
+        kept.append(part)
+    return tuple(kept)
+
+
+def _unknown_key(key, mode: str) -> str:
+    if key in _REPLACED_KEYS:
+        return f"unknown key: {_REPLACED_KEYS[key]}"
+    owners = [name for name, other in MODES.items()
+              if any(key in (field_name, info.alias) for field_name, info in
+                     other.config.model_fields.items() if field_name != "name")]
+    if owners:
+        return f"an option of mode {' and '.join(owners)}; mode {mode} has none"
+    return "unknown key"
+
+
+def _shown(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# -- across tunnels ---------------------------------------------------------------------
+
+def _across_tunnels(configs: dict[str, TunnelConfig], found: _Problems) -> None:
+    _sockets_can_tell_tunnels_apart(configs, found)
+    _routes(configs, found)
+
+
+def _sockets_can_tell_tunnels_apart(configs: dict[str, TunnelConfig], found: _Problems) -> None:
+    """Tunnels that share an underlay socket: one kind of demultiplexing, different keys,
+    and (UDP) the same DF, which belongs to the socket."""
+    first_on_end: dict[tuple, str] = {}
+    owners: dict[tuple, str] = {}
+    for name, config in configs.items():
+        mode = config.kind
+        end = mode.underlay_end(config)
+        where = f"{config.local}" + (f" port {config.port}" if end[0] is Underlay.UDP else "")
+        other_name = first_on_end.setdefault(end, name)
+        other = configs[other_name]
+        if type(other.kind).demux_key is not type(mode).demux_key:
+            found.add(("tunnels", name, "mode"), f"{where} already carries {other.mode} (tunnel "
+                                                 f"{other_name}); give this one another end")
             continue
-        protocol = {Mode.IPIP: 4, Mode.SIT: 41}.get(tunnel.mode, 47)
-        end = (protocol, tunnel.local, tunnel.remote, tunnel.key if protocol == 47 else None)
-        if end in raw_ends:
-            problems.append((f"tunnels.{name}.remote",
-                             f"{tunnel.mode} from {tunnel.local} to {tunnel.remote} is already "
-                             f"tunnel {raw_ends[end]}" + (" (give each a different key)"
-                                                          if protocol == 47 else "")))
-        raw_ends[end] = name
-    return problems
+        if end[0] is Underlay.UDP and config.pmtu_discovery != other.pmtu_discovery:
+            found.add(("tunnels", name, "pmtu-discovery"),
+                      f"must equal tunnel {other_name}'s: both use {where}")
+        for key in mode.keys(config):
+            holder = owners.setdefault(end + (key,), name)
+            if holder != name:
+                found.add(("tunnels", name, mode.distinguished_by),
+                          f"{config.mode} on {where} cannot be told apart from tunnel {holder} "
+                          f"(the same {mode.distinguished_by}): {mode.conflict_hint()}")
 
 
-def parse_config(data) -> RouterConfig:
-    """Validate a parsed YAML document; raise ConfigError naming every problem."""
-    if not isinstance(data, dict):
-        raise ConfigError([("", "the file must be a mapping with a 'tunnels:' key")])
-    try:
-        config = RouterConfig.model_validate(data)
-    except ValidationError as error:
-        raise ConfigError(_problems(error)) from None
-    problems = _cross_tunnel_problems(config)
-    if problems:
-        raise ConfigError(problems)
-    return config
+def _routes(configs: dict[str, TunnelConfig], found: _Problems) -> None:
+    """Routes of different tunnels may not overlap, and no route may cover an underlay
+    address (the tunnel would carry its own datagrams, in a loop). Sorted sweeps:
+    n log n in the number of routes."""
+    for version in (4, 6):
+        routes = sorted(((int(route.network_address), int(route.broadcast_address), name, index)
+                         for name, config in configs.items()
+                         for index, route in enumerate(config.routes) if route.version == version),
+                        key=lambda route: (route[0], -route[1]))
+        widest: list[tuple[int, int, str, int]] = []   # routes no other route contains
+        for route in routes:
+            start, _, name, index = route
+            if widest and start <= widest[-1][1]:
+                holder = widest[-1]
+                if holder[2] != name:
+                    other = configs[holder[2]].routes[holder[3]]
+                    found.add(("tunnels", name, "routes", index),
+                              f"{configs[name].routes[index]} overlaps {other} of tunnel "
+                              f"{holder[2]}")
+            else:
+                widest.append(route)
+        starts = [route[0] for route in widest]
+        for name, config in configs.items():
+            for address, what in _underlay_addresses(config):
+                if address.version != version:
+                    continue
+                position = bisect.bisect_right(starts, int(address)) - 1
+                if position >= 0 and int(address) <= widest[position][1]:
+                    _, _, owner, index = widest[position]
+                    found.add(("tunnels", owner, "routes", index),
+                              f"{configs[owner].routes[index]} covers {address}, {what} of "
+                              f"tunnel {name}: the tunnel would carry its own datagrams")
 
 
-def load_config(path: str | os.PathLike) -> RouterConfig:
-    try:
-        text = Path(path).read_text()
-    except OSError as error:
-        raise ConfigError([("", f"cannot read {path}: {error.strerror}")]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ConfigError([("", f"{path} is not valid YAML: {error}")]) from None
-    return parse_config(data)
+def _underlay_addresses(config: TunnelConfig):
+    for peer in config.peers:
+        yield peer, "a remote"
+    for entry in getattr(config, "fdb", ()):
+        yield entry.remote, "an fdb remote"

@@ -1,345 +1,474 @@
-"""The router: devices, sockets and one event loop for every configured tunnel.
+"""The daemon: a configuration made real, wiring the tunnel core to the I/O room.
 
-Each wakeup drains a file descriptor until EAGAIN (at most ``BATCH`` packets,
-so one busy tunnel cannot starve the others) through two preallocated buffers,
-one per direction. Datagrams are demultiplexed to their tunnel by source
-address (plus GRE key) or by VNI; what belongs to no tunnel is counted here.
+For every tunnel an endpoint (``tunnel/``) and a TUN/TAP device; for every
+underlay end (local address and protocol or port) one socket and one
+demultiplexer shared by the tunnels on it. The event loop calls:
+
+- a device's handler: read a batch, the endpoint encapsulates it, the socket sends it;
+- a socket's handler: read a batch, the demultiplexer hands each datagram to its
+  endpoint, which decapsulates it, and the endpoint's device takes it; errors on
+  the socket's error queue go to the endpoint they are about;
+- the link monitor's handler: a device deleted is made again, one set up again
+  gets its addresses and routes back;
+- the control server's handlers (``show``), and a tick each second.
+
+Nothing stops the loop but SIGTERM or SIGINT: failures are counted, and logged
+once with the tunnel they concern.
 """
 
-import errno
-import json
+from __future__ import annotations
+
 import logging
-import os
-import select
 import signal
-import socket
-import sys
 import time
-from collections import defaultdict
+from collections.abc import Callable
 
-from pyroute2 import IPRoute
-
-from encap.errors import DecodeError, DropReason
-from encap.gre import gre_key
-from encap.mtu import Mode
-from encap.vxlan import vxlan_decap
-from encap.wire import HEADROOM
+from encap.errors import DropReason
 
 from tunnelrouter.config import RouterConfig
-from tunnelrouter.counters import Counters
-from tunnelrouter.datapath import (EXTENDED_ERROR, ORIGIN_LOCAL, PROTOCOL_BY_MODE, RawTunnel,
-                                   VxlanTunnel)
-from tunnelrouter.device import TunTapDevice
-from tunnelrouter.routes import program_device, program_routes
-from tunnelrouter.transport import IP_RECVERR, IPV6_RECVERR, raw_socket, udp_socket
+from tunnelrouter.control.server import ControlServer
+from tunnelrouter.io.device import TunTapDevice
+from tunnelrouter.io.errors import SystemProblem
+from tunnelrouter.io.loop import EPOLLERR, Loop
+from tunnelrouter.io.system import System
+from tunnelrouter.io.underlay import UnderlaySocket
+from tunnelrouter.modes import TunnelConfig, Underlay
+from tunnelrouter.tunnel.batch import Batch
+from tunnelrouter.tunnel.counters import Counters
+from tunnelrouter.tunnel.demux import Demux
+from tunnelrouter.tunnel.endpoint import Endpoint, endpoint_for
 
 log = logging.getLogger("tunnelrouter")
 
-BATCH = 64
-BUFFER_SIZE = HEADROOM + 65536
-HOUSEKEEPING_INTERVAL = 1.0
-ERROR_QUOTE = 2048        # an ICMP error quotes at most 576 (IPv4) or 1280 (IPv6) bytes
-ERROR_ANCILLARY = 512
-_EXTENDED_ERROR_MESSAGES = {(socket.IPPROTO_IP, IP_RECVERR), (socket.IPPROTO_IPV6, IPV6_RECVERR)}
+TICK = 1.0
+RESTORE_FIRST, RESTORE_LONGEST = 1.0, 30.0   # seconds between attempts to remake a device
+
+
+class StartError(Exception):
+    """The router cannot start; ``problems`` lists ``(key path, message)`` pairs."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+        super().__init__("\n".join(f"{path}: {message}" if path else message
+                                   for path, message in problems))
+
+
+def _key_path(tunnel: TunnelConfig, path: tuple = ()) -> str:
+    text = f"tunnels.{tunnel.name}"
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return text
+
+
+class _Tunnel:
+    """What the router holds for one tunnel besides its endpoint: its device and socket."""
+
+    __slots__ = ("config", "endpoint", "underlay", "device", "index", "up", "restore_at",
+                 "restore_delay")
+
+    def __init__(self, config: TunnelConfig, endpoint: Endpoint, underlay: UnderlaySocket):
+        self.config = config
+        self.endpoint = endpoint
+        self.underlay = underlay
+        self.device: TunTapDevice | None = None
+        self.index: int | None = None
+        self.up = False
+        self.restore_at = 0.0
+        self.restore_delay = RESTORE_FIRST
 
 
 class Router:
-    def __init__(self, config: RouterConfig, control_path: str | None = None):
+    def __init__(self, config: RouterConfig, control_path: str | None = None,
+                 system: System | None = None):
         self.config = config
         self.control_path = control_path
-        self.counters = Counters()   # what no tunnel can be blamed for: strangers, unknown VNIs
-        self.tunnels: dict[str, RawTunnel | VxlanTunnel] = {}
-        self._devices: list[TunTapDevice] = []
-        self._sockets: list[socket.socket] = []
-        # epoll itself, not selectors: selectors hides EPOLLERR from a descriptor
-        # registered for reading, and EPOLLERR is how the error queue says it has ICMP.
-        self._epoll = select.epoll()
-        self._handlers: dict[int, object] = {}
-        self._wire_buf = bytearray(BUFFER_SIZE)
-        self._wire_view = memoryview(self._wire_buf)
-        self._device_buf = bytearray(BUFFER_SIZE)
-        self._device_view = memoryview(self._device_buf)
-        self._device_rx = self._device_view[HEADROOM:]
-        self._stopping = False
-        self._control: socket.socket | None = None
-        self._wakeup: tuple[socket.socket, socket.socket] | None = None
+        self.system = system or System()
+        self.loop = Loop()
+        self.tunnels: dict[str, _Tunnel] = {}
+        self.devices: dict[str, TunTapDevice | None] = {}   # by tunnel name, for the rx path
+        self.demuxes: dict[tuple, Demux] = {}
+        self.underlays: dict[tuple, UnderlaySocket] = {}
+        self.netlink = None
+        self.links = None
+        self.control: ControlServer | None = None
+        self._claims: list = []
+        self._device_batch = Batch()
+        self._wire_batch = Batch()
+        self._warned: set[tuple] = set()
         self.started = time.monotonic()
+
+    @property
+    def endpoints(self) -> dict[str, Endpoint]:
+        return {name: tunnel.endpoint for name, tunnel in self.tunnels.items()}
 
     # -- start and stop -------------------------------------------------------------------
 
     def start(self) -> None:
-        """Create everything, or nothing: a failure undoes what was made."""
+        """Create everything, or nothing: a failure undoes what was made and raises
+        StartError naming every problem found before anything was made, or the one
+        that stopped the making."""
         try:
+            self.netlink = self.system.netlink()
+            problems = self._preflight()
+            if problems:
+                raise StartError(problems)
             self._start()
+        except SystemProblem as problem:
+            self.close()
+            raise StartError([("", problem.message)]) from None
         except BaseException:
             self.close()
             raise
 
+    def _preflight(self) -> list[tuple[str, str]]:
+        """What would stop the start, all of it, before anything is made: devices that exist,
+        routes another device holds, tunnel ends another router serves."""
+        problems = []
+        routes = self.netlink.routes_by_prefix()
+        for config in self.config.tunnels.values():
+            if self.netlink.index(config.name) is not None:
+                problems.append((_key_path(config), f"a device named {config.name} already "
+                                 f"exists (another tunnelrouter has it, or remove it: ip link "
+                                 f"del {config.name})"))
+            for position, prefix in enumerate(config.routes):
+                family = 2 if prefix.version == 4 else 10
+                index = routes.get((family, str(prefix.network_address), prefix.prefixlen))
+                if index is not None:
+                    problems.append((_key_path(config, ("routes", position)),
+                                     f"{prefix} is already routed through "
+                                     f"{self.netlink.name_of(index)}, which this router does "
+                                     f"not own (another tunnelrouter?)"))
+            mode = config.kind
+            for key in mode.keys(config):
+                name = f"{mode.underlay_end(config)}:{key!r}"
+                try:
+                    self._claims.append(self.system.claim(name))
+                except SystemProblem as problem:
+                    problems.append((_key_path(config, (mode.distinguished_by,)),
+                                     f"{mode.name} from {config.local} with {mode.distinguished_by}"
+                                     f" {key!r}: {problem.message}"))
+        return problems
+
     def _start(self) -> None:
-        raw_sockets: dict[tuple, socket.socket] = {}
-        udp_sockets: dict[tuple, socket.socket] = {}
-        by_source: dict[tuple, dict[str, list[RawTunnel]]] = defaultdict(lambda: defaultdict(list))
-        by_vni: dict[tuple, dict[int, VxlanTunnel]] = defaultdict(dict)
-        with IPRoute() as ipr:
-            for name, tunnel in self.config.tunnels.items():
-                device = TunTapDevice(name, ethernet=tunnel.mode.is_ethernet)
-                self._devices.append(device)
-                program_device(ipr, tunnel)
-                if tunnel.mode == Mode.VXLAN:
-                    end = (str(tunnel.local), tunnel.port)
-                    if end not in udp_sockets:
-                        udp_sockets[end] = self._own(udp_socket(*end, tunnel.pmtu_discovery))
-                    datapath = VxlanTunnel(tunnel, device, udp_sockets[end])
-                    by_vni[end][tunnel.id] = datapath
-                else:
-                    end = (str(tunnel.local), PROTOCOL_BY_MODE[tunnel.mode])
-                    if end not in raw_sockets:
-                        raw_sockets[end] = self._own(raw_socket(*end))
-                    datapath = RawTunnel(tunnel, device, raw_sockets[end])
-                    by_source[end][str(tunnel.remote)].append(datapath)
-                self._watch(device.fd, self._device_reader(datapath))
-                self.tunnels[name] = datapath
-        for end, sock in raw_sockets.items():
-            sources = {source: tuple(tunnels) for source, tunnels in by_source[end].items()}
-            self._watch(sock.fileno(), self._raw_wire_reader(sock, sources))
-        for end, sock in udp_sockets.items():
-            self._watch(sock.fileno(), self._vxlan_wire_reader(sock, by_vni[end]))
+        for name, config in self.config.tunnels.items():
+            mode = config.kind
+            end = mode.underlay_end(config)
+            if end not in self.underlays:
+                self.underlays[end] = self._open_underlay(config, end)
+                self.demuxes[end] = Demux(mode)
+                self.loop.watch(self.underlays[end].fd, self._wire_handler(end))
+            endpoint = endpoint_for(config)
+            self.demuxes[end].add(endpoint)
+            tunnel = self.tunnels[name] = _Tunnel(config, endpoint, self.underlays[end])
+            self.devices[name] = None
+            try:
+                self._make_device(tunnel)
+            except SystemProblem as problem:
+                raise StartError([(_key_path(config, problem.path), problem.message)]) from None
+        try:
+            self.links = self.system.link_monitor()
+        except SystemProblem as problem:
+            log.warning("%s: deleted or restarted devices will not be noticed", problem.message)
+        if self.links is not None:
+            self.loop.watch(self.links.fd, self._on_links)
         if self.control_path:
-            self._open_control()
+            self.control = ControlServer(self.control_path, self.loop, self.answer)
+            try:
+                self.control.open()
+            except SystemProblem as problem:
+                raise StartError([("control-socket", problem.message)]) from None
         log.info("started %d tunnel(s): %s", len(self.tunnels), ", ".join(self.tunnels))
 
-    def _watch(self, fd: int, handler) -> None:
-        """Call ``handler(epoll events)`` whenever ``fd`` is readable or has an error."""
-        self._handlers[fd] = handler
-        self._epoll.register(fd, select.EPOLLIN)
+    def _open_underlay(self, config: TunnelConfig, end: tuple) -> UnderlaySocket:
+        kind, local, number = end
+        try:
+            if kind is Underlay.RAW:
+                return self.system.raw_socket(local, number)
+            return self.system.udp_socket(local, number, config.pmtu_discovery)
+        except SystemProblem as problem:
+            key = "port" if "port" in problem.message and kind is Underlay.UDP else "local"
+            raise StartError([(_key_path(config, (key,)), problem.message)]) from None
 
-    def _own(self, sock: socket.socket) -> socket.socket:
-        self._sockets.append(sock)
-        return sock
+    def _make_device(self, tunnel: _Tunnel) -> None:
+        """Create the tunnel's device, program it, and watch it."""
+        config = tunnel.config
+        device = self.system.device(config.name, config.kind.ethernet)
+        try:
+            self.netlink.program_device(config)
+            tunnel.index = self.netlink.index(config.name)
+        except BaseException:
+            device.close()
+            raise
+        tunnel.device = self.devices[config.name] = device
+        tunnel.up = True
+        self.loop.watch(device.fd, self._device_handler(tunnel))
 
     def close(self) -> None:
         """Remove everything the router made: devices (with their routes), sockets."""
-        self._epoll.close()
-        for sock in self._sockets:
-            sock.close()
-        for device in self._devices:
-            device.close()
-        if self._control is not None:
-            self._control.close()
-            try:
-                os.unlink(self.control_path)
-            except FileNotFoundError:
-                pass
-        if self._wakeup is not None:
-            for end in self._wakeup:
-                end.close()
-        self._sockets.clear()
-        self._devices.clear()
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+        for tunnel in self.tunnels.values():
+            if tunnel.device is not None:
+                self.loop.forget(tunnel.device.fd)
+                tunnel.device.close()
+                tunnel.device = None
+        for underlay in self.underlays.values():
+            self.loop.forget(underlay.fd)
+            underlay.close()
+        self.underlays.clear()
+        if self.links is not None:
+            self.loop.forget(self.links.fd)
+            self.links.close()
+            self.links = None
+        if self.netlink is not None:
+            self.netlink.close()
+            self.netlink = None
+        for claim in self._claims:
+            claim.close()
+        self._claims.clear()
+        self.loop.close()
 
     # -- the loop -------------------------------------------------------------------------
 
     def run(self) -> None:
         """Serve until SIGTERM or SIGINT, then clean up."""
-        self._install_signal_handlers()
-        next_housekeeping = time.monotonic() + HOUSEKEEPING_INTERVAL
+        self.loop.on_signal(signal.SIGTERM, self.stop)
+        self.loop.on_signal(signal.SIGINT, self.stop)
+        self.loop.on_signal(signal.SIGHUP, self._reload_requested)
         try:
-            while not self._stopping:
-                for fd, events in self._epoll.poll(HOUSEKEEPING_INTERVAL):
-                    self._handlers[fd](events)
-                now = time.monotonic()
-                if now >= next_housekeeping:
-                    self._housekeeping(now)
-                    next_housekeeping = now + HOUSEKEEPING_INTERVAL
+            self.loop.run(self.tick, TICK)
         finally:
             log.info("stopping")
             self.close()
 
+    def run_once(self, timeout: float = 0.0) -> None:
+        """One round of the loop (tests drive two routers in one thread with this)."""
+        self.loop.run_once(self.tick, TICK, timeout)
+
     def stop(self) -> None:
-        self._stopping = True
+        self.loop.stop()
 
-    def _install_signal_handlers(self) -> None:
-        reader, writer = socket.socketpair()
-        reader.setblocking(False)
-        writer.setblocking(False)
-        self._wakeup = (reader, writer)
-        signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
-        self._watch(reader.fileno(), lambda _: reader.recv(64))
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: self.stop())
+    def _reload_requested(self) -> None:
+        log.warning("SIGHUP: reloading the configuration is not supported yet; the router "
+                    "carries on with the configuration it started with")
 
-    def _housekeeping(self, now: float) -> None:
-        for datapath in self.tunnels.values():
-            if isinstance(datapath, VxlanTunnel):
-                datapath.fdb.expire(now)
-            if datapath.expire_path_mtu(now):
-                self._mtu_changed(datapath)
+    def tick(self, now: float) -> None:
+        for tunnel in self.tunnels.values():
+            endpoint = tunnel.endpoint
+            endpoint.tick(now)
+            if endpoint.outbox:
+                self._flush(tunnel)
+            if tunnel.device is None and now >= tunnel.restore_at:
+                self._restore(tunnel, now)
+        if self.control is not None:
+            self.control.tick(now)
+        if self.links is not None and self.links.overflowed:
+            self.links.overflowed = False
+            self._check_links()
 
-    def _mtu_changed(self, datapath: RawTunnel | VxlanTunnel) -> None:
+    # -- the datapath ---------------------------------------------------------------------
+
+    def _device_handler(self, tunnel: _Tunnel) -> Callable[[int], None]:
+        batch, endpoint, underlay = self._device_batch, tunnel.endpoint, tunnel.underlay
+        device = tunnel.device
+        encapsulate, send_batch, counters = endpoint.encapsulate, underlay.send_batch, \
+            endpoint.counters
+
+        def on_device(_events: int) -> None:
+            if device.read_batch(batch):
+                encapsulate(batch, time.monotonic())
+                send_batch(batch, counters)
+                if endpoint.outbox:
+                    self._flush(tunnel)
+            if device.failed:
+                self._device_lost(tunnel, f"reading it failed with errno {device.failed}")
+        on_device.__qualname__ = f"device {tunnel.config.name}"
+        return on_device
+
+    def _wire_handler(self, end: tuple) -> Callable[[int], None]:
+        batch, underlay, demux, devices = self._wire_batch, self.underlays[end], \
+            self.demuxes[end], self.devices
+        packets, targets = batch.packets, batch.endpoints
+
+        def on_wire(events: int) -> None:
+            if events & EPOLLERR:
+                self._wan_errors(underlay, demux)
+            if underlay.read_batch(batch):
+                demux.decapsulate(batch, time.monotonic())
+                for i in range(batch.count):
+                    endpoint = targets[i]
+                    if endpoint is not None:
+                        device = devices[endpoint.name]
+                        if device is not None:
+                            device.write(packets[i], endpoint.counters)
+                        else:
+                            endpoint.counters.drops[DropReason.DEVICE_DOWN] += 1
+            if underlay.errors_pending:
+                self._wan_errors(underlay, demux)
+        on_wire.__qualname__ = f"underlay {end[1]} {end[2]}"
+        return on_wire
+
+    def _wan_errors(self, underlay: UnderlaySocket, demux: Demux) -> None:
+        now = time.monotonic()
+        for error in underlay.read_errors():
+            endpoint = demux.wan_error(error, now)
+            if endpoint is not None and endpoint.outbox:
+                self._flush(self.tunnels[endpoint.name])
+
+    def _flush(self, tunnel: _Tunnel) -> None:
+        """Carry out what the endpoint asked for besides its batches."""
+        outbox, counters = tunnel.endpoint.outbox, tunnel.endpoint.counters
+        device = tunnel.device
+        for packet in outbox.device_packets:
+            if device is not None:
+                device.write(packet, counters)
+            else:
+                counters.drops[DropReason.DEVICE_DOWN] += 1
+        for datagram, destinations, marking, inner_length in outbox.datagrams:
+            tunnel.underlay.send(datagram, destinations, marking, inner_length, counters)
+        outbox.device_packets.clear()
+        outbox.datagrams.clear()
+        if outbox.mtu_changed:
+            outbox.mtu_changed = False
+            self._set_route_mtu(tunnel)
+
+    def _set_route_mtu(self, tunnel: _Tunnel) -> None:
         """The effective MTU moved: the kernel's routes into the tunnel follow it, so that
         it answers senders itself (and fragments what may be fragmented) before the
         packets reach us."""
-        mtu = datapath.effective_mtu
-        lowered = mtu < datapath.config.device_mtu
-        log.info("tunnel %s: path MTU %s, now carries %d-byte packets", datapath.name,
-                 datapath.pmtu.status(time.monotonic()) or "back to the link's", mtu)
+        endpoint = tunnel.endpoint
+        mtu = endpoint.effective_mtu
+        lowered = mtu < tunnel.config.device_mtu
+        log.info("tunnel %s: path MTU %s, now carries %d-byte packets", endpoint.name,
+                 endpoint.pmtu.status(time.monotonic()) or "back to the link's", mtu)
+        if tunnel.device is None or not tunnel.up:
+            return  # the routes come back with the device, with this MTU
+        self._netlink(tunnel, "set the route MTU", lambda: self.netlink.program_routes(
+            tunnel.config, mtu if lowered else None))
+
+    def _netlink(self, tunnel: _Tunnel, what: str, call: Callable[[], None]) -> bool:
+        """Make a netlink call at run time: a failure is counted and logged once (until the
+        same call works again), never raised."""
         try:
-            with IPRoute() as ipr:
-                program_routes(ipr, datapath.config, mtu if lowered else None)
-        except OSError as error:
-            log.warning("tunnel %s: cannot set the route MTU: %s", datapath.name, error)
+            call()
+        except SystemProblem as problem:
+            tunnel.endpoint.counters.netlink_errors += 1
+            self._warn_once((tunnel.config.name, what),
+                            f"tunnel {tunnel.config.name}: cannot {what}: "
+                            f"{_key_path(tunnel.config, problem.path)}: {problem.message}")
+            return False
+        self._warned.discard((tunnel.config.name, what))
+        return True
 
-    # -- readers: drain a descriptor, hand each packet to its datapath --------------------
+    def _warn_once(self, key: tuple, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning("%s (logged once until it works again)", message)
 
-    def _device_reader(self, datapath: RawTunnel | VxlanTunnel):
-        read, rx, buf, view = datapath.device.read_into, self._device_rx, self._device_buf, \
-            self._device_view
-        from_device = datapath.from_device
+    # -- devices that go away or down ----------------------------------------------------
 
-        def drain(_events) -> None:
-            now = time.monotonic()
-            for _ in range(BATCH):
-                try:
-                    n = read(rx)
-                except BlockingIOError:
-                    return
-                from_device(buf, view, HEADROOM + n, now)
-        return drain
-
-    def _raw_wire_reader(self, sock: socket.socket, sources: dict[str, tuple[RawTunnel, ...]]):
-        receive, buf, view, drops = sock.recvfrom_into, self._wire_buf, self._wire_view, \
-            self.counters.drops
-
-        def on_error(origin, icmp_type, code, info, address, quoted, now) -> None:
-            tunnels = sources.get(address[0], ())
-            if len(tunnels) > 1 and origin != ORIGIN_LOCAL:
-                keyed = _by_gre_key(tunnels, quoted)
-                tunnels = (keyed,) if keyed is not None else ()
-            for datapath in tunnels:
-                if datapath.wan_error(origin, icmp_type, code, info, address[0], quoted, now):
-                    self._mtu_changed(datapath)
-
-        def drain(events) -> None:
-            if events & select.EPOLLERR:
-                self._read_errors(sock, on_error)
-            for _ in range(BATCH):
-                try:
-                    n, (source, _) = receive(buf)
-                except BlockingIOError:
-                    return
-                except OSError:
-                    self._read_errors(sock, on_error)
-                    continue
-                tunnels = sources.get(source)
-                if tunnels is None:
-                    drops[DropReason.NOT_A_PEER] += 1
-                    continue
-                datagram = view[:n]
-                datapath = tunnels[0] if len(tunnels) == 1 else _by_gre_key(tunnels, datagram)
-                if datapath is None:
-                    drops[DropReason.GRE_WRONG_KEY] += 1
-                    continue
-                datapath.from_wire(datagram)
-        return drain
-
-    def _vxlan_wire_reader(self, sock: socket.socket, by_vni: dict[int, VxlanTunnel]):
-        receive, buffers, view, drops = sock.recvmsg_into, [self._wire_buf], self._wire_view, \
-            self.counters.drops
-        space = socket.CMSG_SPACE(4)
-        # IP_TOS arrives as one byte, IPV6_TCLASS as a native int: its low byte either way.
-        low_byte = 0 if sys.byteorder == "little" else -1
-
-        def on_error(origin, icmp_type, code, info, address, quoted, now) -> None:
-            vni = int.from_bytes(quoted[4:7], "big") if len(quoted) >= 8 else None
-            datapath = by_vni.get(vni)
-            if datapath is not None and address[0] in datapath.destinations:
-                if datapath.wan_error(origin, icmp_type, code, info, address[0], quoted, now):
-                    self._mtu_changed(datapath)
-
-        def drain(events) -> None:
-            if events & select.EPOLLERR:
-                self._read_errors(sock, on_error)
-            now = time.monotonic()
-            for _ in range(BATCH):
-                try:
-                    n, ancillary, _, address = receive(buffers, space)
-                except BlockingIOError:
-                    return
-                except OSError:
-                    self._read_errors(sock, on_error)
-                    continue
-                try:
-                    vni, frame = vxlan_decap(view[:n])
-                except DecodeError as error:
-                    drops[error.reason] += 1
-                    continue
-                datapath = by_vni.get(vni)
-                if datapath is None:
-                    drops[DropReason.VXLAN_UNKNOWN_VNI] += 1
-                    continue
-                tos = ancillary[0][2][low_byte] if ancillary else 0
-                datapath.from_wire(frame, address[0], tos, now)
-        return drain
-
-    def _read_errors(self, sock: socket.socket, on_error) -> None:
-        """Everything on the socket's error queue: ICMP errors from the WAN about our
-        datagrams, and local EMSGSIZE, each with the datagram as far as it was quoted."""
-        now = time.monotonic()
-        while True:
-            try:
-                data, ancillary, _, address = sock.recvmsg(ERROR_QUOTE, ERROR_ANCILLARY,
-                                                           socket.MSG_ERRQUEUE)
-            except BlockingIOError:
-                return
-            for level, kind, payload in ancillary:
-                if (level, kind) in _EXTENDED_ERROR_MESSAGES and \
-                        len(payload) >= EXTENDED_ERROR.size:
-                    _, origin, icmp_type, code, _, info, _ = EXTENDED_ERROR.unpack_from(payload)
-                    on_error(origin, icmp_type, code, info, address, memoryview(data), now)
-
-    # -- control socket (``tunnelrouter show``) ------------------------------------------
-
-    def _open_control(self) -> None:
-        os.makedirs(os.path.dirname(self.control_path) or ".", mode=0o750, exist_ok=True)
-        try:
-            os.unlink(self.control_path)
-        except FileNotFoundError:
-            pass
-        control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        control.bind(self.control_path)
-        os.chmod(self.control_path, 0o660)
-        control.listen(8)
-        control.setblocking(False)
-        self._control = control
-        self._watch(control.fileno(), self._answer_control)
-
-    def _answer_control(self, _events) -> None:
-        try:
-            connection, _ = self._control.accept()
-        except BlockingIOError:
+    def _device_lost(self, tunnel: _Tunnel, why: str) -> None:
+        device = tunnel.device
+        if device is None:
             return
-        with connection:
-            connection.settimeout(1.0)
-            try:
-                connection.recv(256)
-                connection.sendall(json.dumps(self.status()).encode() + b"\n")
-            except OSError as error:
-                if error.errno not in (errno.EPIPE, errno.ECONNRESET) and \
-                        not isinstance(error, TimeoutError):
-                    raise
+        self.loop.forget(device.fd)
+        device.close()
+        tunnel.device = self.devices[tunnel.config.name] = None
+        tunnel.index = None
+        tunnel.endpoint.counters.device_lost += 1
+        tunnel.restore_delay = RESTORE_FIRST
+        tunnel.restore_at = time.monotonic() + RESTORE_FIRST
+        log.warning("tunnel %s: its device is gone (%s); the other tunnels carry on, and "
+                    "the device is made again in %.0f s", tunnel.config.name, why,
+                    RESTORE_FIRST)
+
+    def _restore(self, tunnel: _Tunnel, now: float) -> None:
+        name = tunnel.config.name
+        try:
+            self._make_device(tunnel)
+        except SystemProblem as problem:
+            tunnel.restore_delay = min(tunnel.restore_delay * 2, RESTORE_LONGEST)
+            tunnel.restore_at = now + tunnel.restore_delay
+            self._warn_once((name, "make its device again"),
+                            f"tunnel {name}: cannot make its device again: {problem.message}; "
+                            f"trying again every {RESTORE_LONGEST:.0f} s at most")
+            return
+        self._warned.discard((name, "make its device again"))
+        log.info("tunnel %s: device made again, with its addresses and routes", name)
+        if tunnel.endpoint.effective_mtu != tunnel.config.device_mtu:
+            self._set_route_mtu(tunnel)
+
+    def _on_links(self, _events: int) -> None:
+        by_index = {tunnel.index: tunnel for tunnel in self.tunnels.values()
+                    if tunnel.index is not None}
+        changed = {}
+        for event in self.links.read_events():
+            tunnel = by_index.get(event.index)
+            if tunnel is not None:
+                changed[tunnel.config.name] = event.deleted or changed.get(tunnel.config.name,
+                                                                           False)
+        for name, deleted in changed.items():
+            if deleted:
+                self._device_lost(self.tunnels[name], "deleted")
+            else:
+                self._reconcile(self.tunnels[name])
+
+    def _check_links(self) -> None:
+        """Link events were lost: look at every device instead."""
+        for tunnel in self.tunnels.values():
+            if tunnel.index is not None:
+                self._reconcile(tunnel)
+
+    def _reconcile(self, tunnel: _Tunnel) -> None:
+        """Something changed on the tunnel's device: compare its state now (an event may
+        be stale, and our own set-up makes events too) with what the router wants."""
+        name = tunnel.config.name
+        state = self.netlink.link_state(tunnel.index)
+        if state is None:
+            self._device_lost(tunnel, "deleted")
+            return
+        up, mtu = state
+        if not up:
+            if tunnel.up:
+                tunnel.up = False
+                log.warning("tunnel %s: its device was set down; its routes are gone until "
+                            "it is up again", name)
+            return
+        if not tunnel.up:
+            tunnel.up = True
+            if self._netlink(tunnel, "restore its addresses and routes",
+                             lambda: self.netlink.program_device(tunnel.config)):
+                log.info("tunnel %s: device up again; addresses and routes restored", name)
+                if tunnel.endpoint.effective_mtu != tunnel.config.device_mtu:
+                    self._set_route_mtu(tunnel)
+        elif mtu is not None and mtu != tunnel.config.device_mtu:
+            log.warning("tunnel %s: its device's MTU was changed to %d; setting it back to %d",
+                        name, mtu, tunnel.config.device_mtu)
+            self._netlink(tunnel, "set its MTU back",
+                          lambda: self.netlink.program_device(tunnel.config))
+
+    # -- what the operator sees -----------------------------------------------------------
+
+    def answer(self, request: str) -> dict:
+        if request in ("show", ""):
+            return self.status()
+        return {"error": f"unknown request {request[:40]!r}; this router answers: show"}
 
     def status(self) -> dict:
         now = time.monotonic()
+        unattributed = Counters()
+        for demux in self.demuxes.values():
+            for reason, count in enumerate(demux.counters.drops):
+                unattributed.drops[reason] += count
+        tunnels = {}
+        for name, tunnel in self.tunnels.items():
+            state = "up" if tunnel.device is not None and tunnel.up else \
+                "down" if tunnel.device is not None else "gone (being made again)"
+            tunnels[name] = tunnel.endpoint.status(now) | {"device": state}
         return {
             "uptime": round(now - self.started, 1),
-            "unattributed": self.counters.as_dict()["drops"],
-            "tunnels": {name: datapath.status(now) for name, datapath in self.tunnels.items()},
+            "internal_errors": self.loop.faults,
+            "unattributed": unattributed.drops_by_label(),
+            "tunnels": tunnels,
         }
-
-
-def _by_gre_key(tunnels: tuple[RawTunnel, ...], datagram: memoryview) -> RawTunnel | None:
-    """Several GRE tunnels between the same two addresses differ only by key."""
-    key = gre_key(datagram[(datagram[0] & 0x0F) * 4:]) if len(datagram) >= 20 else None
-    for datapath in tunnels:
-        if datapath.config.key == key:
-            return datapath
-    return None

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from encap.checksum import internet_checksum
 from encap.errors import DecodeError, DropReason, EncapConfigError
-from encap.gre import Gre
+from encap.gre import NEW_EPOCH_RUN, REORDER_WINDOW, Gre
 
 from tests.encap.strategies import ethernet_frames, ip_packets
 
@@ -188,3 +188,55 @@ def test_unsendable_local_input_is_a_decode_error(sender, packet):
 def test_key_out_of_range_is_a_config_error():
     with pytest.raises(EncapConfigError):
         Gre(key=1 << 32)
+
+
+def test_a_packet_dropped_for_another_reason_does_not_move_the_sequence_window():
+    receiver = Gre(sequence=True)
+    receiver.decap(memoryview(with_sequence(10)))
+    forged = bytearray(with_sequence(1_000_000))
+    forged[2:4] = b"\x08\x06"   # ARP: dropped for its protocol, after the sequence was read
+    assert refuse(receiver, bytes(forged)) == DropReason.GRE_UNKNOWN_PROTOCOL
+    receiver.decap(memoryview(with_sequence(11)))   # still in order
+
+
+def takes(receiver: Gre, sequence: int) -> bool:
+    try:
+        receiver.decap(memoryview(with_sequence(sequence)))
+    except DecodeError as error:
+        assert error.reason == DropReason.GRE_OUT_OF_ORDER
+        return False
+    return True
+
+
+def test_a_restarted_sender_is_followed_after_a_short_run():
+    receiver = Gre(sequence=True)
+    for sequence in range(5000, 5010):
+        receiver.decap(memoryview(with_sequence(sequence)))
+    # The peer restarts and numbers from 0 again: far behind the window.
+    dropped = [sequence for sequence in range(0, 10) if not takes(receiver, sequence)]
+    assert dropped == list(range(NEW_EPOCH_RUN - 1))
+    assert receiver.epochs == 1 and receiver.expected_sequence == 10
+
+
+def test_late_packets_near_the_window_never_start_a_new_epoch():
+    receiver = Gre(sequence=True)
+    receiver.decap(memoryview(with_sequence(1000)))
+    for sequence in range(1000 - REORDER_WINDOW, 1000):
+        assert refuse(receiver, with_sequence(sequence)) == DropReason.GRE_OUT_OF_ORDER
+    assert receiver.epochs == 0
+
+
+def test_a_forged_number_far_ahead_costs_only_a_short_run():
+    receiver = Gre(sequence=True)
+    receiver.decap(memoryview(with_sequence(100)))
+    receiver.decap(memoryview(with_sequence(0x7000_0000)))   # accepted: gaps are forgiven
+    accepted = [sequence for sequence in range(101, 111) if takes(receiver, sequence)]
+    assert accepted == list(range(100 + NEW_EPOCH_RUN, 111))
+
+
+def test_scattered_old_packets_do_not_add_up_to_an_epoch():
+    receiver = Gre(sequence=True)
+    receiver.decap(memoryview(with_sequence(1_000_000)))
+    for sequence in (5, 50_000, 900, 300_000, 7, 40):   # far behind, but not a run
+        assert refuse(receiver, with_sequence(sequence)) == DropReason.GRE_OUT_OF_ORDER
+    assert receiver.epochs == 0

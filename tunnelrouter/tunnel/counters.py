@@ -1,22 +1,25 @@
-"""Per-tunnel counters: the hot path increments integers, never logs."""
+"""Counters: the hot path increments integers, never logs."""
 
 from encap.errors import DropReason
 
 
 class Counters:
-    """Packets and bytes each way, and drops by reason (indexed by ``DropReason``)."""
+    """Packets and bytes each way, events, and drops by reason (indexed by ``DropReason``).
 
-    __slots__ = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "fragments_sent",
-                 "icmp_sent", "icmp_rate_limited", "wan_errors", "ecn_unused_combinations",
-                 "drops")
-    # What a packet did besides passing: fragmented, answered, reported, oddly marked.
+    ``rx`` counts packets delivered into the tunnel's device, ``tx`` datagrams sent
+    to a peer (a frame flooded to three VTEPs is three); their bytes are the inner
+    packets' bytes.
+    """
+
+    # What happened besides passing: fragmented, answered, reported, oddly marked, refused.
     EVENTS = ("fragments_sent", "icmp_sent", "icmp_rate_limited", "wan_errors",
-              "ecn_unused_combinations")
+              "ecn_unused_combinations", "fdb_full", "netlink_errors", "device_lost")
+    __slots__ = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "drops") + EVENTS
 
     def __init__(self) -> None:
         self.rx_packets = self.rx_bytes = self.tx_packets = self.tx_bytes = 0
-        self.fragments_sent = self.icmp_sent = self.icmp_rate_limited = self.wan_errors = 0
-        self.ecn_unused_combinations = 0
+        for event in self.EVENTS:
+            setattr(self, event, 0)
         self.drops = [0] * (max(DropReason) + 1)
 
     def as_dict(self) -> dict:

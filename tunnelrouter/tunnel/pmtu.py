@@ -8,16 +8,23 @@ expires; then the full device MTU is tried again (RFC 1191 §6.3), and a path
 that is still narrow is learnt again from the next ICMP.
 """
 
-# Linux's net.ipv4.route.min_pmtu: a smaller report is forged or describes a
-# path no one can use; it is raised to this, as the kernel does.
-MINIMUM_PATH_MTU = 552
+from encap.mtu import IPV6_MINIMUM_MTU
+
+# Linux's net.ipv4.route.min_pmtu: a smaller report is forged or describes a path no
+# one can use; it is raised to this, as the kernel does. An IPv6 path is never
+# narrower than IPv6's own minimum.
+MINIMUM_PATH_MTU = {4: 552, 6: IPV6_MINIMUM_MTU}
 
 
 class PathMtu:
-    """Learnt outer path MTUs by peer, and the effective inner MTU they leave."""
+    """Learnt outer path MTUs by peer, and the effective inner MTU they leave.
 
-    def __init__(self, device_mtu: int, overhead: int, timeout: float):
+    Only the tunnel's own peers are ever reported (the caller checks), so the table
+    holds at most one entry per configured peer."""
+
+    def __init__(self, device_mtu: int, overhead: int, timeout: float, underlay_family: int):
         self.device_mtu = device_mtu
+        self.minimum = MINIMUM_PATH_MTU[underlay_family]
         self.overhead = overhead   # outer bytes per inner packet (L3 to L3)
         self.timeout = timeout
         self.learnt: dict[str, tuple[int, float]] = {}   # peer -> (path MTU, expiry time)
@@ -26,7 +33,7 @@ class PathMtu:
     def lower(self, peer: str, path_mtu: int, now: float) -> bool:
         """``peer`` is reachable with at most ``path_mtu`` bytes; True if that changed the
         effective MTU. A report never raises a path MTU (RFC 1191 §3): only expiry does."""
-        path_mtu = max(path_mtu, MINIMUM_PATH_MTU)
+        path_mtu = max(path_mtu, self.minimum)
         current, _ = self.learnt.get(peer, (self.device_mtu + self.overhead, 0.0))
         if path_mtu >= current:
             return False

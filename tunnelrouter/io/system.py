@@ -1,0 +1,44 @@
+"""The system the router runs on, as the factories it asks for devices, sockets and netlink.
+
+The router is handed a :class:`System`; tests hand it one whose devices and
+sockets live in memory, so two whole routers can talk without root.
+"""
+
+import errno
+import socket
+
+from tunnelrouter.io.device import TunTapDevice
+from tunnelrouter.io.errors import SystemProblem
+from tunnelrouter.io.netlink import LinkMonitor, Netlink
+from tunnelrouter.io.underlay import RawSocket, UdpSocket
+
+
+class System:
+    def device(self, name: str, ethernet: bool) -> TunTapDevice:
+        return TunTapDevice.open(name, ethernet)
+
+    def raw_socket(self, local: str, protocol: int) -> RawSocket:
+        return RawSocket.open(local, protocol)
+
+    def udp_socket(self, local: str, port: int, dont_fragment: bool) -> UdpSocket:
+        return UdpSocket.open(local, port, dont_fragment)
+
+    def netlink(self) -> Netlink:
+        return Netlink()
+
+    def link_monitor(self) -> LinkMonitor:
+        return LinkMonitor()
+
+    def claim(self, name: str) -> socket.socket:
+        """Hold ``name`` for as long as the returned socket is open; SystemProblem if another
+        process holds it. An abstract Unix socket: it belongs to this network namespace,
+        and the kernel releases it when its holder dies, however it dies."""
+        holder = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            holder.bind("\0tunnelrouter:" + name)
+        except OSError as error:
+            holder.close()
+            if error.errno == errno.EADDRINUSE:
+                raise SystemProblem("held by another tunnelrouter") from None
+            raise SystemProblem(f"cannot claim it: {error.strerror}") from None
+        return holder

@@ -1,0 +1,295 @@
+"""The underlay sockets: raw IP for the modes whose outer header we write, UDP for the rest.
+
+One socket per (local address, protocol) or (local address, port), shared by
+every tunnel that uses it; the tunnel core demultiplexes what arrives. Raw
+sockets send with ``IP_HDRINCL`` so that the outer TTL, TOS, DF and ID are the
+codec's, per packet.
+
+Path MTU is the router's business, not the kernel's: ``IP_PMTUDISC_PROBE``
+makes the kernel send what fits the link even when it has cached a smaller
+path MTU (it would otherwise refuse with EMSGSIZE until its own 10-minute
+expiry), and ``IP_RECVERR`` queues every ICMP error about our datagrams, with
+the quoted datagram, for the router to read (``MSG_ERRQUEUE``).
+
+Nothing here raises once a socket exists: a send that fails is counted by
+reason, a receive that fails means an error waits on the error queue.
+"""
+
+import errno
+import socket
+import struct
+import sys
+
+from encap.errors import DropReason
+from encap.wire import HEADROOM
+
+from tunnelrouter.io.errors import SystemProblem
+from tunnelrouter.tunnel.batch import Batch
+from tunnelrouter.tunnel.counters import Counters
+from tunnelrouter.tunnel.endpoint import DEFAULT_TTL
+from tunnelrouter.tunnel.wan_error import ErrorOrigin, WanError
+
+SOCKET_BUFFER = 4 << 20
+# <linux/in.h> and <linux/in6.h>; the socket module does not name these.
+IP_MTU_DISCOVER, IP_RECVERR = 10, 11
+IPV6_MTU_DISCOVER, IPV6_RECVERR = 23, 25
+PMTUDISC_DONT, PMTUDISC_PROBE = 0, 3   # the same values for IPv4 and IPv6
+# sock_extended_err (linux/errqueue.h): errno, origin, type, code, pad, info, data.
+EXTENDED_ERROR = struct.Struct("=IBBBBII")
+_EXTENDED_ERROR_MESSAGES = {(socket.IPPROTO_IP, IP_RECVERR), (socket.IPPROTO_IPV6, IPV6_RECVERR)}
+_ORIGINS = {origin.value: origin for origin in ErrorOrigin}
+ERROR_QUOTE = 2048        # an ICMP error quotes at most 576 (IPv4) or 1280 (IPv6) bytes
+ERROR_ANCILLARY = 512
+ERRORS_PER_WAKEUP = 64
+_FULL = frozenset({errno.EAGAIN, errno.ENOBUFS})
+_TOS_SPACE = socket.CMSG_SPACE(4)
+
+
+class UnderlaySocket:
+    """What both kinds share: sending a batch, counting failures, the error queue."""
+
+    def __init__(self, sock: socket.socket, local: str):
+        self.sock = sock
+        self.local = local
+        self.fd = sock.fileno()
+        self.family = socket.AF_INET6 if ":" in local else socket.AF_INET
+        self.errors_pending = False   # a receive failed: an error waits on the error queue
+        self._markings: dict[int, list[tuple]] = {}
+
+    def send_batch(self, batch: Batch, counters: Counters) -> None:
+        """Send every datagram the core left in ``batch`` (read from a device) to its
+        destinations; count what went and what failed."""
+        sendto, packets, destinations, markings, ends = self.sock.sendto, batch.packets, \
+            batch.destinations, batch.ancillary, batch.ends
+        sent = sent_bytes = 0
+        for i in range(batch.count):
+            packet = packets[i]
+            if packet is None:
+                continue
+            marking = markings[i]
+            for destination in destinations[i]:
+                try:
+                    if marking is None:
+                        sendto(packet, destination)
+                    else:
+                        self._transmit(packet, destination, marking)
+                except OSError as error:
+                    if not self._send_again(error, packet, destination, marking, counters):
+                        continue
+                sent += 1
+                sent_bytes += ends[i] - HEADROOM
+        counters.tx_packets += sent
+        counters.tx_bytes += sent_bytes
+
+    def send(self, datagram: bytes, destinations: tuple, marking: int | None, inner_length: int,
+             counters: Counters) -> None:
+        """One datagram of the slow path (a fragment, an outer-fragmented packet)."""
+        for destination in destinations:
+            try:
+                self._transmit(datagram, destination, marking)
+            except OSError as error:
+                if not self._send_again(error, datagram, destination, marking, counters):
+                    continue
+            counters.tx_packets += 1
+            counters.tx_bytes += inner_length
+
+    def _send_again(self, error: OSError, datagram, destination, marking, counters) -> bool:
+        """A send failed: try once more, unless the socket is full.
+
+        An ICMP error about an earlier datagram leaves the socket with a pending error
+        that the next send returns instead of sending (the error itself waits on the
+        error queue); that datagram deserves a second try."""
+        if error.errno not in _FULL:
+            try:
+                self._transmit(datagram, destination, marking)
+                return True
+            except OSError as again:
+                error = again
+        counters.drops[DropReason.UNDERLAY_FULL if error.errno in _FULL else
+                       DropReason.TOO_BIG if error.errno == errno.EMSGSIZE else
+                       DropReason.SEND_FAILED] += 1
+        return False
+
+    def _transmit(self, datagram, destination, marking: int | None) -> None:
+        if marking is None:
+            self.sock.sendto(datagram, destination)
+        else:
+            self.sock.sendmsg((datagram,), self._ancillary(marking), 0, destination)
+
+    def _ancillary(self, marking: int) -> list[tuple]:
+        """The control messages for a datagram's outer TTL and TOS (``ttl << 8 | tos``)."""
+        ancillary = self._markings.get(marking)
+        if ancillary is None:
+            if self.family == socket.AF_INET6:
+                level, ttl_type, tos_type = socket.IPPROTO_IPV6, socket.IPV6_HOPLIMIT, \
+                    socket.IPV6_TCLASS
+            else:
+                level, ttl_type, tos_type = socket.IPPROTO_IP, socket.IP_TTL, socket.IP_TOS
+            ancillary = self._markings[marking] = [
+                (level, ttl_type, (marking >> 8).to_bytes(4, sys.byteorder)),
+                (level, tos_type, (marking & 0xFF).to_bytes(4, sys.byteorder))]
+        return ancillary
+
+    def read_errors(self) -> list[WanError]:
+        """What waits on the error queue: ICMP errors from the WAN about our datagrams,
+        and local EMSGSIZE, each with the datagram as far as it was quoted."""
+        self.errors_pending = False
+        errors = []
+        for _ in range(ERRORS_PER_WAKEUP):
+            try:
+                data, ancillary, _, address = self.sock.recvmsg(ERROR_QUOTE, ERROR_ANCILLARY,
+                                                                socket.MSG_ERRQUEUE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break
+            if not address:
+                continue
+            for level, kind, payload in ancillary:
+                if (level, kind) in _EXTENDED_ERROR_MESSAGES and \
+                        len(payload) >= EXTENDED_ERROR.size:
+                    _, origin, icmp_type, code, _, info, _ = EXTENDED_ERROR.unpack_from(payload)
+                    if origin in _ORIGINS:
+                        quote, length = self._quoted(memoryview(data))
+                        errors.append(WanError(_ORIGINS[origin], icmp_type, code, info,
+                                               address[0], quote, length))
+        return errors
+
+    def _quoted(self, data: memoryview) -> tuple[memoryview, int]:
+        """The quoted datagram from its tunnel header on, and its length on the wire
+        (0 where the quote does not say)."""
+        return data, 0
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class RawSocket(UnderlaySocket):
+    """An IPv4 raw socket for one IP protocol, bound to the local address. Both ways the
+    datagram includes the outer IPv4 header: the codec writes and checks it."""
+
+    @classmethod
+    def open(cls, local: str, protocol: int) -> "RawSocket":
+        sock = _socket(socket.AF_INET, socket.SOCK_RAW, protocol, local)
+        try:
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
+            _bind(sock, (local, 0), f"{local}")
+            _tune(sock)
+        except BaseException:
+            sock.close()
+            raise
+        return cls(sock, local)
+
+    def read_batch(self, batch: Batch) -> int:
+        """Read datagrams into ``batch`` until none waits or it is full; return how many."""
+        receive, buffers, starts, ends, addresses, tos = self.sock.recvfrom_into, \
+            batch.buffers, batch.starts, batch.ends, batch.addresses, batch.tos
+        count = failures = 0
+        while count < batch.capacity and failures < batch.capacity:
+            buffer = buffers[count]
+            try:
+                n, address = receive(buffer)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self.errors_pending = True   # IP_RECVERR: an error was queued for us
+                failures += 1
+                continue
+            ends[count] = n
+            starts[count] = (buffer[0] & 0x0F) * 4
+            tos[count] = buffer[1]
+            addresses[count] = address[0]
+            count += 1
+        batch.count = count
+        return count
+
+    def _quoted(self, data: memoryview) -> tuple[memoryview, int]:
+        if len(data) < 20:
+            return data[:0], 0
+        return data[(data[0] & 0x0F) * 4:], data[2] << 8 | data[3]
+
+
+class UdpSocket(UnderlaySocket):
+    """A UDP socket on local address and port that reports each datagram's TOS / traffic
+    class. DF is the socket's: ``dont_fragment`` for every datagram, or for none."""
+
+    @classmethod
+    def open(cls, local: str, port: int, dont_fragment: bool = True) -> "UdpSocket":
+        family = socket.AF_INET6 if ":" in local else socket.AF_INET
+        sock = _socket(family, socket.SOCK_DGRAM, 0, local)
+        try:
+            # The defaults a datagram without ancillary data gets: TTL 64 whatever the
+            # host's ip_default_ttl, TOS 0; other values travel with each datagram.
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVTCLASS, 1)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, DEFAULT_TTL)
+            else:
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_RECVTOS, 1)
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, DEFAULT_TTL)
+            # No SO_REUSEADDR: a second router on the same port must fail to start, not
+            # share (and break) this one's datagrams.
+            _bind(sock, (local, port), f"{local} port {port}")
+            _tune(sock, dont_fragment)
+        except BaseException:
+            sock.close()
+            raise
+        return cls(sock, local)
+
+    def read_batch(self, batch: Batch) -> int:
+        receive, views, starts, ends, addresses, tos = self.sock.recvmsg_into, batch.views, \
+            batch.starts, batch.ends, batch.addresses, batch.tos
+        space = _TOS_SPACE
+        # IP_TOS arrives as one byte, IPV6_TCLASS as a native int: its low byte either way.
+        low_byte = 0 if sys.byteorder == "little" else -1
+        count = failures = 0
+        while count < batch.capacity and failures < batch.capacity:
+            try:
+                n, ancillary, _, address = receive((views[count],), space)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self.errors_pending = True
+                failures += 1
+                continue
+            ends[count] = n
+            starts[count] = 0
+            tos[count] = ancillary[0][2][low_byte] if ancillary and ancillary[0][2] else 0
+            addresses[count] = address[0]
+            count += 1
+        batch.count = count
+        return count
+
+
+def _socket(family: int, kind: int, protocol: int, local: str) -> socket.socket:
+    try:
+        return socket.socket(family, kind, protocol)
+    except PermissionError:
+        raise SystemProblem("cannot open a raw socket: the router needs CAP_NET_RAW") from None
+    except OSError as error:
+        raise SystemProblem(f"cannot open a socket for {local}: {error.strerror}") from None
+
+
+def _bind(sock: socket.socket, address: tuple, what: str) -> None:
+    try:
+        sock.bind(address)
+    except OSError as error:
+        if error.errno == errno.EADDRNOTAVAIL:
+            message = f"{address[0]} is not an address of this host (add it to an interface)"
+        elif error.errno == errno.EADDRINUSE:
+            message = (f"{what} is in use (another tunnelrouter, or a kernel tunnel, has it)")
+        else:
+            message = f"cannot bind to {what}: {error.strerror}"
+        raise SystemProblem(message) from None
+
+
+def _tune(sock: socket.socket, dont_fragment: bool = True) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+    discovery = PMTUDISC_PROBE if dont_fragment else PMTUDISC_DONT
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, discovery)
+    else:
+        sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+        sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, discovery)
+    sock.setblocking(False)

@@ -1,0 +1,225 @@
+"""What a mode is, and the configuration keys every mode has.
+
+A mode (``gre``, ``vxlan``, ...) is one :class:`Mode` object, made and registered
+by the one file of this folder that implements it, with its own configuration
+model (a :class:`TunnelConfig` with the mode's keys). Everything outside this
+folder asks the mode: the configuration (which keys, which checks), the
+endpoints (which codec, which underlay, how to tell datagrams and ICMP quotes
+apart), the router and the CLI.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
+
+from pydantic import (BaseModel, ConfigDict, Field, IPvAnyAddress, IPvAnyInterface, IPvAnyNetwork,
+                      StrictBool, StrictInt)
+
+from encap.codec import Codec
+from encap.ecn import EcnMode
+from encap.errors import DropReason, EncapConfigError
+from encap.mtu import IPV6_MINIMUM_MTU, Overhead, TunnelMtu, overhead, tcp_mss, tunnel_mtu
+
+if TYPE_CHECKING:
+    from ipaddress import IPv4Address, IPv6Address
+
+DEFAULT_UNDERLAY_MTU = 1500
+Problem = tuple[tuple, str]   # (key path below the tunnel, message)
+
+
+class Underlay(enum.Enum):
+    """What carries a mode's datagrams: a raw IP socket (the router writes the outer IP
+    header) or a UDP socket (the kernel writes outer IP and UDP)."""
+
+    RAW = "raw"
+    UDP = "udp"
+
+
+class Strict(BaseModel):
+    """One spelling per key (the YAML one), nothing unknown, values not coerced."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Inherit = Literal["inherit"]
+Port = Annotated[StrictInt, Field(ge=1, le=65535)]
+
+
+class TunnelConfig(Strict):
+    """The keys of every tunnel, whatever its mode. Each mode adds its own keys (and
+    narrows ``mode`` to its name) in a subclass."""
+
+    mode: str
+    local: IPvAnyAddress
+    # Outer header (the README's table "Outer header, MTU and ICMP" says what each does).
+    ttl: Annotated[StrictInt, Field(ge=1, le=255)] | Inherit = 64
+    dscp: Annotated[StrictInt, Field(ge=0, le=63)] | Inherit = 0
+    ecn: EcnMode = EcnMode.NORMAL
+    pmtu_discovery: StrictBool = Field(default=True, alias="pmtu-discovery")
+    pmtu_timeout: Annotated[StrictInt, Field(ge=5, le=86400)] = Field(default=600,
+                                                                       alias="pmtu-timeout")
+    icmp_rate_limit: Annotated[StrictInt, Field(ge=0, le=100000)] = Field(
+        default=100, alias="icmp-rate-limit")
+    # The device and what is routed into it.
+    addresses: tuple[IPvAnyInterface, ...] = ()
+    mtu: Annotated[StrictInt, Field(ge=68, le=65535)] | Literal["auto"] = "auto"
+    underlay_mtu: Annotated[StrictInt, Field(ge=68, le=65535)] = Field(
+        default=DEFAULT_UNDERLAY_MTU, alias="underlay-mtu")
+    routes: tuple[IPvAnyNetwork, ...] = ()
+    mss_clamp: Annotated[StrictInt, Field(ge=88, le=65535)] | Literal["auto", "off"] = Field(
+        default="auto", alias="mss-clamp")
+    # Not a key: the tunnel's name in ``tunnels:``, which is also its device's name.
+    name: str = Field(default="", exclude=True)
+
+    @property
+    def kind(self) -> Mode:
+        return MODES[self.mode]
+
+    @property
+    def peers(self) -> tuple[IPv4Address | IPv6Address, ...]:
+        """Every underlay address this tunnel sends to and accepts from."""
+        raise NotImplementedError
+
+    def derived_mtu(self) -> TunnelMtu:
+        """Overhead, automatic MTU and MSS values (raises EncapConfigError if the underlay
+        MTU leaves too little)."""
+        return tunnel_mtu(self.kind.overhead(self), self.underlay_mtu, self.kind.inner_families)
+
+    @property
+    def device_mtu(self) -> int:
+        return self.derived_mtu().mtu if self.mtu == "auto" else self.mtu
+
+    def mss_limits(self, mtu: int | None = None) -> tuple[int, int] | None:
+        """``(mss_ipv4, mss_ipv6)`` to clamp to when the tunnel carries ``mtu``-byte packets
+        (default: the device MTU), or None when clamping is off. IPv6 is carried at 1280
+        at least, in outer fragments if it must (RFC 4213 §3.2)."""
+        if self.mss_clamp == "off":
+            return None
+        if self.mss_clamp != "auto":
+            return self.mss_clamp, self.mss_clamp
+        mtu = self.device_mtu if mtu is None else mtu
+        return tcp_mss(mtu, 4), tcp_mss(max(mtu, IPV6_MINIMUM_MTU), 6)
+
+    def problems(self) -> list[Problem]:
+        """What the keys' own types cannot see: how they fit together. Subclasses add theirs."""
+        found: list[Problem] = []
+        family = self.local.version
+        kind = self.kind
+        if family not in kind.underlay_families:
+            found.append((("local",), f"an IPv{family} underlay is not supported yet for "
+                                      f"{self.mode}; use an IPv4 'local'"))
+        for index, peer in enumerate(self.peers):
+            if peer.version != family:
+                found.append((self.peer_path(index), f"{peer} is IPv{peer.version} but local "
+                                                     f"{self.local} is IPv{family}"))
+        for key in ("addresses", "routes"):
+            for index, value in enumerate(getattr(self, key)):
+                if value.version not in kind.inner_families:
+                    found.append(((key, index), f"{value} is IPv{value.version}, which "
+                                                f"{self.mode} does not carry"))
+        try:
+            derived = self.derived_mtu()
+        except EncapConfigError as error:
+            return found + [(("underlay-mtu",), str(error))]
+        if self.mtu != "auto" and self.mtu > derived.mtu:
+            found.append((("mtu",), f"{self.mtu} is more than the {derived.mtu} bytes the "
+                                    f"underlay MTU {self.underlay_mtu} leaves inside {self.mode}"))
+        if self.device_mtu < IPV6_MINIMUM_MTU:
+            for index, interface in enumerate(self.addresses):
+                if interface.version == 6:
+                    found.append((("addresses", index),
+                                  f"{interface} needs an MTU of at least {IPV6_MINIMUM_MTU}; "
+                                  f"this tunnel's is {self.device_mtu}"))
+        return found
+
+    def peer_path(self, index: int) -> tuple:
+        """The key path of the ``index``-th of :attr:`peers`, for messages."""
+        return ("remote",)
+
+
+class Mode:
+    """One encapsulation: its name and everything the rest of the router asks about it.
+
+    Subclasses (one file each) set the class attributes and implement the methods.
+    ``keys`` and ``demux_key`` are the demultiplexing contract: the datagrams (and
+    the ICMP quotes of our own datagrams) for which ``demux_key`` gives one of a
+    tunnel's ``keys`` belong to that tunnel.
+    """
+
+    name: ClassVar[str]
+    config: ClassVar[type[TunnelConfig]]
+    ethernet: ClassVar[bool]                  # a TAP device: the tunnel carries Ethernet frames
+    inner_families: ClassVar[frozenset[int]]  # the IP versions it carries
+    underlay: ClassVar[Underlay]
+    underlay_families: ClassVar[frozenset[int]] = frozenset({4})
+    protocol: ClassVar[int] = 0               # Underlay.RAW: the outer IP protocol number
+    # Two tunnels on one underlay socket must differ in this key (for messages).
+    distinguished_by: ClassVar[str]
+    # Why a datagram from a known peer is dropped when no tunnel has its demux key...
+    unknown_key: ClassVar[DropReason]
+    # ... unless the only tunnel with that peer takes it, to count why it is not its own.
+    peer_owns_unknown_keys: ClassVar[bool] = False
+
+    def codec(self, tunnel: TunnelConfig) -> Codec:
+        """The codec of the tunnel header (the outer IP and UDP headers are not in it)."""
+        raise NotImplementedError
+
+    def keys(self, tunnel: TunnelConfig) -> tuple[Hashable, ...]:
+        raise NotImplementedError
+
+    @staticmethod
+    def demux_key(datagram: memoryview, offset: int, source: str) -> Hashable:
+        """The key of a datagram whose tunnel header starts at ``offset``, from ``source``.
+        Also applied to the ICMP quote of a datagram we sent (``offset`` 0, the
+        destination as ``source``). Any bytes give a key: ``UNREADABLE[reason]`` when
+        the key cannot be read."""
+        raise NotImplementedError
+
+    @staticmethod
+    def tunnel_header_length(quote: memoryview) -> int | None:
+        """The length of the tunnel header at the start of ``quote`` (None: cut short)."""
+        raise NotImplementedError
+
+    def codec_status(self, codec: Codec) -> dict:
+        """What the codec's own state adds to the tunnel's status."""
+        return {}
+
+    def conflict_hint(self) -> str:
+        """What to do about two tunnels that this mode cannot tell apart."""
+        return f"give each a different {self.distinguished_by}"
+
+    def overhead(self, tunnel: TunnelConfig) -> Overhead:
+        return overhead(tunnel.local.version, self.codec(tunnel).overhead,
+                        udp=self.underlay is Underlay.UDP, ethernet=self.ethernet)
+
+    def underlay_end(self, tunnel: TunnelConfig) -> tuple:
+        """The socket this tunnel's datagrams use, shared by every tunnel with the same end:
+        ``("raw", local, protocol)`` or ``("udp", local, port)``."""
+        if self.underlay is Underlay.RAW:
+            return (Underlay.RAW, str(tunnel.local), self.protocol)
+        return (Underlay.UDP, str(tunnel.local), tunnel.port)
+
+    def __repr__(self) -> str:
+        return f"<mode {self.name}>"
+
+
+class Unreadable:
+    """The demux key of a datagram whose key cannot be read, and why: no tunnel has it."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: DropReason):
+        self.reason = reason
+
+
+UNREADABLE = {reason: Unreadable(reason) for reason in DropReason}
+MODES: dict[str, Mode] = {}
+
+
+def register(mode: Mode) -> Mode:
+    if mode.name in MODES:
+        raise ValueError(f"mode {mode.name} is registered twice")
+    MODES[mode.name] = mode
+    return mode

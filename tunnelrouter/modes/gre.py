@@ -1,0 +1,72 @@
+"""GRE (RFC 2784, RFC 2890 key and sequence number) over a raw IP socket: ``gre`` carries IP
+packets from a TUN device, ``gretap`` Ethernet frames from a TAP device (protocol 0x6558).
+
+Several GRE tunnels between the same two addresses are told apart by their key, as
+the kernel's are; gre and gretap tunnels share the one raw socket for protocol 47.
+"""
+
+from typing import Annotated, Literal
+
+from pydantic import Field, IPvAnyAddress, StrictBool, StrictInt
+
+from encap.errors import DropReason
+from encap.gre import Gre, gre_key, header_length
+from encap.wire import IpProto
+
+from tunnelrouter.modes.base import Mode, TunnelConfig, Underlay, register
+
+GRE_HEADER_MINIMUM = 4
+
+
+class GreConfig(TunnelConfig):
+    mode: Literal["gre", "gretap"]
+    remote: IPvAnyAddress
+    # Symmetric, as `ip tunnel ... key K csum seq`: sent, and required on receipt.
+    key: Annotated[StrictInt, Field(ge=0, le=0xFFFFFFFF)] | None = None
+    sequence: StrictBool = False
+    checksum: StrictBool = False
+
+    @property
+    def peers(self):
+        return (self.remote,)
+
+
+class GreMode(Mode):
+    name = "gre"
+    config = GreConfig
+    ethernet = False
+    inner_families = frozenset({4, 6})
+    underlay = Underlay.RAW
+    protocol = IpProto.GRE
+    distinguished_by = "key"
+    unknown_key = DropReason.GRE_WRONG_KEY
+    peer_owns_unknown_keys = True
+
+    def codec(self, tunnel: GreConfig) -> Gre:
+        return Gre(key=tunnel.key, checksum=tunnel.checksum, sequence=tunnel.sequence,
+                   ethernet=self.ethernet)
+
+    def keys(self, tunnel: GreConfig):
+        return ((str(tunnel.remote), tunnel.key),)
+
+    @staticmethod
+    def demux_key(datagram, offset, source):
+        return source, gre_key(datagram[offset:])
+
+    def codec_status(self, codec: Gre) -> dict:
+        return {"sequence_epochs": codec.epochs} if codec.sequence else {}
+
+    @staticmethod
+    def tunnel_header_length(quote):
+        if len(quote) < GRE_HEADER_MINIMUM:
+            return None
+        return header_length(quote[0] << 8)
+
+
+class GretapMode(GreMode):
+    name = "gretap"
+    ethernet = True
+
+
+GRE = register(GreMode())
+GRETAP = register(GretapMode())

@@ -1,0 +1,67 @@
+"""A batch of packets in preallocated buffers: what one wakeup reads, works on and writes.
+
+The I/O side fills a batch (a device read, a socket read), the tunnel core works
+on it in place, and the I/O side drains what the core left in it. Every buffer
+keeps ``HEADROOM`` bytes in front of the packet a device read puts there, so
+encapsulation writes the outer headers in front of the packet and copies
+nothing. The interfaces carry a batch even where the kernel hands over one
+packet per system call, so that offloads (one read = many segments), UDP
+GSO/GRO and multi-queue devices fit in later below the core, not through it.
+
+Packet ``i`` of ``count``:
+
+- filled from a device: ``buffers[i][HEADROOM:ends[i]]`` (``starts[i]`` is HEADROOM);
+- filled from the wire: the datagram ``buffers[i][:ends[i]]`` from ``addresses[i]``,
+  whose tunnel header starts at ``starts[i]`` (after the outer IP header where the
+  socket gives that too) and whose outer TOS / traffic class was ``tos[i]``;
+- after the core: ``packets[i]``, the bytes to pass on (None: dropped), and
+  towards the wire ``destinations[i]`` (socket addresses) with ``ancillary[i]``
+  (control messages, or None), towards a device ``endpoints[i]``, the tunnel
+  whose device takes it.
+"""
+
+from encap.wire import HEADROOM
+
+BATCH_SIZE = 64          # at most this many packets per wakeup, so no descriptor starves the rest
+BUFFER_SIZE = HEADROOM + 65536
+
+
+class Batch:
+    __slots__ = ("capacity", "buffers", "views", "device_views", "count", "starts", "ends",
+                 "addresses", "tos", "packets", "destinations", "ancillary", "endpoints")
+
+    def __init__(self, capacity: int = BATCH_SIZE, buffer_size: int = BUFFER_SIZE):
+        self.capacity = capacity
+        self.buffers = [bytearray(buffer_size) for _ in range(capacity)]
+        self.views = [memoryview(buffer) for buffer in self.buffers]
+        self.device_views = [view[HEADROOM:] for view in self.views]   # where a device read goes
+        self.count = 0
+        self.starts = [HEADROOM] * capacity
+        self.ends = [HEADROOM] * capacity
+        self.addresses: list = [None] * capacity
+        self.tos = [0] * capacity
+        self.packets: list = [None] * capacity
+        self.destinations: list = [()] * capacity
+        self.ancillary: list = [None] * capacity
+        self.endpoints: list = [None] * capacity
+
+    def fill_from_device(self, packets) -> "Batch":
+        """Copy ``packets`` in as a device read leaves them (tests and tools)."""
+        return self._fill(packets, HEADROOM, [HEADROOM] * len(packets), None, None)
+
+    def fill_from_wire(self, datagrams, addresses, header_offsets, tos=None) -> "Batch":
+        """Copy ``datagrams`` in as a socket read leaves them (tests and tools)."""
+        return self._fill(datagrams, 0, header_offsets, addresses, tos)
+
+    def _fill(self, packets, offset: int, starts, addresses, tos) -> "Batch":
+        packets = list(packets)
+        if len(packets) > self.capacity:
+            raise ValueError(f"{len(packets)} packets; the batch holds {self.capacity}")
+        for i, packet in enumerate(packets):
+            self.buffers[i][offset:offset + len(packet)] = packet
+            self.starts[i] = starts[i]
+            self.ends[i] = offset + len(packet)
+            self.addresses[i] = addresses[i] if addresses is not None else None
+            self.tos[i] = tos[i] if tos is not None else 0
+        self.count = len(packets)
+        return self

@@ -1,0 +1,473 @@
+"""A tunnel endpoint: packets and ``now`` in, what to do with them out. No system calls.
+
+One object per configured tunnel. ``encapsulate`` takes a batch read from the
+tunnel's device and leaves in it the datagrams to send and where to;
+``decapsulate`` takes one datagram of a batch read from the wire and leaves in
+it the packet for the device (or nothing). Whatever else a packet calls for
+(an ICMP error to its sender, fragments, a changed path MTU) waits in
+``outbox`` for the I/O side. Every packet not passed on is counted under a
+``DropReason``; nothing here logs, and nothing here raises on what arrives.
+
+The common case costs a length comparison, the MSS clamp and the outer TTL/TOS
+rule; a packet larger than the learnt path MTU takes the slow path
+(``_too_big``): fragments of a non-DF IPv4 packet, ICMP too-big otherwise.
+"""
+
+from encap.ecn import (DROP, ECN_MASK, UNUSED_COMBINATIONS, decapsulated_ecn, outer_ecn,
+                       packet_ecn, set_packet_ecn)
+from encap.errors import DecodeError, DropReason
+from encap.fragment import fragment_ipv4
+from encap.icmp import Icmp4Type, Icmp4Unreachable, Icmp6Type, relayed_error
+from encap.ipv4 import FLAG_DONT_FRAGMENT, Ipv4Outer, Ipv4Tunnel
+from encap.mss import clamp_mss
+from encap.mtu import IPV4_MINIMUM_MTU, IPV6_MINIMUM_MTU
+from encap.wire import ETHERNET_HEADER_LENGTH, HEADROOM
+
+from tunnelrouter.modes import TunnelConfig, Underlay
+from tunnelrouter.tunnel.batch import Batch
+from tunnelrouter.tunnel.counters import Counters
+from tunnelrouter.tunnel.fdb import Fdb
+from tunnelrouter.tunnel.icmp import IcmpReplies
+from tunnelrouter.tunnel.pmtu import PathMtu
+from tunnelrouter.tunnel.wan_error import ErrorOrigin, WanError
+
+# The outer TTL of a datagram that names none: also the UDP socket's own default.
+DEFAULT_TTL = 64
+MAX_PACKET = 0xFFFF
+FDB_SHOWN = 100    # status lists at most this many FDB entries (and counts them all)
+_ETHERTYPE_IPV4 = b"\x08\x00"
+_ETHERTYPE_IPV6 = b"\x86\xdd"
+_NOWHERE: tuple = ()
+
+
+def inner_ip(packet: memoryview, ethernet: bool) -> memoryview | None:
+    """The IP packet inside ``packet`` (a TUN packet, or a TAP frame carrying IP)."""
+    if not ethernet:
+        return packet
+    ethertype = packet[12:14]
+    if ethertype == _ETHERTYPE_IPV4 or ethertype == _ETHERTYPE_IPV6:
+        return packet[ETHERNET_HEADER_LENGTH:]
+    return None
+
+
+def inner_header_fields(packet: memoryview) -> tuple[int, int, bool] | None:
+    """``(ttl or hop limit, tos or traffic class, may be fragmented)`` of an IP packet."""
+    if len(packet) >= 20 and packet[0] >> 4 == 4:
+        return packet[8], packet[1], not packet[6] & 0x40
+    if len(packet) >= 40 and packet[0] >> 4 == 6:
+        return packet[7], ((packet[0] & 0x0F) << 4) | (packet[1] >> 4), False
+    return None
+
+
+def ip_length(packet: memoryview) -> int:
+    """The length an IP header gives its packet (0 if there is no header to read)."""
+    if len(packet) >= 4 and packet[0] >> 4 == 4:
+        return packet[2] << 8 | packet[3]
+    if len(packet) >= 6 and packet[0] >> 4 == 6:
+        return 40 + (packet[4] << 8 | packet[5])
+    return 0
+
+
+class Outbox:
+    """What an endpoint asks of the I/O side besides its batch; drained after each call."""
+
+    __slots__ = ("device_packets", "datagrams", "mtu_changed")
+
+    def __init__(self) -> None:
+        self.device_packets: list[bytes] = []   # ICMP errors for inner senders
+        # Slow-path datagrams (fragments, outer-fragmented IPv6):
+        # (datagram, destinations, marking, inner length).
+        self.datagrams: list[tuple] = []
+        self.mtu_changed = False                 # the routes' MTU must follow effective_mtu
+
+    def __bool__(self) -> bool:
+        return bool(self.device_packets or self.datagrams or self.mtu_changed)
+
+
+class Endpoint:
+    """What every tunnel shares: counters, MSS, outer TTL/TOS, path MTU, ICMP, ECN."""
+
+    def __init__(self, config: TunnelConfig):
+        mode = config.kind
+        self.config = config
+        self.name = config.name
+        self.mode = mode
+        self.ethernet = mode.ethernet
+        self.keys = mode.keys(config)
+        self.peers = tuple(str(peer) for peer in config.peers)
+        self.counters = Counters()
+        self.outbox = Outbox()
+        self.icmp = IcmpReplies(config, self.counters)
+        # The outer TOS is (inner TOS & inherited bits) | fixed bits: DSCP is the
+        # upper six bits, ECN the lower two (RFC 6040 normal mode copies them).
+        inherit_dscp = config.dscp == "inherit"
+        self.tos_inherited = (0xFC if inherit_dscp else 0) | outer_ecn(ECN_MASK, config.ecn)
+        self.tos_fixed = 0 if inherit_dscp else config.dscp << 2
+        self.inherit_ttl = config.ttl == "inherit"
+        self.default_ttl = DEFAULT_TTL if self.inherit_ttl else config.ttl
+        self.frame_overhead = ETHERNET_HEADER_LENGTH if self.ethernet else 0
+        self.discovery = config.pmtu_discovery
+        self.pmtu_overhead = config.derived_mtu().overhead.total
+        self.pmtu = PathMtu(config.device_mtu, self.pmtu_overhead, config.pmtu_timeout,
+                            config.local.version) if config.pmtu_discovery else None
+        self._apply_mtu(config.device_mtu)
+
+    # -- MTU ------------------------------------------------------------------------------
+
+    def _apply_mtu(self, mtu: int) -> None:
+        """The effective MTU rules the size check, and the MSS clamp when it is 'auto'."""
+        self.effective_mtu = mtu
+        self.frame_limit = mtu + self.frame_overhead
+        self.mss = self.config.mss_limits(mtu)
+
+    def _learn_path_mtu(self, peer: str, path_mtu: int, now: float) -> None:
+        if self.pmtu is not None and self.pmtu.lower(peer, path_mtu, now):
+            self._apply_mtu(self.pmtu.effective)
+            self.outbox.mtu_changed = True
+
+    def tick(self, now: float) -> None:
+        """Housekeeping, about once a second: forget what has expired."""
+        if self.pmtu is not None and self.pmtu.expire(now):
+            self._apply_mtu(self.pmtu.effective)
+            self.outbox.mtu_changed = True
+
+    # -- per packet helpers ---------------------------------------------------------------
+
+    def _outer_fields(self, inner: memoryview | None) -> tuple[int, int, bool]:
+        """Outer TTL, TOS and whether the outer packet may be fragmented, for the inner IP
+        packet (ttl, dscp and ecn settings; an IPv4 packet's own DF, RFC 2003 §3.1).
+        TTL 0: drop."""
+        fields = inner_header_fields(inner) if inner is not None else None
+        if fields is None:
+            return self.default_ttl, self.tos_fixed, False
+        ttl, tos, fragmentable = fields
+        return (ttl if self.inherit_ttl else self.default_ttl if ttl else 0), \
+            (tos & self.tos_inherited) | self.tos_fixed, fragmentable
+
+    def _decapsulate_ecn(self, packet: memoryview, outer: int) -> bool:
+        """RFC 6040 §4.2 on an arriving packet whose outer header is ECN-capable.
+        False: drop it (CE on a Not-ECT inner packet)."""
+        inner = inner_ip(packet, self.ethernet)
+        if inner is None:
+            return True  # not IP: nothing to mark
+        try:
+            inner_ecn = packet_ecn(inner)
+        except DecodeError as error:
+            self.counters.drops[error.reason] += 1
+            return False
+        ecn = decapsulated_ecn(inner_ecn, outer)
+        if (inner_ecn, outer) in UNUSED_COMBINATIONS:
+            self.counters.ecn_unused_combinations += 1
+        if ecn == inner_ecn:
+            return True
+        if ecn == DROP:
+            self.counters.drops[DropReason.ECN_CE_ON_NOT_ECT] += 1
+            return False
+        set_packet_ecn(inner, ecn)
+        return True
+
+    def _icmp_error(self, packet: memoryview, icmp_type: int, code: int, parameter: int,
+                    now: float) -> None:
+        """Queue an ICMP error about ``packet`` (a TUN packet or TAP frame) for its sender."""
+        inner = inner_ip(packet, self.ethernet) if len(packet) >= self.frame_overhead else None
+        if inner is None:
+            return
+        header = packet[:ETHERNET_HEADER_LENGTH] if self.ethernet else None
+        message = self.icmp.error(inner, header, icmp_type, code, parameter, now)
+        if message is not None:
+            self.outbox.device_packets.append(message)
+
+    def _time_exceeded(self, packet: memoryview, now: float) -> None:
+        """RFC 2003 §3.1 / RFC 1812 §5.3.1: a packet with no hops left is not sent on."""
+        self.counters.drops[DropReason.TTL_EXPIRED] += 1
+        inner = inner_ip(packet, self.ethernet)
+        if inner[0] >> 4 == 4:
+            self._icmp_error(packet, Icmp4Type.TIME_EXCEEDED, 0, 0, now)
+        else:
+            self._icmp_error(packet, Icmp6Type.TIME_EXCEEDED, 0, 0, now)
+
+    # -- the slow paths -------------------------------------------------------------------
+
+    def _too_big(self, packet: memoryview, now: float) -> None:
+        """A packet larger than the effective MTU: fragment it if it allows, else tell its
+        sender the MTU (RFC 1191, RFC 8201), or carry IPv6 in outer fragments when the
+        path is too narrow to tell IPv6 anything (RFC 4213 §3.2)."""
+        inner = inner_ip(packet, self.ethernet) if len(packet) >= self.frame_overhead else None
+        version = inner[0] >> 4 if inner is not None and len(inner) else 0
+        mtu = self.effective_mtu
+        if version == 4 and len(inner) >= 20 and not inner[6] << 8 & FLAG_DONT_FRAGMENT:
+            self._send_fragments(packet, inner, now)
+            return
+        if version == 6 and mtu < IPV6_MINIMUM_MTU and len(inner) <= IPV6_MINIMUM_MTU:
+            self._send_outer_fragmented(packet, now)
+            return
+        self.counters.drops[DropReason.TOO_BIG] += 1
+        if version == 4:
+            self._icmp_error(packet, Icmp4Type.DEST_UNREACHABLE,
+                             Icmp4Unreachable.FRAGMENTATION_NEEDED, mtu, now)
+        elif version == 6:
+            self._icmp_error(packet, Icmp6Type.PACKET_TOO_BIG, 0, max(mtu, IPV6_MINIMUM_MTU), now)
+
+    def _send_fragments(self, packet: memoryview, inner: memoryview, now: float) -> None:
+        """RFC 4459 §3: fragment the inner packet, so the far end never reassembles."""
+        try:
+            fragments = fragment_ipv4(inner, self.effective_mtu)
+        except DecodeError as error:
+            self.counters.drops[error.reason] += 1
+            return
+        prefix = bytes(packet[:ETHERNET_HEADER_LENGTH]) if self.ethernet else b""
+        batch = Batch(1, HEADROOM + self.frame_limit)
+        for fragment in fragments:
+            self.counters.fragments_sent += 1
+            self.encapsulate(batch.fill_from_device([prefix + fragment]), now)
+            if batch.packets[0] is not None:
+                self.outbox.datagrams.append((bytes(batch.packets[0]), batch.destinations[0],
+                                              batch.ancillary[0], len(prefix) + len(fragment)))
+
+    def _send_outer_fragmented(self, packet: memoryview, now: float) -> None:
+        """Send an IPv6 packet of at most 1280 bytes with outer DF clear, where the outer
+        header is ours to write; a UDP tunnel cannot (RFC 7348 §4.3: a VTEP does not
+        fragment, and DF belongs to the socket that its tunnels share)."""
+        self.counters.drops[DropReason.TOO_BIG] += 1
+
+    # -- errors the WAN reports about our packets -----------------------------------------
+
+    def wan_error(self, error: WanError, now: float) -> None:
+        """An error about a datagram we sent to ``error.peer`` (one of ours: the caller
+        checked): learn the path MTU from it, and relay to the inner sender what
+        RFC 2003 §4 / RFC 4213 §3.4 say to relay."""
+        self.counters.wan_errors += 1
+        origin = error.origin
+        header = self.mode.tunnel_header_length(error.quote)
+        payload = error.quote[header:] if header is not None else None
+        too_big = origin == ErrorOrigin.LOCAL or (
+            origin == ErrorOrigin.ICMP4 and error.icmp_type == Icmp4Type.DEST_UNREACHABLE and
+            error.code == Icmp4Unreachable.FRAGMENTATION_NEEDED) or (
+            origin == ErrorOrigin.ICMP6 and error.icmp_type == Icmp6Type.PACKET_TOO_BIG)
+        if too_big:
+            # A report must be usable (RFC 1191 routers that send 0 are ignored) and about
+            # a packet that was indeed larger, which also rejects most blind forgeries.
+            length = error.length or self._quoted_wire_length(payload)
+            if error.info < IPV4_MINIMUM_MTU or (origin != ErrorOrigin.LOCAL and
+                                                 length <= error.info):
+                return
+            self._learn_path_mtu(error.peer, error.info, now)
+        if origin == ErrorOrigin.ICMP4 and payload is not None:
+            self._relay(error, payload, now)
+
+    def _quoted_wire_length(self, payload: memoryview | None) -> int:
+        """The wire length of a quoted datagram, from its inner packet's own length."""
+        if payload is None or len(payload) < self.frame_overhead:
+            return 0
+        inner = inner_ip(payload, self.ethernet)
+        length = ip_length(inner) if inner is not None else 0
+        return length + self.pmtu_overhead if length else 0
+
+    def _relay(self, error: WanError, frame: memoryview, now: float) -> None:
+        inner = inner_ip(frame, self.ethernet) if len(frame) > self.frame_overhead else None
+        if inner is None or len(inner) == 0:
+            return
+        version = inner[0] >> 4
+        if version not in self.mode.inner_families:
+            return  # not a packet this tunnel carries: a forged or corrupted quote
+        relayed = relayed_error(error.icmp_type, error.code, version)
+        if relayed is None:
+            return
+        parameter = 0
+        if relayed in ((Icmp4Type.DEST_UNREACHABLE, Icmp4Unreachable.FRAGMENTATION_NEEDED),
+                       (Icmp6Type.PACKET_TOO_BIG, 0)):
+            parameter = min(self.effective_mtu, error.info - self.pmtu_overhead)
+            if parameter < (IPV6_MINIMUM_MTU if version == 6 else IPV4_MINIMUM_MTU):
+                return  # nothing true to tell (IPv6 now goes in outer fragments)
+            if version == 4 and (len(inner) < 7 or not inner[6] & 0x40):
+                return  # its sender allowed fragments: from now on the router makes them
+        self._icmp_error(frame, relayed[0], relayed[1], parameter, now)
+
+    # -- what the operator sees -----------------------------------------------------------
+
+    def status(self, now: float) -> dict:
+        config = self.config
+        return {
+            "name": self.name, "mode": config.mode, "local": str(config.local),
+            "peers": list(self.peers), "mtu": config.device_mtu,
+            "effective_mtu": self.effective_mtu,
+            "path_mtu": self.pmtu.status(now) if self.pmtu is not None else {},
+            "mss_clamp": "off" if self.mss is None else {
+                f"ipv{family}": mss for family, mss in zip((4, 6), self.mss)
+                if family in self.mode.inner_families},
+            "counters": self.counters.as_dict(),
+        }
+
+
+class RawEndpoint(Endpoint):
+    """A tunnel over a raw IP socket (gre, gretap, ipip, sit): the outer IPv4 header is
+    written here, per packet, with its TTL, TOS and DF."""
+
+    def __init__(self, config: TunnelConfig):
+        super().__init__(config)
+        self.header = self.mode.codec(config)
+        self.outer = Ipv4Outer(config.local.packed, config.remote.packed, self.mode.protocol,
+                               ttl=self.default_ttl, tos=self.tos_fixed,
+                               dont_fragment=config.pmtu_discovery)
+        self.codec = Ipv4Tunnel(self.outer, self.header)
+        self.destination = ((str(config.remote), 0),)
+
+    def encapsulate(self, batch: Batch, now: float, fragmentable: bool = False) -> None:
+        """Each packet of ``batch`` (from the device) becomes a datagram to the peer;
+        ``fragmentable``: with outer DF clear, whatever its size."""
+        views, buffers, starts, ends = batch.views, batch.buffers, batch.starts, batch.ends
+        packets, destinations = batch.packets, batch.destinations
+        limit = MAX_PACKET if fragmentable else self.frame_limit
+        ethernet, outer, destination = self.ethernet, self.outer, self.destination
+        encap_into, outer_fields, drops = self.codec.encap_into, self._outer_fields, \
+            self.counters.drops
+        mss = self.mss
+        keep_df = self.discovery and not fragmentable
+        for i in range(batch.count):
+            start, end = starts[i], ends[i]
+            packet = views[i][start:end]
+            packets[i] = None
+            if end - start > limit:
+                self._too_big(packet, now)
+                continue
+            inner = inner_ip(packet, True) if ethernet else packet
+            if mss is not None and inner is not None:
+                clamp_mss(inner, *mss)
+            ttl, outer.tos, inner_fragmentable = outer_fields(inner)
+            if not ttl:
+                self._time_exceeded(packet, now)
+                continue
+            outer.ttl = ttl
+            # Outer DF as the inner IPv4 packet's (RFC 2003 §3.1): a packet that may be
+            # fragmented is fragmented by a narrow WAN link rather than lost before the
+            # path MTU is known; once it is, such packets are fragmented inside (_too_big).
+            flags = FLAG_DONT_FRAGMENT if keep_df and not inner_fragmentable else 0
+            if flags != outer.flags:  # the plain attribute: the property costs a call
+                outer.dont_fragment = bool(flags)
+            try:
+                start = encap_into(buffers[i], start, end)
+            except DecodeError as error:
+                drops[error.reason] += 1
+                continue
+            packets[i] = views[i][start:end]
+            destinations[i] = destination
+
+    def _send_outer_fragmented(self, packet: memoryview, now: float) -> None:
+        batch = Batch(1, HEADROOM + len(packet))
+        self.encapsulate(batch.fill_from_device([packet]), now, fragmentable=True)
+        if batch.packets[0] is not None:
+            self.outbox.datagrams.append((bytes(batch.packets[0]), batch.destinations[0], None,
+                                          len(packet)))
+
+    def decapsulate(self, batch: Batch, i: int, datagram: memoryview, now: float) -> bool:
+        """Datagram ``i`` of ``batch`` (from the wire, outer header included): True if
+        ``batch.packets[i]`` is now a packet for the device."""
+        try:
+            packet = self.codec.decap(datagram)
+        except DecodeError as error:
+            self.counters.drops[error.reason] += 1
+            return False
+        ecn = batch.tos[i] & ECN_MASK
+        if ecn and not self._decapsulate_ecn(packet, ecn):
+            return False
+        if self.mss is not None:
+            inner = inner_ip(packet, True) if self.ethernet else packet
+            if inner is not None:
+                clamp_mss(inner, *self.mss)
+        batch.packets[i] = packet
+        return True
+
+    def status(self, now: float) -> dict:
+        return super().status(now) | self.mode.codec_status(self.header)
+
+
+class UdpEndpoint(Endpoint):
+    """A tunnel over a UDP socket (VXLAN): the kernel writes the outer IP and UDP headers.
+
+    TTL and TOS go with each datagram as a marking the socket turns into ancillary
+    data (``ttl << 8 | tos``; None for the socket's own TTL 64 and TOS 0); the DF
+    bit is the socket's; the arriving TOS comes back per datagram for RFC 6040.
+    With several remotes and Ethernet inside, a forwarding database picks the
+    remote, and broadcast and unknown unicast go to all of them.
+    """
+
+    def __init__(self, config: TunnelConfig):
+        super().__init__(config)
+        self.codec = self.mode.codec(config)
+        port = config.port
+        # Source address -> where to send: one lookup checks the peer and gives the
+        # destinations to learn, the same tuple every time.
+        self.destinations = {str(peer): ((str(peer), port),) for peer in config.peers}
+        self.flood = tuple(destination for (destination,) in self.destinations.values())
+        static = {bytes.fromhex(entry.mac.replace(":", "")): ((str(entry.remote), port),)
+                  for entry in config.fdb}
+        self.fdb = Fdb(config.ageing, config.mac_learning, config.max_fdb, static)
+
+    def encapsulate(self, batch: Batch, now: float) -> None:
+        views, buffers, starts, ends = batch.views, batch.buffers, batch.starts, batch.ends
+        packets, destinations, ancillary = batch.packets, batch.destinations, batch.ancillary
+        limit, flood, lookup, default_ttl = self.frame_limit, self.flood, self.fdb.lookup, \
+            self.default_ttl
+        encap_into, outer_fields, drops = self.codec.encap_into, self._outer_fields, \
+            self.counters.drops
+        mss = self.mss
+        for i in range(batch.count):
+            start, end = starts[i], ends[i]
+            frame = views[i][start:end]
+            packets[i] = None
+            if end - start > limit:
+                self._too_big(frame, now)
+                continue
+            inner = inner_ip(frame, True)
+            if mss is not None and inner is not None:
+                clamp_mss(inner, *mss)
+            ttl, tos, _ = outer_fields(inner)  # DF is the socket's: RFC 7348 §4.3
+            if not ttl:
+                ttl = default_ttl  # bridged frames are not routed: their TTL is not ours
+            try:
+                start = encap_into(buffers[i], start, end)
+            except DecodeError as error:
+                drops[error.reason] += 1
+                continue
+            packets[i] = views[i][start:end]
+            destinations[i] = flood if frame[0] & 1 else (lookup(bytes(frame[0:6]), now) or flood)
+            ancillary[i] = None if ttl == DEFAULT_TTL and tos == 0 else ttl << 8 | tos
+
+    def decapsulate(self, batch: Batch, i: int, datagram: memoryview, now: float) -> bool:
+        destination = self.destinations.get(batch.addresses[i])
+        if destination is None:
+            self.counters.drops[DropReason.NOT_A_PEER] += 1
+            return False
+        try:
+            frame = self.codec.decap(datagram)
+        except DecodeError as error:
+            self.counters.drops[error.reason] += 1
+            return False
+        ecn = batch.tos[i] & ECN_MASK
+        if ecn and not self._decapsulate_ecn(frame, ecn):
+            return False
+        fdb = self.fdb
+        if fdb.learning and not frame[6] & 1 and not fdb.learn(bytes(frame[6:12]), destination,
+                                                                now):
+            self.counters.fdb_full += 1
+        if self.mss is not None:
+            inner = inner_ip(frame, True)
+            if inner is not None:
+                clamp_mss(inner, *self.mss)
+        batch.packets[i] = frame
+        return True
+
+    def tick(self, now: float) -> None:
+        super().tick(now)
+        self.fdb.expire(now)
+
+    def status(self, now: float) -> dict:
+        return super().status(now) | {"vni": self.config.id, "fdb_entries": len(self.fdb),
+                                      "fdb": self.fdb.as_list(now, FDB_SHOWN)}
+
+
+def endpoint_for(config: TunnelConfig) -> Endpoint:
+    """The endpoint for a tunnel, by what its mode's datagrams travel in."""
+    if config.kind.underlay is Underlay.RAW:
+        return RawEndpoint(config)
+    return UdpEndpoint(config)
