@@ -1,0 +1,263 @@
+"""Test doubles of the system a router runs on: devices, underlay and netlink in memory.
+
+A :class:`MemorySystem` hands the router the real device and underlay classes
+wrapped around Unix datagram sockets instead of TUN/TAP file descriptors and
+raw or UDP sockets, so the router's own reading, writing, sending and
+error-queue parsing run as they do in production, without root:
+
+- a device is one end of a socketpair; the test holds the other, ``hosts[name]``,
+  and writes what the kernel would route into the device, reads what the router
+  delivers;
+- the underlay is a :class:`Wire`: every underlay socket has an abstract Unix
+  address derived from its IP address and protocol (or port), and a datagram to
+  an IP address goes to the socket with that address. UDP datagrams carry their
+  TOS in a leading byte, as ``IP_RECVTOS`` would report it; the test can queue
+  ICMP errors on a socket's error queue (:meth:`WireSocket.queue_error`);
+- netlink (:class:`MemoryNetlink`) records what the router programs, can be
+  told to fail, and knows the devices the router made; the link monitor
+  (:class:`MemoryLinkMonitor`) delivers the events a test emits.
+
+Two routers on one wire talk to each other; ``drive(a, b)`` runs their loops.
+"""
+
+from __future__ import annotations
+
+import errno
+import secrets
+import socket
+import sys
+
+from tunnelrouter.io.device import TunTapDevice
+from tunnelrouter.io.errors import SystemProblem
+from tunnelrouter.io.netlink import LinkEvent
+from tunnelrouter.io.system import System
+from tunnelrouter.io.underlay import (EXTENDED_ERROR, IP_RECVERR, RawSocket, UdpSocket)
+from tunnelrouter.router import Router
+
+_DATA, _PENDING_ERROR = b"\0", b"\1"
+RECEIVE = 1 << 17
+
+
+class Wire:
+    """The underlay all sockets of one test share."""
+
+    def __init__(self) -> None:
+        self.token = secrets.token_hex(4)
+
+    def name(self, address: str, number: int) -> str:
+        return f"\0trt-wire-{self.token}-{address}-{number}"
+
+    def address_of(self, name: str | bytes) -> str:
+        if isinstance(name, bytes):
+            name = name.decode()
+        return name.split("-")[3]
+
+
+class WireSocket:
+    """What an UnderlaySocket wraps: sendto/sendmsg/recvfrom_into/recvmsg_into/recvmsg."""
+
+    def __init__(self, wire: Wire, local: str, number: int, udp: bool):
+        self.wire, self.local, self.number, self.udp = wire, local, number, udp
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(wire.name(local, number))
+        self.sock.setblocking(False)
+        self.errors: list[tuple[bytes, list, tuple]] = []
+        self.sent: list[tuple[bytes, tuple]] = []
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def _deliver(self, data: bytes, destination: tuple, tos: int) -> None:
+        self.sent.append((bytes(data), destination))
+        number = destination[1] if self.udp else self.number
+        frame = _DATA + (bytes([tos]) if self.udp else b"") + bytes(data)
+        try:
+            self.sock.sendto(frame, self.wire.name(destination[0], number))
+        except (FileNotFoundError, ConnectionRefusedError):
+            pass  # nobody there: the WAN loses it
+
+    def sendto(self, data, destination) -> int:
+        self._deliver(data, destination, 0)
+        return len(data)
+
+    def sendmsg(self, buffers, ancillary, flags, destination) -> int:
+        data = b"".join(bytes(buffer) for buffer in buffers)
+        tos = 0
+        for level, kind, value in ancillary:
+            if (level, kind) in ((socket.IPPROTO_IP, socket.IP_TOS),
+                                 (socket.IPPROTO_IPV6, socket.IPV6_TCLASS)):
+                tos = int.from_bytes(value, sys.byteorder)
+        self._deliver(data, destination, tos)
+        return len(data)
+
+    def _receive(self) -> tuple[bytes, str]:
+        frame, name = self.sock.recvfrom(RECEIVE)
+        if frame[:1] == _PENDING_ERROR:
+            raise OSError(errno.EHOSTUNREACH, "an ICMP error is pending")
+        return frame[1:], self.wire.address_of(name)
+
+    def recvfrom_into(self, buffer) -> tuple[int, tuple]:
+        data, address = self._receive()
+        buffer[:len(data)] = data
+        return len(data), (address, 0)
+
+    def recvmsg_into(self, buffers, space) -> tuple[int, list, int, tuple]:
+        data, address = self._receive()
+        tos, data = data[0], data[1:]
+        buffers[0][:len(data)] = data
+        return len(data), [(socket.IPPROTO_IP, socket.IP_TOS, bytes([tos]))], 0, (address, 4789)
+
+    def recvmsg(self, size, ancillary_size, flags):
+        if not self.errors:
+            raise BlockingIOError(errno.EAGAIN, "no error queued")
+        return self.errors.pop(0)
+
+    def queue_error(self, quote: bytes, peer: str, origin: int, icmp_type: int, code: int,
+                    info: int = 0) -> None:
+        """Put an error on the queue (as IP_RECVERR would) and make the next receive fail
+        (as the pending socket error does), which wakes the router."""
+        extended = EXTENDED_ERROR.pack(errno.EHOSTUNREACH, origin, icmp_type, code, 0, info, 0)
+        self.errors.append((bytes(quote), [(socket.IPPROTO_IP, IP_RECVERR, extended)], 0,
+                            (peer, 0)))
+        self.sock.sendto(_PENDING_ERROR, self.wire.name(self.local, self.number))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class MemoryNetlink:
+    """Records what the router programs; ``fail`` names operations that raise next."""
+
+    def __init__(self, system: MemorySystem):
+        self.system = system
+        self.fail: set[str] = set()
+        self.calls: list[tuple] = []
+        self.foreign_routes: dict[tuple[int, str, int], int] = {}
+
+    def _maybe_fail(self, operation: str, path: tuple = ()) -> None:
+        if operation in self.fail:
+            raise SystemProblem(f"the kernel refused to {operation}: Invalid argument "
+                                f"(errno 22)", path)
+
+    def index(self, name: str):
+        link = self.system.links.get(name)
+        return None if link is None else link["index"]
+
+    def link_state(self, index: int):
+        for link in self.system.links.values():
+            if link["index"] == index:
+                return link["up"], link["mtu"]
+        return None
+
+    def program_device(self, tunnel, up: bool = True) -> None:
+        self.calls.append(("program_device", tunnel.name))
+        self._maybe_fail("program_device", ("addresses", 0) if tunnel.addresses else ())
+        link = self.system.links[tunnel.name]
+        link["mtu"] = tunnel.device_mtu
+        link["up"] = link["up"] or up
+        link["routes"] = {str(prefix): None for prefix in tunnel.routes}
+
+    def program_routes(self, tunnel, mtu: int | None = None) -> None:
+        self.calls.append(("program_routes", tunnel.name, mtu))
+        self._maybe_fail("program_routes", ("routes", 0))
+        self.system.links[tunnel.name]["routes"] = {str(prefix): mtu for prefix in tunnel.routes}
+
+    def routes_by_prefix(self):
+        return dict(self.foreign_routes)
+
+    def name_of(self, index: int) -> str:
+        return f"foreign{index}"
+
+    def close(self) -> None:
+        pass
+
+
+class MemoryLinkMonitor:
+    def __init__(self) -> None:
+        self._reader, self._writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._reader.setblocking(False)
+        self.fd = self._reader.fileno()
+        self.events: list[LinkEvent] = []
+        self.overflowed = False
+
+    def emit(self, event: LinkEvent) -> None:
+        self.events.append(event)
+        self._writer.send(b"!")
+
+    def read_events(self) -> list[LinkEvent]:
+        try:
+            while self._reader.recv(16):
+                pass
+        except BlockingIOError:
+            pass
+        events, self.events = self.events, []
+        return events
+
+    def close(self) -> None:
+        self._reader.close()
+        self._writer.close()
+
+
+class MemorySystem(System):
+    def __init__(self, wire: Wire | None = None, claims: str | None = None):
+        self.wire = wire or Wire()
+        self.claims = claims or secrets.token_hex(4)   # share it to make two routers collide
+        self.hosts: dict[str, socket.socket] = {}
+        self.links: dict[str, dict] = {}
+        self.sockets: dict[tuple[str, int], WireSocket] = {}
+        self.netlink_double = MemoryNetlink(self)
+        self.monitor = MemoryLinkMonitor()
+        self._next_index = 100
+
+    def device(self, name: str, ethernet: bool) -> TunTapDevice:
+        if name in self.links:
+            raise SystemProblem(f"a device named {name} already exists")
+        router_end, host_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        host_end.setblocking(False)
+        self.hosts[name] = host_end
+        self._next_index += 1
+        self.links[name] = {"index": self._next_index, "up": False, "mtu": 1500, "routes": {}}
+        device = TunTapDevice(name, router_end.fileno(), router_end)
+        return device
+
+    def delete(self, name: str) -> None:
+        """What `ip link del` does: the device goes, and the link monitor says so."""
+        link = self.links.pop(name)
+        self.hosts.pop(name).close()
+        self.monitor.emit(LinkEvent(link["index"], name, False, None, True))
+
+    def raw_socket(self, local: str, protocol: int) -> RawSocket:
+        wire_socket = self.sockets[(local, protocol)] = WireSocket(self.wire, local, protocol,
+                                                                   udp=False)
+        return RawSocket(wire_socket, local)
+
+    def udp_socket(self, local: str, port: int, dont_fragment: bool) -> UdpSocket:
+        wire_socket = self.sockets[(local, port)] = WireSocket(self.wire, local, port, udp=True)
+        return UdpSocket(wire_socket, local)
+
+    def netlink(self) -> MemoryNetlink:
+        return self.netlink_double
+
+    def link_monitor(self) -> MemoryLinkMonitor:
+        return self.monitor
+
+    def claim(self, name: str) -> socket.socket:
+        return super().claim(f"{self.claims}:{name}")
+
+
+def drive(*routers: Router, rounds: int = 20) -> None:
+    """Run each router's loop a few rounds, in turn, without waiting."""
+    for _ in range(rounds):
+        for router in routers:
+            router.run_once(0.0)
+
+
+def host_packets(host: socket.socket) -> list[bytes]:
+    """Everything the router delivered into a device since the last call."""
+    packets = []
+    while True:
+        try:
+            packets.append(host.recv(RECEIVE))
+        except BlockingIOError:
+            return packets
+
