@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 
 from tunnelrouter import __version__
@@ -54,6 +55,7 @@ def command_run(args) -> int:
               "(systemd AmbientCapabilities=, or setcap on the interpreter)", file=sys.stderr)
         return EXIT_UNAVAILABLE
     router = Router(config, args.control_socket or config.control_path(args.config))
+    router.handle_signals()
     try:
         router.start()
     except StartError as error:
@@ -69,7 +71,7 @@ def command_show(args) -> int:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as control:
             control.settimeout(SHOW_TIMEOUT)
-            control.connect(args.socket)
+            _connect(control, args.socket)
             control.sendall(b"show\n")
             reply = b""
             while len(reply) <= SHOW_MAX_BYTES and (chunk := control.recv(1 << 16)):
@@ -96,6 +98,20 @@ def command_show(args) -> int:
         status = status | {"tunnels": {args.tunnel: tunnels[args.tunnel]}}
     print(json.dumps(status, indent=2) if args.json else render_status(status))
     return 0
+
+
+def _connect(control: socket.socket, path: str) -> None:
+    """Connect, waiting while the daemon's backlog is full (a Unix socket with a timeout
+    says EAGAIN at once instead of waiting)."""
+    deadline = time.monotonic() + SHOW_TIMEOUT
+    while True:
+        try:
+            control.connect(path)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _mtu_row(name: str, mode: str, overhead: int, mtu: int, mss4, mss6) -> str:

@@ -252,7 +252,8 @@ def parse_config(data, lines: dict[tuple, int] | None = None,
             configs[name] = config
     _across_tunnels(configs, found)
     if found.found:
-        raise ConfigError(found.found)
+        # In the file's order, as an editor would go through them.
+        raise ConfigError(sorted(found.found, key=lambda problem: problem.line or 0))
     return RouterConfig(tunnels=configs, control_socket=control_socket)
 
 
@@ -392,8 +393,8 @@ def _sockets_can_tell_tunnels_apart(configs: dict[str, TunnelConfig], found: _Pr
             holder = owners.setdefault(end + (key,), name)
             if holder != name:
                 found.add(("tunnels", name, mode.distinguished_by),
-                          f"{config.mode} on {where} cannot be told apart from tunnel {holder} "
-                          f"(the same {mode.distinguished_by}): {mode.conflict_hint()}")
+                          f"{mode.describe(config)} cannot be told apart from tunnel {holder}: "
+                          f"{mode.conflict_hint()}")
 
 
 def _routes(configs: dict[str, TunnelConfig], found: _Problems) -> None:

@@ -144,9 +144,11 @@ class Router:
                 try:
                     self._claims.append(self.system.claim(name))
                 except SystemProblem as problem:
-                    problems.append((_key_path(config, (mode.distinguished_by,)),
-                                     f"{mode.name} from {config.local} with {mode.distinguished_by}"
-                                     f" {key!r}: {problem.message}"))
+                    # A UDP port serves one process whatever the VNI: another port helps,
+                    # another VNI would not.
+                    key = "port" if mode.underlay is Underlay.UDP else mode.distinguished_by
+                    problems.append((_key_path(config, (key,)),
+                                     f"{mode.describe(config)}: {problem.message}"))
         return problems
 
     def _start(self) -> None:
@@ -231,11 +233,16 @@ class Router:
 
     # -- the loop -------------------------------------------------------------------------
 
-    def run(self) -> None:
-        """Serve until SIGTERM or SIGINT, then clean up."""
+    def handle_signals(self) -> None:
+        """SIGTERM and SIGINT stop the router, SIGHUP is answered; from now on, so that a
+        signal during start() is not the default action (death without cleaning up)."""
         self.loop.on_signal(signal.SIGTERM, self.stop)
         self.loop.on_signal(signal.SIGINT, self.stop)
         self.loop.on_signal(signal.SIGHUP, self._reload_requested)
+
+    def run(self) -> None:
+        """Serve until SIGTERM or SIGINT, then clean up."""
+        self.handle_signals()
         try:
             self.loop.run(self.tick, TICK)
         finally:

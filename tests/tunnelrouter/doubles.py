@@ -15,9 +15,12 @@ error-queue parsing run as they do in production, without root:
   ICMP errors on a socket's error queue (:meth:`WireSocket.queue_error`);
 - netlink (:class:`MemoryNetlink`) records what the router programs, can be
   told to fail, and knows the devices the router made; the link monitor
-  (:class:`MemoryLinkMonitor`) delivers the events a test emits.
+  (:class:`MemoryLinkMonitor`) delivers the events a test emits, and those the
+  devices make: closing a device removes it (as closing a TUN fd does) and says so.
 
-Two routers on one wire talk to each other; ``drive(a, b)`` runs their loops.
+Two routers on one wire talk to each other; ``drive(a, b)`` runs their loops;
+``ask`` puts a request to a control socket whose server runs in the test's own
+thread.
 """
 
 from __future__ import annotations
@@ -26,12 +29,13 @@ import errno
 import secrets
 import socket
 import sys
+from collections.abc import Callable
 
 from tunnelrouter.io.device import TunTapDevice
 from tunnelrouter.io.errors import SystemProblem
 from tunnelrouter.io.netlink import LinkEvent
 from tunnelrouter.io.system import System
-from tunnelrouter.io.underlay import (EXTENDED_ERROR, IP_RECVERR, RawSocket, UdpSocket)
+from tunnelrouter.io.underlay import EXTENDED_ERROR, IP_RECVERR, RawSocket, UdpSocket, _bind
 from tunnelrouter.router import Router
 
 _DATA, _PENDING_ERROR = b"\0", b"\1"
@@ -59,16 +63,23 @@ class WireSocket:
     def __init__(self, wire: Wire, local: str, number: int, udp: bool):
         self.wire, self.local, self.number, self.udp = wire, local, number, udp
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(wire.name(local, number))
+        try:
+            # The real sockets' message: one address and port per host, as UDP's.
+            _bind(self.sock, wire.name(local, number), f"{local} port {number}" if udp else local)
+        except SystemProblem:
+            self.sock.close()
+            raise
         self.sock.setblocking(False)
         self.errors: list[tuple[bytes, list, tuple]] = []
         self.sent: list[tuple[bytes, tuple]] = []
+        self.ancillary: list[list | None] = []   # per datagram sent: its control messages
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def _deliver(self, data: bytes, destination: tuple, tos: int) -> None:
+    def _deliver(self, data: bytes, destination: tuple, tos: int, ancillary=None) -> None:
         self.sent.append((bytes(data), destination))
+        self.ancillary.append(ancillary)
         number = destination[1] if self.udp else self.number
         frame = _DATA + (bytes([tos]) if self.udp else b"") + bytes(data)
         try:
@@ -87,7 +98,7 @@ class WireSocket:
             if (level, kind) in ((socket.IPPROTO_IP, socket.IP_TOS),
                                  (socket.IPPROTO_IPV6, socket.IPV6_TCLASS)):
                 tos = int.from_bytes(value, sys.byteorder)
-        self._deliver(data, destination, tos)
+        self._deliver(data, destination, tos, list(ancillary))
         return len(data)
 
     def _receive(self) -> tuple[bytes, str]:
@@ -179,8 +190,11 @@ class MemoryLinkMonitor:
         self.fd = self._reader.fileno()
         self.events: list[LinkEvent] = []
         self.overflowed = False
+        self.closed = False
 
     def emit(self, event: LinkEvent) -> None:
+        if self.closed:
+            return  # nobody listens any more
         self.events.append(event)
         self._writer.send(b"!")
 
@@ -194,8 +208,26 @@ class MemoryLinkMonitor:
         return events
 
     def close(self) -> None:
+        self.closed = True
         self._reader.close()
         self._writer.close()
+
+
+class _DeviceFile:
+    """The router's end of a device: closing it removes the device with its host end, as
+    closing a non-persistent TUN/TAP fd does, and the link monitor hears of it."""
+
+    def __init__(self, system: MemorySystem, name: str, sock: socket.socket):
+        self.system, self.name, self.sock = system, name, sock
+        self.link = system.links[name]
+
+    def close(self) -> None:
+        self.sock.close()
+        if self.system.links.get(self.name) is self.link:   # not deleted and made anew
+            del self.system.links[self.name]
+            self.system.hosts.pop(self.name).close()
+            self.system.monitor.emit(LinkEvent(self.link["index"], self.name, False, None,
+                                               True))
 
 
 class MemorySystem(System):
@@ -217,14 +249,30 @@ class MemorySystem(System):
         self.hosts[name] = host_end
         self._next_index += 1
         self.links[name] = {"index": self._next_index, "up": False, "mtu": 1500, "routes": {}}
-        device = TunTapDevice(name, router_end.fileno(), router_end)
-        return device
+        return TunTapDevice(name, router_end.fileno(), _DeviceFile(self, name, router_end))
 
     def delete(self, name: str) -> None:
         """What `ip link del` does: the device goes, and the link monitor says so."""
         link = self.links.pop(name)
         self.hosts.pop(name).close()
         self.monitor.emit(LinkEvent(link["index"], name, False, None, True))
+
+    def set_link(self, name: str, up: bool | None = None, mtu: int | None = None) -> None:
+        """What `ip link set NAME down|up|mtu N` does: the kernel forgets the routes of a
+        device set down, and the link monitor hears of the change."""
+        link = self.links[name]
+        if up is not None:
+            link["up"] = up
+            if not up:
+                link["routes"] = {}
+        if mtu is not None:
+            link["mtu"] = mtu
+        self.monitor.emit(LinkEvent(link["index"], name, link["up"], link["mtu"], False))
+
+    def add_foreign_device(self, name: str) -> None:
+        """A device this router did not make (another program's, or a leftover)."""
+        self._next_index += 1
+        self.links[name] = {"index": self._next_index, "up": True, "mtu": 1500, "routes": {}}
 
     def raw_socket(self, local: str, protocol: int) -> RawSocket:
         wire_socket = self.sockets[(local, protocol)] = WireSocket(self.wire, local, protocol,
@@ -261,3 +309,27 @@ def host_packets(host: socket.socket) -> list[bytes]:
         except BlockingIOError:
             return packets
 
+
+
+def ask(path: str, request: bytes, run_once: Callable[[], None], rounds: int = 200,
+        shutdown: bool = False) -> bytes:
+    """Send ``request`` to the control socket at ``path`` (then end the stream, with
+    ``shutdown``) and return everything read until the server closes, running
+    ``run_once()`` (the server's loop, in this thread) between reads. Fails if the server
+    has not closed after ``rounds`` rounds."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+        client.connect(path)
+        client.setblocking(False)
+        client.sendall(request)
+        if shutdown:
+            client.shutdown(socket.SHUT_WR)
+        reply = b""
+        for _ in range(rounds):
+            run_once()
+            try:
+                while chunk := client.recv(RECEIVE):
+                    reply += chunk
+            except BlockingIOError:
+                continue
+            return reply
+    raise AssertionError(f"no reply to {request[:40]!r} after {rounds} rounds: {reply[:200]!r}")

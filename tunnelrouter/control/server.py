@@ -26,9 +26,12 @@ from tunnelrouter.io.loop import EPOLLERR, Loop
 log = logging.getLogger("tunnelrouter")
 
 MAX_CLIENTS = 32
+BACKLOG = 128            # connections the kernel holds until the loop accepts them
 CLIENT_TIMEOUT = 5.0
 MAX_REQUEST = 1024
 _RECEIVE = 4096
+_ELSEWHERE = ("give --control-socket (or control-socket:) a writable path, or create it "
+              "(systemd: RuntimeDirectory=tunnelrouter)")
 
 
 class _Client:
@@ -60,10 +63,11 @@ class ControlServer:
         try:
             listener.bind(self.path)
             os.chmod(self.path, 0o660)
-            listener.listen(MAX_CLIENTS)
+            listener.listen(BACKLOG)
         except OSError as error:
             listener.close()
-            raise SystemProblem(f"cannot listen on {self.path}: {error.strerror}") from None
+            raise SystemProblem(f"cannot listen on {self.path}: {error.strerror}"
+                                f"{_hint(error)}") from None
         listener.setblocking(False)
         self._listener = listener
         self._inode = os.stat(self.path).st_ino
@@ -174,16 +178,14 @@ def _claim(path: str) -> None:
     try:
         os.makedirs(directory, mode=0o750, exist_ok=True)
     except OSError as error:
-        raise SystemProblem(
-            f"cannot create the control socket's directory {directory}: {error.strerror}; "
-            f"give --control-socket (or control-socket:) a writable path, or create it "
-            f"(systemd: RuntimeDirectory=tunnelrouter)") from None
+        raise SystemProblem(f"cannot create the control socket's directory {directory}: "
+                            f"{error.strerror}; {_ELSEWHERE}") from None
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
         return
     except OSError as error:
-        raise SystemProblem(f"cannot look at {path}: {error.strerror}") from None
+        raise SystemProblem(f"cannot look at {path}: {error.strerror}{_hint(error)}") from None
     if not stat.S_ISSOCK(mode):
         raise SystemProblem(f"{path} exists and is not a socket: remove it, or choose another "
                             f"control-socket path")
@@ -200,3 +202,7 @@ def _claim(path: str) -> None:
         os.unlink(path)
     except OSError as error:
         raise SystemProblem(f"cannot remove the stale socket {path}: {error.strerror}") from None
+
+
+def _hint(error: OSError) -> str:
+    return f"; {_ELSEWHERE}" if error.errno in (errno.EACCES, errno.EPERM) else ""

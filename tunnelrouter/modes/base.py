@@ -182,6 +182,10 @@ class Mode:
         """The length of the tunnel header at the start of ``quote`` (None: cut short)."""
         raise NotImplementedError
 
+    def describe(self, tunnel: TunnelConfig) -> str:
+        """The tunnel's end as an operator would name it, for messages."""
+        return f"{tunnel.mode} from {tunnel.local} to {', '.join(map(str, tunnel.peers))}"
+
     def codec_status(self, codec: Codec) -> dict:
         """What the codec's own state adds to the tunnel's status."""
         return {}

@@ -5,17 +5,19 @@ Several GRE tunnels between the same two addresses are told apart by their key, 
 the kernel's are; gre and gretap tunnels share the one raw socket for protocol 47.
 """
 
+import struct
 from typing import Annotated, Literal
 
 from pydantic import Field, IPvAnyAddress, StrictBool, StrictInt
 
 from encap.errors import DropReason
-from encap.gre import Gre, gre_key, header_length
+from encap.gre import FLAG_CHECKSUM, FLAG_KEY, Gre, gre_key, header_length
 from encap.wire import IpProto
 
 from tunnelrouter.modes.base import Mode, TunnelConfig, Underlay, register
 
 GRE_HEADER_MINIMUM = 4
+_FLAGS_AND_WORDS = struct.Struct("!H2xII")
 
 
 class GreConfig(TunnelConfig):
@@ -51,7 +53,17 @@ class GreMode(Mode):
 
     @staticmethod
     def demux_key(datagram, offset, source):
-        return source, gre_key(datagram[offset:])
+        # One read of the flags and the two words where the key can be: per datagram.
+        if len(datagram) < offset + _FLAGS_AND_WORDS.size:
+            return source, gre_key(datagram[offset:])
+        flags, first, second = _FLAGS_AND_WORDS.unpack_from(datagram, offset)
+        if not flags & FLAG_KEY:
+            return source, None
+        return source, second if flags & FLAG_CHECKSUM else first
+
+    def describe(self, tunnel: GreConfig) -> str:
+        key = "without a key" if tunnel.key is None else f"with key {tunnel.key}"
+        return f"{super().describe(tunnel)} {key}"
 
     def codec_status(self, codec: Gre) -> dict:
         return {"sequence_epochs": codec.epochs} if codec.sequence else {}

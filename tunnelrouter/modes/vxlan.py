@@ -108,6 +108,9 @@ class VxlanMode(Mode):
     def tunnel_header_length(quote):
         return HEADER_LENGTH if len(quote) >= HEADER_LENGTH else None
 
+    def describe(self, tunnel: VxlanConfig) -> str:
+        return f"vxlan VNI {tunnel.id} on {tunnel.local} port {tunnel.port}"
+
     def conflict_hint(self) -> str:
         return "give each a different id (VNI), or another port"
 

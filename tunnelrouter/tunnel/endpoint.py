@@ -186,6 +186,26 @@ class Endpoint:
         else:
             self._icmp_error(packet, Icmp6Type.TIME_EXCEEDED, 0, 0, now)
 
+    # -- from the wire --------------------------------------------------------------------
+
+    def decapsulate(self, batch: Batch, i: int, datagram: memoryview, now: float) -> bool:
+        """Datagram ``i`` of ``batch`` (from the wire; for a raw socket, outer header
+        included): True if ``batch.packets[i]`` is now a packet for the device."""
+        try:
+            packet = self.codec.decap(datagram)
+        except DecodeError as error:
+            self.counters.drops[error.reason] += 1
+            return False
+        ecn = batch.tos[i] & ECN_MASK
+        if ecn and not self._decapsulate_ecn(packet, ecn):
+            return False
+        if self.mss is not None:
+            inner = inner_ip(packet, True) if self.ethernet else packet
+            if inner is not None:
+                clamp_mss(inner, *self.mss)
+        batch.packets[i] = packet
+        return True
+
     # -- the slow paths -------------------------------------------------------------------
 
     def _too_big(self, packet: memoryview, now: float) -> None:
@@ -359,24 +379,6 @@ class RawEndpoint(Endpoint):
             self.outbox.datagrams.append((bytes(batch.packets[0]), batch.destinations[0], None,
                                           len(packet)))
 
-    def decapsulate(self, batch: Batch, i: int, datagram: memoryview, now: float) -> bool:
-        """Datagram ``i`` of ``batch`` (from the wire, outer header included): True if
-        ``batch.packets[i]`` is now a packet for the device."""
-        try:
-            packet = self.codec.decap(datagram)
-        except DecodeError as error:
-            self.counters.drops[error.reason] += 1
-            return False
-        ecn = batch.tos[i] & ECN_MASK
-        if ecn and not self._decapsulate_ecn(packet, ecn):
-            return False
-        if self.mss is not None:
-            inner = inner_ip(packet, True) if self.ethernet else packet
-            if inner is not None:
-                clamp_mss(inner, *self.mss)
-        batch.packets[i] = packet
-        return True
-
     def status(self, now: float) -> dict:
         return super().status(now) | self.mode.codec_status(self.header)
 
@@ -434,27 +436,18 @@ class UdpEndpoint(Endpoint):
             ancillary[i] = None if ttl == DEFAULT_TTL and tos == 0 else ttl << 8 | tos
 
     def decapsulate(self, batch: Batch, i: int, datagram: memoryview, now: float) -> bool:
+        """As any endpoint, from one of the remotes only; the FDB learns from what is
+        accepted."""
         destination = self.destinations.get(batch.addresses[i])
         if destination is None:
             self.counters.drops[DropReason.NOT_A_PEER] += 1
             return False
-        try:
-            frame = self.codec.decap(datagram)
-        except DecodeError as error:
-            self.counters.drops[error.reason] += 1
+        if not super().decapsulate(batch, i, datagram, now):
             return False
-        ecn = batch.tos[i] & ECN_MASK
-        if ecn and not self._decapsulate_ecn(frame, ecn):
-            return False
-        fdb = self.fdb
+        frame, fdb = batch.packets[i], self.fdb
         if fdb.learning and not frame[6] & 1 and not fdb.learn(bytes(frame[6:12]), destination,
                                                                 now):
             self.counters.fdb_full += 1
-        if self.mss is not None:
-            inner = inner_ip(frame, True)
-            if inner is not None:
-                clamp_mss(inner, *self.mss)
-        batch.packets[i] = frame
         return True
 
     def tick(self, now: float) -> None:
