@@ -163,16 +163,19 @@ class Gre(Codec):
         Unlike Linux, a tunnel recovers when its peer restarts (and numbers from 0
         again) or when a forged number far ahead was once accepted: a run of
         ``NEW_EPOCH_RUN`` packets that follow one another, all more than
-        ``REORDER_WINDOW`` behind, is a new epoch of the sender, not a replay. Only
-        packets that passed every other check reach this, so the run cannot be
-        built from packets the tunnel would drop anyway.
+        ``REORDER_WINDOW`` behind (or numbered from 0: a peer that restarts early),
+        is a new epoch of the sender, not a replay. Only packets that passed every
+        other check reach this, so the run cannot be built from packets the tunnel
+        would drop anyway.
         """
         expected = self.expected_sequence
         if expected is None or not (sequence - expected) & 0x80000000:
             self.expected_sequence = (sequence + 1) & 0xFFFFFFFF
             self._behind_run = 0
             return
-        if (expected - sequence) & 0xFFFFFFFF > REORDER_WINDOW:
+        # A sender's first numbers are a restart even inside the window: a late copy of the
+        # tunnel's first packets is rarer, and cheaper to lose, than a restarted peer.
+        if (expected - sequence) & 0xFFFFFFFF > REORDER_WINDOW or sequence < NEW_EPOCH_RUN:
             if self._behind_run and (sequence - self._behind_next) & 0xFFFFFFFF < REORDER_WINDOW:
                 self._behind_run += 1
             else:

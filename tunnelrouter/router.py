@@ -319,9 +319,11 @@ class Router:
     def _wan_errors(self, underlay: UnderlaySocket, demux: Demux) -> None:
         now = time.monotonic()
         for error in underlay.read_errors():
-            endpoint = demux.wan_error(error, now)
-            if endpoint is not None and endpoint.outbox:
-                self._flush(self.tunnels[endpoint.name])
+            demux.wan_error(error, now)
+        # One error may concern several tunnels (a local EMSGSIZE: every one to its peer).
+        for tunnel in self.tunnels.values():
+            if tunnel.endpoint.outbox:
+                self._flush(tunnel)
 
     def _flush(self, tunnel: _Tunnel) -> None:
         """Carry out what the endpoint asked for besides its batches."""
@@ -477,5 +479,7 @@ class Router:
             "uptime": round(now - self.started, 1),
             "internal_errors": self.loop.faults,
             "unattributed": unattributed.drops_by_label(),
+            "unattributed_wan_errors": sum(demux.counters.wan_errors
+                                           for demux in self.demuxes.values()),
             "tunnels": tunnels,
         }

@@ -240,3 +240,11 @@ def test_scattered_old_packets_do_not_add_up_to_an_epoch():
     for sequence in (5, 50_000, 900, 300_000, 7, 40):   # far behind, but not a run
         assert refuse(receiver, with_sequence(sequence)) == DropReason.GRE_OUT_OF_ORDER
     assert receiver.epochs == 0
+
+
+def test_a_sender_that_restarts_early_is_followed_too():
+    receiver = Gre(sequence=True)
+    for sequence in range(0, 32):     # still inside the window when the peer restarts
+        receiver.decap(memoryview(with_sequence(sequence)))
+    dropped = [sequence for sequence in range(0, 10) if not takes(receiver, sequence)]
+    assert dropped == list(range(NEW_EPOCH_RUN - 1)) and receiver.epochs == 1

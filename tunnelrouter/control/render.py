@@ -41,6 +41,8 @@ def render_status(status: dict) -> str:
         lines.append("")
     for reason, count in status["unattributed"].items():
         lines.append(f"dropped before any tunnel, {reason}: {count}")
+    if status.get("unattributed_wan_errors"):
+        lines.append(f"WAN errors about no tunnel's datagram: {status['unattributed_wan_errors']}")
     if status.get("internal_errors"):
         lines.append(f"internal errors: {status['internal_errors']} (see the log)")
     return "\n".join(lines)

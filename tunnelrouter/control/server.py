@@ -145,7 +145,9 @@ class ControlServer:
         if not client.reply:
             self._close(client)
         else:
-            self.loop.want_writable(client.sock.fileno(), True)
+            # Wake for room to write only: a client that keeps sending while it does not
+            # read would otherwise wake the loop again and again until its timeout.
+            self.loop.want(client.sock.fileno(), readable=False, writable=True)
 
     def tick(self, now: float) -> None:
         for client in [c for c in self.clients.values() if c.deadline < now]:
@@ -193,8 +195,15 @@ def _claim(path: str) -> None:
         probe.settimeout(1.0)
         try:
             probe.connect(path)
-        except OSError:
+        except ConnectionRefusedError:
             pass  # nobody listens: a stale socket from a router that died
+        except BlockingIOError:
+            raise SystemProblem(f"another tunnelrouter answers on {path} (too busy to accept "
+                                f"now); stop it first, or give this one another "
+                                f"control-socket path") from None
+        except OSError as error:
+            raise SystemProblem(f"cannot tell whether another tunnelrouter answers on {path}: "
+                                f"{error.strerror}") from None
         else:
             raise SystemProblem(f"another tunnelrouter answers on {path}; stop it first, or "
                                 f"give this one another control-socket path")

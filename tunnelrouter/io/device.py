@@ -59,7 +59,8 @@ class TunTapDevice:
             except InterruptedError:
                 continue
             except OSError as error:
-                self.failed = error.errno
+                if error.errno in GONE:
+                    self.failed = error.errno
                 break
             count += 1
         batch.count = count

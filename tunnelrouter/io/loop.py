@@ -44,8 +44,9 @@ class Loop:
         self._handlers[fd] = handler
         self._epoll.register(fd, EPOLLIN | (EPOLLOUT if writable else 0))
 
-    def want_writable(self, fd: int, writable: bool) -> None:
-        self._epoll.modify(fd, EPOLLIN | (EPOLLOUT if writable else 0))
+    def want(self, fd: int, readable: bool = True, writable: bool = False) -> None:
+        """Change what wakes ``fd``'s handler (errors always do)."""
+        self._epoll.modify(fd, (EPOLLIN if readable else 0) | (EPOLLOUT if writable else 0))
 
     def forget(self, fd: int) -> None:
         """Stop watching ``fd`` (before closing it)."""

@@ -15,7 +15,7 @@ from tunnelrouter.modes.base import Unreadable
 from tunnelrouter.tunnel.batch import Batch
 from tunnelrouter.tunnel.counters import Counters
 from tunnelrouter.tunnel.endpoint import Endpoint
-from tunnelrouter.tunnel.wan_error import WanError
+from tunnelrouter.tunnel.wan_error import ErrorOrigin, WanError
 
 
 class Demux:
@@ -64,15 +64,24 @@ class Demux:
             else:
                 targets[i] = None
 
-    def wan_error(self, error: WanError, now: float) -> Endpoint | None:
-        """Hand an error about one of our datagrams to the tunnel that sent it; return that
-        tunnel (None: the error is about no datagram of ours, and is ignored)."""
+    def wan_error(self, error: WanError, now: float) -> tuple[Endpoint, ...]:
+        """Hand an error about one of our datagrams to the tunnel that sent it; return the
+        tunnels it reached (none: it is about no datagram of ours, counted here)."""
         endpoint = self.endpoints.get(self.key_of(error.quote, 0, error.peer))
-        if endpoint is None or error.peer not in endpoint.peers:
+        if endpoint is None and error.origin == ErrorOrigin.LOCAL and not len(error.quote):
+            # Our own stack found a datagram too big for the link and quotes none of it
+            # (the kernel's ip_local_error): that link is on the way to every tunnel with
+            # this peer.
+            reached = tuple(self.sources.get(error.peer, ()))
+        elif endpoint is None or error.peer not in endpoint.peers:
+            reached = ()
+        else:
+            reached = (endpoint,)
+        if not reached:
             self.counters.wan_errors += 1
-            return None
-        endpoint.wan_error(error, now)
-        return endpoint
+        for endpoint in reached:
+            endpoint.wan_error(error, now)
+        return reached
 
     def _stray(self, key: Hashable, source: str) -> Endpoint | None:
         """No tunnel has ``key``: the tunnel that takes the datagram anyway, to count why

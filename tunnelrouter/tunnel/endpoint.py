@@ -238,11 +238,12 @@ class Endpoint:
         prefix = bytes(packet[:ETHERNET_HEADER_LENGTH]) if self.ethernet else b""
         batch = Batch(1, HEADROOM + self.frame_limit)
         for fragment in fragments:
-            self.counters.fragments_sent += 1
             self.encapsulate(batch.fill_from_device([prefix + fragment]), now)
-            if batch.packets[0] is not None:
-                self.outbox.datagrams.append((bytes(batch.packets[0]), batch.destinations[0],
-                                              batch.ancillary[0], len(prefix) + len(fragment)))
+            if batch.packets[0] is None:
+                return  # refused (and counted) once: the other fragments share its header
+            self.counters.fragments_sent += 1
+            self.outbox.datagrams.append((bytes(batch.packets[0]), batch.destinations[0],
+                                          batch.ancillary[0], len(prefix) + len(fragment)))
 
     def _send_outer_fragmented(self, packet: memoryview, now: float) -> None:
         """Send an IPv6 packet of at most 1280 bytes with outer DF clear, where the outer
@@ -296,7 +297,9 @@ class Endpoint:
         parameter = 0
         if relayed in ((Icmp4Type.DEST_UNREACHABLE, Icmp4Unreachable.FRAGMENTATION_NEEDED),
                        (Icmp6Type.PACKET_TOO_BIG, 0)):
-            parameter = min(self.effective_mtu, error.info - self.pmtu_overhead)
+            # What the tunnel itself makes of the report: raised to the floor, if below.
+            reported = error.info if self.pmtu is None else max(error.info, self.pmtu.minimum)
+            parameter = min(self.effective_mtu, reported - self.pmtu_overhead)
             if parameter < (IPV6_MINIMUM_MTU if version == 6 else IPV4_MINIMUM_MTU):
                 return  # nothing true to tell (IPv6 now goes in outer fragments)
             if version == 4 and (len(inner) < 7 or not inner[6] & 0x40):
@@ -336,7 +339,7 @@ class RawEndpoint(Endpoint):
         """Each packet of ``batch`` (from the device) becomes a datagram to the peer;
         ``fragmentable``: with outer DF clear, whatever its size."""
         views, buffers, starts, ends = batch.views, batch.buffers, batch.starts, batch.ends
-        packets, destinations = batch.packets, batch.destinations
+        packets, destinations, ancillary = batch.packets, batch.destinations, batch.ancillary
         limit = MAX_PACKET if fragmentable else self.frame_limit
         ethernet, outer, destination = self.ethernet, self.outer, self.destination
         encap_into, outer_fields, drops = self.codec.encap_into, self._outer_fields, \
@@ -371,6 +374,7 @@ class RawEndpoint(Endpoint):
                 continue
             packets[i] = views[i][start:end]
             destinations[i] = destination
+            ancillary[i] = None  # the outer header is ours: no marking for the socket
 
     def _send_outer_fragmented(self, packet: memoryview, now: float) -> None:
         batch = Batch(1, HEADROOM + len(packet))

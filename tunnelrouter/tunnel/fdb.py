@@ -20,7 +20,9 @@ class Fdb:
         self.ageing = ageing
         self.learning = learning
         self.limit = limit
-        self._refresh_below = ageing / 2
+        # An entry is rewritten at most about once a second (not per frame), so it ages out
+        # between ageing - 1 and ageing seconds after the last frame from its MAC.
+        self._refresh_below = ageing - 1
         self.entries: dict[bytes, tuple[tuple, float]] = {
             mac: (remote, STATIC) for mac, remote in (static or {}).items()}
         self.static = len(self.entries)

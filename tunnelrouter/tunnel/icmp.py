@@ -57,14 +57,14 @@ class IcmpReplies:
         source = self.sources.get(version)
         if source is None:
             return None
-        if not self.bucket.take(now):
-            self.counters.icmp_rate_limited += 1
-            return None
         if version == 4:
             message = icmp4_error(packet, icmp_type, code, source, mtu=parameter)
         else:
             message = icmp6_error(packet, icmp_type, code, source, parameter=parameter)
         if message is None:
+            return None  # no RFC allows it: not a message held back, and no token spent
+        if not self.bucket.take(now):
+            self.counters.icmp_rate_limited += 1
             return None
         if frame_header is not None:
             message = (bytes(frame_header[6:12]) + bytes(frame_header[0:6]) + _ETHERTYPE[version]

@@ -1,0 +1,104 @@
+"""What ``tunnelrouter show`` prints for a status: golden text, line by line."""
+
+from tunnelrouter.config import parse_config
+from tunnelrouter.control.render import render_status
+from tunnelrouter.router import Router
+from tunnelrouter.tunnel.counters import Counters
+
+from tests.tunnelrouter.doubles import MemorySystem
+from tests.tunnelrouter.test_router import A, B, every_mode
+
+
+def counters(**values) -> dict:
+    """A tunnel's counters as the status has them: zero but for ``values``."""
+    return Counters().as_dict() | values
+
+
+GRE = {
+    "name": "gre1", "mode": "gre", "local": "10.0.0.1", "peers": ["10.0.0.2"],
+    "mtu": 1464, "effective_mtu": 1364,
+    "path_mtu": {"10.0.0.2": {"mtu": 1400, "expires_in": 599.5}},
+    "mss_clamp": {"ipv4": 1324, "ipv6": 1304},
+    "counters": counters(rx_packets=5, rx_bytes=500, tx_packets=6, tx_bytes=600, icmp_sent=2,
+                         wan_errors=1, drops={"gre_bad_checksum": 2, "too_big": 1}),
+    "sequence_epochs": 2, "device": "up",
+}
+VXLAN = {
+    "name": "vx1", "mode": "vxlan", "local": "10.0.0.1", "peers": ["10.0.0.2", "10.0.0.3"],
+    "mtu": 1450, "effective_mtu": 1450, "path_mtu": {}, "mss_clamp": "off",
+    "counters": counters(fdb_full=7), "vni": 7, "fdb_entries": 150,
+    "fdb": [{"mac": "02:00:00:00:00:01", "remote": "10.0.0.3", "static": True,
+             "expires_in": None},
+            {"mac": "02:00:00:00:00:0b", "remote": "10.0.0.2", "static": False,
+             "expires_in": 299.0}],
+    "device": "gone (being made again)",
+}
+
+
+def test_two_tunnels_with_everything_there_is_to_show():
+    status = {"uptime": 12.5, "internal_errors": 3,
+              "unattributed": {"not_a_peer": 4, "truncated": 1}, "unattributed_wan_errors": 6,
+              "tunnels": {"gre1": GRE, "vx1": VXLAN}}
+    assert render_status(status).split("\n") == [
+        "tunnel: gre1",
+        "  mode: gre",
+        "  local: 10.0.0.1",
+        "  peers: 10.0.0.2",
+        "  device: up",
+        "  mtu: 1464 (carries 1364 now)",
+        "  mss clamp: ipv4 1324, ipv6 1304",
+        "  rx: 5 packets, 500 bytes",
+        "  tx: 6 packets, 600 bytes",
+        "  path mtu to 10.0.0.2: 1400 (expires in 599.5 s)",
+        "  sequence epochs: 2 (the peer started numbering anew)",
+        "  icmp sent: 2",
+        "  wan errors: 1",
+        "  dropped gre_bad_checksum: 2",
+        "  dropped too_big: 1",
+        "",
+        "tunnel: vx1",
+        "  mode: vxlan",
+        "  local: 10.0.0.1",
+        "  peers: 10.0.0.2, 10.0.0.3",
+        "  device: gone (being made again)",
+        "  mtu: 1450 (carries 1450 now)",
+        "  mss clamp: off",
+        "  rx: 0 packets, 0 bytes",
+        "  tx: 0 packets, 0 bytes",
+        "  fdb full: 7",
+        "  fdb: 150 entries, the first 2 shown",
+        "  fdb 02:00:00:00:00:01 -> 10.0.0.3 (static)",
+        "  fdb 02:00:00:00:00:0b -> 10.0.0.2 (expires in 299.0 s)",
+        "",
+        "dropped before any tunnel, not_a_peer: 4",
+        "dropped before any tunnel, truncated: 1",
+        "WAN errors about no tunnel's datagram: 6",
+        "internal errors: 3 (see the log)",
+    ]
+
+
+def test_what_did_not_happen_is_not_shown():
+    quiet_gre = GRE | {"sequence_epochs": 0, "path_mtu": {}, "counters": counters()}
+    whole_fdb = VXLAN | {"fdb_entries": 2, "counters": counters()}
+    text = render_status({"uptime": 1.0, "internal_errors": 0, "unattributed": {},
+                          "unattributed_wan_errors": 0,
+                          "tunnels": {"gre1": quiet_gre, "vx1": whole_fdb}})
+    assert "  fdb: 2 entries" in text.split("\n")
+    for absent in ("sequence epochs", "path mtu to", "dropped", "internal errors", "shown",
+                   "fdb full", "icmp sent", "WAN errors"):
+        assert absent not in text
+
+
+def test_a_running_routers_status_renders_every_tunnel():
+    router = Router(parse_config({"tunnels": every_mode(A, [B], 1)}), system=MemorySystem())
+    router.start()
+    try:
+        text = render_status(router.status())
+    finally:
+        router.close()
+    lines = text.split("\n")
+    for name in every_mode(A, [B], 1):
+        assert f"tunnel: {name}" in lines
+    assert lines.count("  device: up") == 5
+    assert "  mss clamp: ipv6 1420" in lines                    # sit carries IPv6 only
+    assert "  sequence epochs" not in text and "  fdb: 0 entries" in lines

@@ -1,0 +1,389 @@
+"""The underlay sockets: what a batch becomes on the socket, how send failures are counted,
+the error queue parsed into WanError, and what a read leaves in a batch.
+
+A scripted fake socket plays the kernel for the exact calls; real UDP sockets on
+loopback (no root needed) check the same against the kernel itself: TOS marking by
+ancillary data, the error queue of a datagram refused by a closed port, and the
+messages a bind that cannot work gives.
+"""
+
+import errno
+import select
+import socket
+import sys
+
+import pytest
+from scapy.layers.inet import IP
+
+from encap.wire import HEADROOM
+from tunnelrouter.io.errors import SystemProblem
+from tunnelrouter.io.underlay import (ERRORS_PER_WAKEUP, IP_MTU_DISCOVER, IP_RECVERR,
+                                      IPV6_RECVERR, PMTUDISC_DONT, PMTUDISC_PROBE, RawSocket,
+                                      UdpSocket)
+from tunnelrouter.tunnel.batch import Batch
+from tunnelrouter.tunnel.counters import Counters
+from tunnelrouter.tunnel.wan_error import ErrorOrigin, WanError
+
+PEER, OTHER_PEER = ("10.0.0.2", 0), ("10.0.0.3", 0)
+ICMP_UNREACHABLE, FRAGMENTATION_NEEDED = 3, 4
+SO_EE_ORIGIN_NONE, SO_EE_ORIGIN_TXSTATUS = 0, 4
+
+
+class FakeSocket:
+    """The calls an UnderlaySocket makes, scripted. ``fail`` lists the errnos the next
+    sends raise, in order; ``incoming`` what the next receives return (an errno: they
+    raise it); ``error_queue`` what ``recvmsg(..., MSG_ERRQUEUE)`` returns."""
+
+    def __init__(self, fail=(), incoming=(), error_queue=()):
+        self.fail = list(fail)
+        self.incoming = list(incoming)
+        self.error_queue = list(error_queue)
+        self.sent: list[tuple[bytes, tuple, list | None]] = []
+        self.attempts = 0
+
+    def fileno(self) -> int:
+        return 1000
+
+    def _send(self, data: bytes, destination: tuple, ancillary) -> int:
+        self.attempts += 1
+        if self.fail:
+            code = self.fail.pop(0)
+            raise OSError(code, errno.errorcode[code])
+        self.sent.append((data, destination, ancillary))
+        return len(data)
+
+    def sendto(self, data, destination) -> int:
+        return self._send(bytes(data), destination, None)
+
+    def sendmsg(self, buffers, ancillary, flags, destination) -> int:
+        return self._send(b"".join(map(bytes, buffers)), destination, list(ancillary))
+
+    def _next(self):
+        if not self.incoming:
+            raise BlockingIOError(errno.EAGAIN, "nothing waits")
+        item = self.incoming.pop(0)
+        if isinstance(item, int):
+            raise OSError(item, errno.errorcode[item])
+        return item
+
+    def recvfrom_into(self, buffer):
+        data, address = self._next()
+        buffer[:len(data)] = data
+        return len(data), address
+
+    def recvmsg_into(self, buffers, ancillary_size):
+        data, ancillary, address = self._next()
+        buffers[0][:len(data)] = data
+        return len(data), ancillary, 0, address
+
+    def recvmsg(self, size, ancillary_size, flags):
+        assert flags == socket.MSG_ERRQUEUE
+        if not self.error_queue:
+            raise BlockingIOError(errno.EAGAIN, "no error queued")
+        item = self.error_queue.pop(0)
+        if isinstance(item, int):
+            raise OSError(item, errno.errorcode[item])
+        return item
+
+
+def extended_error(origin: int, icmp_type: int, code: int, info: int = 0) -> bytes:
+    """struct sock_extended_err (linux/errqueue.h), field by field in host order:
+    u32 errno, u8 origin, u8 type, u8 code, u8 pad, u32 info, u32 data."""
+    native = sys.byteorder
+    return (errno.EHOSTUNREACH.to_bytes(4, native) + bytes([origin, icmp_type, code, 0])
+            + info.to_bytes(4, native) + bytes(4))
+
+
+def queued(quote: bytes, peer: str, origin=ErrorOrigin.ICMP4, icmp_type=ICMP_UNREACHABLE,
+           code=FRAGMENTATION_NEEDED, info=1400, level=socket.IPPROTO_IP, kind=IP_RECVERR):
+    """One entry of the error queue as recvmsg(MSG_ERRQUEUE) returns it."""
+    return quote, [(level, kind, extended_error(origin, icmp_type, code, info))], 0, (peer, 0)
+
+
+def outgoing(*inner_lengths: int, header: int = 8) -> Batch:
+    """A batch read from a device, left by the core as datagrams: ``header`` bytes of
+    tunnel header in front of each inner packet, to PEER, unmarked."""
+    batch = Batch(4).fill_from_device([bytes([i + 1]) * n for i, n in enumerate(inner_lengths)])
+    for i in range(batch.count):
+        batch.packets[i] = batch.views[i][HEADROOM - header:batch.ends[i]]
+        batch.destinations[i] = (PEER,)
+    return batch
+
+
+def udp(fake: FakeSocket, local: str = "10.0.0.1") -> UdpSocket:
+    return UdpSocket(fake, local)
+
+
+# -- sending -------------------------------------------------------------------------------
+
+def test_send_batch_counts_each_datagram_sent_and_its_inner_bytes():
+    fake = FakeSocket()
+    batch = outgoing(100, 200, 300)
+    batch.packets[1] = None                          # the core dropped it
+    batch.destinations[2] = (PEER, OTHER_PEER)       # flooded
+    batch.ancillary[2] = 7 << 8 | 0xB9               # TTL 7, TOS 0xB9
+    counters = Counters()
+    udp(fake).send_batch(batch, counters)
+    native = sys.byteorder
+    marking = [(socket.IPPROTO_IP, socket.IP_TTL, (7).to_bytes(4, native)),
+               (socket.IPPROTO_IP, socket.IP_TOS, (0xB9).to_bytes(4, native))]
+    assert fake.sent == [(bytes(8) + b"\1" * 100, PEER, None),
+                         (bytes(8) + b"\3" * 300, PEER, marking),
+                         (bytes(8) + b"\3" * 300, OTHER_PEER, marking)]
+    assert (counters.tx_packets, counters.tx_bytes) == (3, 100 + 2 * 300)
+    assert counters.drops_by_label() == {}
+
+
+def test_an_ipv6_socket_marks_hop_limit_and_traffic_class():
+    fake = FakeSocket()
+    batch = outgoing(50)
+    batch.destinations[0] = (("fd00::2", 4789, 0, 0),)
+    batch.ancillary[0] = 255 << 8 | 0x02
+    udp(fake, "fd00::1").send_batch(batch, Counters())
+    native = sys.byteorder
+    assert fake.sent[0][2] == [
+        (socket.IPPROTO_IPV6, socket.IPV6_HOPLIMIT, (255).to_bytes(4, native)),
+        (socket.IPPROTO_IPV6, socket.IPV6_TCLASS, (0x02).to_bytes(4, native))]
+
+
+@pytest.mark.parametrize("fail, attempts, drops", [
+    # A pending ICMP error makes one send fail without sending: the second try goes out.
+    ([errno.EHOSTUNREACH], 2, {}),
+    ([errno.ECONNREFUSED], 2, {}),
+    # A full socket is not tried again: the next datagram would find it full too.
+    ([errno.EAGAIN], 1, {"underlay_full": 1}),
+    ([errno.ENOBUFS], 1, {"underlay_full": 1}),
+    ([errno.EMSGSIZE, errno.EMSGSIZE], 2, {"too_big": 1}),
+    ([errno.EPERM, errno.EPERM], 2, {"send_failed": 1}),
+    ([errno.EHOSTUNREACH, errno.EAGAIN], 2, {"underlay_full": 1}),
+], ids=lambda value: str(value))
+def test_a_failed_send_is_tried_again_once_or_counted_by_reason(fail, attempts, drops):
+    for send in ("batch", "slow path"):
+        fake, counters = FakeSocket(fail), Counters()
+        sock = udp(fake)
+        if send == "batch":
+            sock.send_batch(outgoing(100), counters)
+        else:
+            sock.send(b"d" * 108, (PEER,), 1 << 8, 100, counters)
+        assert (fake.attempts, counters.drops_by_label()) == (attempts, drops), send
+        assert (counters.tx_packets, counters.tx_bytes) == ((0, 0) if drops else (1, 100)), send
+
+
+def test_a_failed_send_does_not_keep_the_rest_of_the_batch_from_going():
+    fake, counters = FakeSocket([errno.EAGAIN]), Counters()
+    udp(fake).send_batch(outgoing(10, 20, 30), counters)
+    assert [len(data) for data, _, _ in fake.sent] == [28, 38]
+    assert (counters.tx_packets, counters.drops_by_label()) == (2, {"underlay_full": 1})
+
+
+# -- the error queue -----------------------------------------------------------------------
+
+def test_an_icmp_error_on_a_udp_socket_becomes_a_wan_error_about_the_quoted_payload():
+    quote = b"\x08\0\0\0\0\0\x07\0" + bytes(40)   # our VXLAN header on: what UDP quotes
+    fake = FakeSocket(error_queue=[queued(quote, "10.0.0.2")])
+    sock = udp(fake)
+    sock.errors_pending = True
+    (error,) = sock.read_errors()
+    assert error._replace(quote=bytes(error.quote)) == WanError(
+        ErrorOrigin.ICMP4, ICMP_UNREACHABLE, FRAGMENTATION_NEEDED, 1400, "10.0.0.2", quote, 0)
+    assert not sock.errors_pending
+
+
+def test_an_ipv6_error_is_read_from_ipv6_recverr():
+    fake = FakeSocket(error_queue=[
+        queued(b"q" * 30, "fd00::2", ErrorOrigin.ICMP6, 2, 0, 1280, socket.IPPROTO_IPV6,
+               IPV6_RECVERR)])
+    (error,) = udp(fake, "fd00::1").read_errors()
+    assert (error.origin, error.icmp_type, error.info, error.peer, bytes(error.quote)) == \
+        (ErrorOrigin.ICMP6, 2, 1280, "fd00::2", b"q" * 30)
+
+
+def test_a_raw_sockets_quote_starts_after_the_quoted_ip_header_and_its_length_is_known():
+    datagram = bytes(IP(src="10.0.0.1", dst="10.0.0.2", proto=47, options=b"\x01\x01\x01\x00")
+                     / (b"\x20\x00\x08\x00" + bytes(1400)))
+    fake = FakeSocket(error_queue=[queued(datagram[:100], "10.0.0.2"),
+                                   queued(datagram[:19], "10.0.0.2"),
+                                   queued(b"", "10.0.0.2", ErrorOrigin.LOCAL, 0, 0, 1400)])
+    long, short, local = RawSocket(fake, "10.0.0.1").read_errors()
+    assert (bytes(long.quote), long.length) == (datagram[24:100], 24 + 4 + 1400)
+    assert (bytes(short.quote), short.length) == (b"", 0)   # cut inside the IP header
+    assert (local.origin, bytes(local.quote), local.length, local.info) == \
+        (ErrorOrigin.LOCAL, b"", 0, 1400)
+
+
+def test_what_is_not_an_icmp_or_local_error_is_passed_over():
+    other_kind = (b"q", [(socket.IPPROTO_IP, socket.IP_TOS, b"\0")], 0, ("10.0.0.2", 0))
+    cut_short = (b"q", [(socket.IPPROTO_IP, IP_RECVERR, extended_error(2, 3, 4)[:15])], 0,
+                 ("10.0.0.2", 0))
+    no_address = (b"q", [(socket.IPPROTO_IP, IP_RECVERR, extended_error(2, 3, 4))], 0, None)
+    fake = FakeSocket(error_queue=[
+        queued(b"q", "10.0.0.2", origin=SO_EE_ORIGIN_NONE),
+        queued(b"q", "10.0.0.2", origin=SO_EE_ORIGIN_TXSTATUS),
+        queued(b"q", "10.0.0.2", origin=255),
+        other_kind, cut_short, no_address,
+        queued(b"mine", "10.0.0.3")])
+    assert [(error.peer, bytes(error.quote)) for error in udp(fake).read_errors()] == \
+        [("10.0.0.3", b"mine")]
+
+
+def test_at_most_errors_per_wakeup_are_read_in_one_call():
+    fake = FakeSocket(error_queue=[queued(b"q", "10.0.0.2")] * (ERRORS_PER_WAKEUP + 36))
+    sock = udp(fake)
+    assert [len(sock.read_errors()) for _ in range(3)] == [ERRORS_PER_WAKEUP, 36, 0]
+
+
+def test_a_failing_error_queue_read_ends_the_call_with_what_was_read():
+    fake = FakeSocket(error_queue=[queued(b"q", "10.0.0.2"), errno.EBADF,
+                                   queued(b"q", "10.0.0.2")])
+    sock = udp(fake)
+    assert len(sock.read_errors()) == 1
+    assert len(sock.read_errors()) == 1
+
+
+# -- receiving -----------------------------------------------------------------------------
+
+def outer(ihl_options: bytes = b"", tos: int = 0, payload: bytes = b"GRE.") -> bytes:
+    return bytes(IP(src="10.0.0.2", dst="10.0.0.1", proto=47, tos=tos, options=ihl_options)
+                 / payload)
+
+
+def test_a_raw_read_fills_the_batch_with_header_offsets_tos_and_sources():
+    plain, with_options = outer(tos=0xB9), outer(b"\x01\x01\x01\x00", tos=0x02)
+    fake = FakeSocket(incoming=[(plain, ("10.0.0.2", 0)), (with_options, ("10.0.0.3", 0))])
+    batch = Batch(4)
+    sock = RawSocket(fake, "10.0.0.1")
+    assert sock.read_batch(batch) == 2 and batch.count == 2
+    assert batch.starts[:2] == [20, 24] and batch.tos[:2] == [0xB9, 0x02]
+    assert batch.ends[:2] == [len(plain), len(with_options)]
+    assert batch.addresses[:2] == ["10.0.0.2", "10.0.0.3"]
+    assert bytes(batch.buffers[1][:batch.ends[1]]) == with_options
+    assert not sock.errors_pending
+
+
+def test_a_receive_that_fails_flags_a_pending_error_and_reading_goes_on():
+    fake = FakeSocket(incoming=[(outer(), ("10.0.0.2", 0)), errno.EHOSTUNREACH,
+                                (outer(payload=b"next"), ("10.0.0.2", 0))])
+    sock = RawSocket(fake, "10.0.0.1")
+    batch = Batch(4)
+    assert sock.read_batch(batch) == 2 and sock.errors_pending
+    assert bytes(batch.buffers[1][20:batch.ends[1]]) == b"next"
+
+
+def test_a_read_stops_when_the_batch_is_full_and_when_every_receive_fails():
+    fake = FakeSocket(incoming=[(outer(), ("10.0.0.2", 0))] * 6)
+    sock, batch = RawSocket(fake, "10.0.0.1"), Batch(4)
+    assert [sock.read_batch(batch) for _ in range(3)] == [4, 2, 0]
+    failing = FakeSocket(incoming=[errno.ECONNREFUSED] * 100)
+    sock = RawSocket(failing, "10.0.0.1")
+    assert sock.read_batch(batch) == 0 and sock.errors_pending
+    assert len(failing.incoming) == 100 - batch.capacity
+
+
+def test_a_udp_read_takes_the_tos_from_ancillary_data():
+    native = sys.byteorder
+    fake = FakeSocket(incoming=[
+        (b"one", [(socket.IPPROTO_IP, socket.IP_TOS, b"\xb9")], ("10.0.0.2", 4789)),
+        (b"two", [], ("10.0.0.3", 4789)),
+        (b"three", [(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, (0xBA).to_bytes(4, native))],
+         ("fd00::2", 4789, 0, 0)),
+        errno.ECONNREFUSED,
+        (b"four", [(socket.IPPROTO_IP, socket.IP_TOS, b"\x01")], ("10.0.0.2", 4789))])
+    sock, batch = udp(fake), Batch(8)
+    assert sock.read_batch(batch) == 4 and sock.errors_pending
+    assert batch.tos[:4] == [0xB9, 0, 0xBA, 0x01]
+    assert batch.starts[:4] == [0] * 4 and batch.ends[:4] == [3, 3, 5, 4]
+    assert batch.addresses[:4] == ["10.0.0.2", "10.0.0.3", "fd00::2", "10.0.0.2"]
+    assert bytes(batch.buffers[2][:5]) == b"three"
+
+
+# -- real UDP sockets on loopback ----------------------------------------------------------
+
+@pytest.fixture
+def opened():
+    """``open(local, port=0, dont_fragment=True)``: a real UdpSocket, closed at the end."""
+    sockets = []
+
+    def open_(local: str, port: int = 0, dont_fragment: bool = True) -> UdpSocket:
+        sock = UdpSocket.open(local, port, dont_fragment)
+        sockets.append(sock)
+        return sock
+    yield open_
+    for sock in sockets:
+        sock.close()
+
+
+def port(sock: UdpSocket) -> int:
+    return sock.sock.getsockname()[1]
+
+
+def wait_readable(sock: UdpSocket) -> int:
+    """Until the kernel has something for ``sock`` (data or an error); its poll events."""
+    poller = select.poll()
+    poller.register(sock.fd, select.POLLIN)
+    ((_, events),) = poller.poll(5000)
+    return events
+
+
+@pytest.mark.parametrize("loopback", ["127.0.0.1", "::1"])
+def test_two_udp_sockets_exchange_a_batch_with_its_tos(opened, loopback):
+    a, b = opened(loopback), opened(loopback)
+    batch = Batch(4).fill_from_device([b"marked" * 10, b"plain" * 10])
+    for i in range(2):
+        batch.packets[i] = batch.views[i][HEADROOM:batch.ends[i]]
+        batch.destinations[i] = ((loopback, port(b)),)
+    batch.ancillary[0] = 9 << 8 | 0xB9
+    counters = Counters()
+    a.send_batch(batch, counters)
+    assert (counters.tx_packets, counters.drops_by_label()) == (2, {})
+    received, batch = [], Batch(4)
+    while len(received) < 2:
+        wait_readable(b)
+        for i in range(b.read_batch(batch)):
+            received.append((bytes(batch.buffers[i][:batch.ends[i]]), batch.tos[i],
+                             batch.addresses[i]))
+    assert received == [(b"marked" * 10, 0xB9, loopback), (b"plain" * 10, 0, loopback)]
+
+
+@pytest.mark.parametrize("loopback, origin, icmp_type, code", [
+    ("127.0.0.1", ErrorOrigin.ICMP4, 3, 3),      # port unreachable
+    ("::1", ErrorOrigin.ICMP6, 1, 4),
+])
+def test_a_datagram_refused_by_a_closed_port_comes_back_through_the_error_queue(
+        opened, loopback, origin, icmp_type, code):
+    a, closed = opened(loopback), opened(loopback)
+    destination = port(closed)
+    closed.close()
+    a.send(b"our datagram", ((loopback, destination),), None, 12, Counters())
+    assert wait_readable(a) & select.POLLERR
+    assert a.read_batch(Batch(4)) == 0 and a.errors_pending
+    (error,) = a.read_errors()
+    assert (error.origin, error.icmp_type, error.code, error.peer, bytes(error.quote),
+            error.length) == (origin, icmp_type, code, loopback, b"our datagram", 0)
+    assert a.read_errors() == [] and not a.errors_pending
+
+
+@pytest.mark.parametrize("dont_fragment, discovery", [(True, PMTUDISC_PROBE),
+                                                      (False, PMTUDISC_DONT)])
+def test_df_is_the_sockets_and_errors_are_queued(opened, dont_fragment, discovery):
+    sock = opened("127.0.0.1", dont_fragment=dont_fragment).sock
+    assert sock.getsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER) == discovery
+    assert sock.getsockopt(socket.IPPROTO_IP, IP_RECVERR) == 1
+    assert sock.getsockopt(socket.IPPROTO_IP, socket.IP_TTL) == 64
+    assert sock.getblocking() is False
+
+
+def test_a_second_socket_on_the_same_port_is_refused(opened):
+    first = opened("127.0.0.1")
+    with pytest.raises(SystemProblem) as problem:
+        opened("127.0.0.1", port(first))
+    assert problem.value.message == (f"127.0.0.1 port {port(first)} is in use (another "
+                                     f"tunnelrouter, or a kernel tunnel, has it)")
+
+
+@pytest.mark.parametrize("address", ["198.51.100.1", "2001:db8::1"])
+def test_an_address_this_host_does_not_have_is_named(opened, address):
+    with pytest.raises(SystemProblem) as problem:
+        opened(address)
+    assert problem.value.message == (f"{address} is not an address of this host (add it to "
+                                     f"an interface)")
+
