@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tunnelrouter import __version__
 from tunnelrouter.config import DEFAULT_CONTROL_DIR, ConfigError, load_config, parse_config, render
-from tunnelrouter.control.render import render_status
+from tunnelrouter.control.render import is_status, render_status
 from tunnelrouter.modes import MODES, TunnelConfig
 
 EXIT_CONFIG = 2
@@ -83,11 +83,13 @@ def command_show(args) -> int:
     try:
         status = json.loads(reply)
     except ValueError:
+        status = None
+    if isinstance(status, dict) and isinstance(status.get("error"), str):
+        print(f"tunnelrouter show: the daemon says: {status['error']}", file=sys.stderr)
+        return EXIT_FAILURE
+    if not is_status(status):
         print(f"tunnelrouter show: the daemon on {args.socket} sent {len(reply)} bytes that "
               f"are not its status", file=sys.stderr)
-        return EXIT_FAILURE
-    if "error" in status:
-        print(f"tunnelrouter show: the daemon says: {status['error']}", file=sys.stderr)
         return EXIT_FAILURE
     tunnels = status["tunnels"]
     if args.tunnel:

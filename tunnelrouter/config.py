@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -90,7 +91,16 @@ def load_config(path: str | os.PathLike) -> RouterConfig:
 # -- YAML -------------------------------------------------------------------------------
 
 class _Loader(yaml.SafeLoader):
-    pass
+    """SafeLoader with YAML 1.2's booleans: only true and false. YAML 1.1 also reads yes,
+    no, on and off as booleans, which turns ``mss-clamp: off`` into false."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:bool"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool",
+                              re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 
 
 def _construct_int(loader: _Loader, node: yaml.ScalarNode):
@@ -105,12 +115,18 @@ _Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
 def read_yaml(text: str) -> tuple[object, dict[tuple, int], list[Problem]]:
     """The document, the line of every key and item (by key path), and what is wrong
     with the YAML itself. When it cannot be read at all, the document is None."""
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)
+    except yaml.reader.ReaderError as error:
+        # A character YAML does not allow (a NUL, an escape sequence): where it is.
+        return None, {}, [Problem("", f"not valid YAML: {error.reason} "
+                                      f"{chr(error.character)!r} at offset {error.position}",
+                                  text.count("\n", 0, error.position) + 1)]
     try:
         node = loader.get_single_node()
         if node is None:
             return None, {}, []
-        lines, problems = _inspect(node)
+        lines, problems = _inspect(node, loader.construct_object)
         if any(problem.message.startswith(("aliases", "an alias")) for problem in problems):
             return None, lines, problems
         data = loader.construct_document(node)
@@ -129,10 +145,11 @@ def read_yaml(text: str) -> tuple[object, dict[tuple, int], list[Problem]]:
     return data, lines, problems
 
 
-def _inspect(root: yaml.Node) -> tuple[dict[tuple, int], list[Problem]]:
+def _inspect(root: yaml.Node, construct) -> tuple[dict[tuple, int], list[Problem]]:
     """One walk over the node graph: lines by key path, keys given twice, and the size
     the document would have with its aliases expanded (an alias bomb is refused here,
-    before anything expands it)."""
+    before anything expands it). Key paths hold keys as the document will (``1``, not
+    ``'1'``): ``construct`` makes a scalar key's value."""
     lines: dict[tuple, int] = {(): root.start_mark.line + 1}
     problems: list[Problem] = []
     sizes: dict[int, int] = {}
@@ -159,9 +176,10 @@ def _inspect(root: yaml.Node) -> tuple[dict[tuple, int], list[Problem]]:
         if isinstance(node, yaml.MappingNode):
             seen: dict[object, int] = {}
             for key_node, value_node in node.value:
-                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else id(key_node)
                 line = key_node.start_mark.line + 1
-                if isinstance(key_node, yaml.ScalarNode) and key != "<<":
+                key = id(key_node)
+                if isinstance(key_node, yaml.ScalarNode) and key_node.value != "<<":
+                    key = construct(key_node)
                     if key in seen:
                         problems.append(Problem(_path_text(path + (key,)),
                                                 f"given twice (first on line {seen[key]})", line))
@@ -257,15 +275,23 @@ def parse_config(data, lines: dict[tuple, int] | None = None,
     return RouterConfig(tunnels=configs, control_socket=control_socket)
 
 
+# Bytes the kernel's isspace() takes for space (lib/ctype.c: 0xa0 too, which UTF-8 puts
+# inside characters such as 'à'), and NUL, where the kernel's copy of a name ends.
+_KERNEL_SPACE = frozenset(b"\0\t\n\v\f\r \xa0")
+
+
 def _device_name_problem(name) -> str | None:
-    """Linux's dev_valid_name(), plus '%', which the kernel takes for a template."""
+    """Linux's dev_valid_name() on the name's UTF-8 bytes, plus '%', which the kernel
+    takes for a template."""
     if not isinstance(name, str):
         return f"the device name {name!r} must be text"
     size = len(name.encode())
     if not 1 <= size < IFNAMSIZ:
         return f"device name {name!r} is {size} bytes; the kernel allows 1 to {IFNAMSIZ - 1}"
-    if name in (".", "..") or any(c in "/:%" or c.isspace() for c in name):
-        return f"device name {name!r} may not be '.' or '..', nor hold '/', ':', '%' or space"
+    if name in (".", "..") or any(c in "/:%" or c.isspace() for c in name) or \
+            any(byte in _KERNEL_SPACE for byte in name.encode()):
+        return (f"device name {name!r} may not be '.' or '..', nor hold '/', ':', '%', NUL "
+                f"or space")
     return None
 
 
@@ -351,12 +377,18 @@ def _key_loc(loc: tuple) -> tuple:
 def _unknown_key(key, mode: str) -> str:
     if key in _REPLACED_KEYS:
         return f"unknown key: {_REPLACED_KEYS[key]}"
-    owners = [name for name, other in MODES.items()
-              if any(key in (field_name, info.alias) for field_name, info in
-                     other.config.model_fields.items() if field_name != "name")]
+    if isinstance(key, str) and "_" in key and key.replace("_", "-") in _spellings(MODES[mode]):
+        return f"unknown key: it is spelt '{key.replace('_', '-')}'"
+    owners = [name for name, other in MODES.items() if key in _spellings(other)]
     if owners:
         return f"an option of mode {' and '.join(owners)}; mode {mode} has none"
     return "unknown key"
+
+
+def _spellings(mode) -> set[str]:
+    """The keys a mode's tunnels take, as the YAML spells them."""
+    return {info.alias or name for name, info in mode.config.model_fields.items()
+            if name != "name"}
 
 
 def _shown(value) -> str:

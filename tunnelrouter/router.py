@@ -35,8 +35,7 @@ from tunnelrouter.io.underlay import UnderlaySocket
 from tunnelrouter.modes import TunnelConfig, Underlay
 from tunnelrouter.tunnel.batch import Batch
 from tunnelrouter.tunnel.counters import Counters
-from tunnelrouter.tunnel.demux import Demux
-from tunnelrouter.tunnel.endpoint import Endpoint, endpoint_for
+from tunnelrouter.tunnel.endpoint import Demux, Endpoint, endpoint_for
 
 log = logging.getLogger("tunnelrouter")
 

@@ -1,69 +1,342 @@
-"""The command line: exit codes and what it prints."""
+"""The command line: exit codes, and what it prints on stdout and stderr."""
 
+import contextlib
 import json
 import socket
+import subprocess
 import threading
+from pathlib import Path
 
 import pytest
+from scapy.compat import raw
+from scapy.layers.inet import IP
+from scapy.layers.l2 import Ether
+from scapy.layers.vxlan import VXLAN
 
+from encap.errors import DropReason
 from tunnelrouter import __version__
+from tunnelrouter import cli
 from tunnelrouter.cli import main
+from tunnelrouter.config import load_config, parse_config
+from tunnelrouter.router import Router
+from tunnelrouter.tunnel.batch import Batch
+from tunnelrouter.tunnel.endpoint import FDB_SHOWN, endpoint_for
+from tunnelrouter.tunnel.wan_error import ErrorOrigin, WanError
 
-from tests.tunnelrouter.test_config import EXAMPLE
-from tests.tunnelrouter.test_datapath import NOW, REMOTE, tunnel
+from tests.tunnelrouter.doubles import MemorySystem
+from tests.tunnelrouter.modes.test_modes import KERNEL_MTU
+from tests.tunnelrouter.test_config import EXAMPLE, TUNNELROUTER
+
+NOW = 100.0
+REMOTE = "198.51.100.2"
+GRE = {"mode": "gre", "local": "192.0.2.1", "remote": REMOTE}
+VXLAN_TUNNEL = {"mode": "vxlan", "local": "192.0.2.1", "remote": REMOTE, "id": 42,
+                "fdb": [{"mac": "02:00:00:00:00:01", "remote": REMOTE},
+                        {"mac": "02:00:00:00:00:02", "remote": REMOTE}]}
+LEARNT = 150
 
 
 def test_version(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
-    assert exit_.value.code == 0 and __version__ in capsys.readouterr().out
+    assert exit_.value.code == 0 and capsys.readouterr().out == f"tunnelrouter {__version__}\n"
 
 
-def test_check_prints_derived_values(capsys):
-    assert main(["check", str(EXAMPLE)]) == 0
+def test_no_command_prints_the_help(capsys):
+    assert main([]) == 0
     out = capsys.readouterr().out
-    assert "gre1            gre           36  1464     1424     1404" in out
-    assert "six1            sit           20  1480        -     1420" in out
+    assert out.startswith("usage: tunnelrouter") and all(
+        command in out for command in ("run", "show", "check", "mtu"))
 
 
-def test_check_names_the_key_and_fails(tmp_path, capsys):
+# -- check ------------------------------------------------------------------------------
+
+def test_check_prints_the_derived_values_of_the_example(capsys):
+    assert main(["check", str(EXAMPLE)]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert out.splitlines() == [
+        "tunnel          mode    overhead   mtu mss-ipv4 mss-ipv6",
+        "gre1            gre           36  1464     1424     1404",    # key, csum, seq: 24 + 12
+        "vx1             vxlan         50  1450     1410     1390",
+        "ipip1           ipip          20  1480     1440        -",
+        "six1            sit           20  1480        -     1420",
+        f"{EXAMPLE}: 4 tunnel(s), configuration is valid",
+    ]
+
+
+def test_check_prints_a_fixed_mtu_and_a_clamp_that_is_off(tmp_path, capsys):
+    path = tmp_path / "fixed.yaml"
+    path.write_text("tunnels:\n  t:\n    mode: gretap\n    local: 10.0.0.1\n    remote: 10.0.0.2\n"
+                    "    mtu: 1400\n    mss-clamp: \"off\"\n")
+    assert main(["check", str(path)]) == 0
+    assert "t               gretap        38  1400      off      off" in capsys.readouterr().out
+
+
+def test_check_names_the_file_line_key_and_problem_and_exits_2(tmp_path, capsys):
     path = tmp_path / "bad.yaml"
     path.write_text("tunnels:\n  t:\n    mode: vxlan\n    local: 10.0.0.1\n    remote: 10.0.0.2\n"
                     "    id: 5\n    key: 7\n")
     assert main(["check", str(path)]) == 2
-    assert f"{path}: tunnels.t.key: a GRE option; mode vxlan has none" in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (f"{path}:7: tunnels.t.key: an option of mode gre and gretap; "
+                   f"mode vxlan has none\n")
 
 
-def test_mtu_calculator(capsys):
+def test_check_of_a_file_that_is_not_there_exits_2(tmp_path, capsys):
+    path = tmp_path / "absent.yaml"
+    assert main(["check", str(path)]) == 2
+    assert capsys.readouterr().err == f"{path}: cannot read {path}: No such file or directory\n"
+
+
+# -- mtu --------------------------------------------------------------------------------
+
+def test_the_mtu_calculator_over_a_jumbo_underlay(capsys):
     assert main(["mtu", "vxlan", "--underlay-mtu", "9000"]) == 0
-    assert "vxlan         50  8950     8910     8890" in capsys.readouterr().out
+    assert capsys.readouterr().out.splitlines()[1:] == [
+        "-               vxlan         50  8950     8910     8890",
+        "overhead: outer IP 20 + UDP 8 + tunnel header 8 + inner Ethernet 14 = 50"]
 
 
-def test_mtu_refuses_impossible_options(capsys):
-    assert main(["mtu", "ipip", "--key"]) == 2
-    assert "GRE options" in capsys.readouterr().err
+def test_the_mtu_calculator_counts_each_gre_option(capsys):
+    assert main(["mtu", "gre", "--key", "--checksum"]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == [
+        "-               gre           32  1468     1428     1408",
+        "overhead: outer IP 20 + UDP 0 + tunnel header 12 + inner Ethernet 0 = 32"]
 
 
-def test_show_prints_the_learnt_path_mtu_and_what_happened(tmp_path, capsys):
-    datapath = tunnel()
-    datapath.learn_path_mtu(REMOTE, 1400, NOW)
-    datapath.counters.icmp_sent = 2
-    status = {"uptime": 1.0, "unattributed": {}, "tunnels": {"t0": datapath.status(NOW)}}
-    path = str(tmp_path / "control.sock")
+@pytest.mark.parametrize("mode", sorted(KERNEL_MTU))
+def test_the_mtu_calculator_gives_the_kernels_mtu_for_every_mode(mode, capsys):
+    assert main(["mtu", mode]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[3] == str(KERNEL_MTU[mode])
+
+
+@pytest.mark.parametrize("argv, row", [
+    (["vxlan", "--ipv6-underlay"], "-               vxlan         70  1430     1390     1370"),
+    (["sit", "--underlay-mtu", "1300"], "-               sit           20  1280        -     1220"),
+    # 1300 - 24 leaves 1276: too little for IPv6.
+    (["gre", "--underlay-mtu", "1300"], "-               gre           24  1276     1236        -"),
+])
+def test_the_mtu_calculator_rows(argv, row, capsys):
+    assert main(["mtu"] + argv) == 0
+    assert capsys.readouterr().out.splitlines()[1] == row
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["ipip", "--key"], "key: an option of mode gre and gretap; mode ipip has none"),
+    (["vxlan", "--sequence"], "sequence: an option of mode gre and gretap; mode vxlan has none"),
+    (["sit", "--checksum"], "checksum: an option of mode gre and gretap; mode sit has none"),
+    (["gre", "--ipv6-underlay"], "local: an IPv6 underlay is not supported yet for gre"),
+    (["gre", "--underlay-mtu", "50"],
+     "underlay-mtu: 50: Input should be greater than or equal to 68"),
+    (["vxlan", "--underlay-mtu", "100"], "underlay-mtu: underlay MTU 100 leaves 50 bytes"),
+])
+def test_the_mtu_calculator_refuses_what_the_mode_cannot_do_naming_the_option(argv, message,
+                                                                             capsys):
+    assert main(["mtu"] + argv) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"tunnelrouter mtu: {message}")
+
+
+def test_the_mtu_calculator_knows_only_the_registered_modes(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["mtu", "geneve"])
+    assert exit_.value.code == 2 and "invalid choice: 'geneve'" in capsys.readouterr().err
+
+
+# -- show -------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def daemon(path: Path, reply: bytes | None):
+    """A control socket that answers one client with ``reply`` (None: never answers) and
+    records what the client asked."""
+    asked = []
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
-        server.bind(path)
+        server.bind(str(path))
         server.listen(1)
+        done = threading.Event()
 
         def answer():
             connection, _ = server.accept()
             with connection:
-                connection.recv(64)
-                connection.sendall(json.dumps(status).encode() + b"\n")
-        thread = threading.Thread(target=answer)
+                asked.append(connection.recv(64))
+                if reply is None:
+                    done.wait(30)
+                else:
+                    with contextlib.suppress(BrokenPipeError):
+                        connection.sendall(reply)
+        thread = threading.Thread(target=answer, daemon=True)
         thread.start()
-        assert main(["show", "--socket", path]) == 0
-        thread.join()
-    out = capsys.readouterr().out
-    assert "  mtu: 1476 (carries 1376 now)" in out
+        try:
+            yield asked
+        finally:
+            done.set()
+            thread.join(30)
+
+
+def endpoint(body: dict):
+    return endpoint_for(parse_config({"tunnels": {"t": body}}).tunnels["t"])
+
+
+def status() -> dict:
+    """What a router says about a GRE tunnel that learnt a path MTU and answered two senders,
+    and a VXLAN tunnel that learnt more MACs than `show` lists."""
+    gre = endpoint(GRE)
+    gre.wan_error(WanError(ErrorOrigin.LOCAL, 0, 0, 1400, REMOTE, memoryview(b""), 0), NOW)
+    gre.counters.icmp_sent = 2
+    vxlan = endpoint(VXLAN_TUNNEL)
+    for host in range(LEARNT):
+        frame = Ether(src=f"02:00:00:01:{host >> 8:02x}:{host & 255:02x}", dst="02:00:00:00:00:01")
+        datagram = raw(VXLAN(vni=42) / frame / IP(src="10.1.0.1", dst="10.2.0.1"))
+        batch = Batch(1).fill_from_wire([datagram], [REMOTE], [0])
+        assert vxlan.decapsulate(batch, 0, batch.views[0][:batch.ends[0]], NOW)
+    return {"uptime": 12.5, "internal_errors": 3,
+            "unattributed": {DropReason.NOT_A_PEER.label: 4},
+            "tunnels": {"gre1": gre.status(NOW) | {"device": "up"},
+                        "vx1": vxlan.status(NOW) | {"device": "down"}}}
+
+
+def test_show_asks_the_daemon_and_prints_its_status(tmp_path, capsys):
+    path = tmp_path / "control.sock"
+    with daemon(path, json.dumps(status()).encode() + b"\n") as asked:
+        assert main(["show", "--socket", str(path)]) == 0
+    assert asked == [b"show\n"]
+    out = capsys.readouterr().out.splitlines()
+    assert out[:8] == ["tunnel: gre1", "  mode: gre", "  local: 192.0.2.1", f"  peers: {REMOTE}",
+                       "  device: up", "  mtu: 1476 (carries 1376 now)",
+                       "  mss clamp: ipv4 1336, ipv6 1316", "  rx: 0 packets, 0 bytes"]
     assert f"  path mtu to {REMOTE}: 1400 (expires in 600.0 s)" in out
-    assert "  icmp sent: 2" in out and "fragments sent" not in out
+    assert "  icmp sent: 2" in out and not any("fragments sent" in line for line in out)
+    assert "  device: down" in out
+    assert f"  fdb: {LEARNT + 2} entries, the first {FDB_SHOWN} shown" in out
+    fdb = [line for line in out if line.startswith("  fdb ")]
+    assert len(fdb) == FDB_SHOWN
+    assert fdb[:3] == [f"  fdb 02:00:00:00:00:01 -> {REMOTE} (static)",
+                       f"  fdb 02:00:00:00:00:02 -> {REMOTE} (static)",
+                       f"  fdb 02:00:00:01:00:00 -> {REMOTE} (expires in 300.0 s)"]
+    assert out[-2:] == ["dropped before any tunnel, not_a_peer: 4",
+                        "internal errors: 3 (see the log)"]
+
+
+def test_show_json_prints_the_status_as_the_daemon_sent_it(tmp_path, capsys):
+    path = tmp_path / "control.sock"
+    sent = status()
+    with daemon(path, json.dumps(sent).encode() + b"\n"):
+        assert main(["show", "--json", "--socket", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out) == sent
+
+
+def test_show_one_tunnel_prints_only_that_one(tmp_path, capsys):
+    path = tmp_path / "control.sock"
+    with daemon(path, json.dumps(status()).encode()):
+        assert main(["show", "vx1", "--socket", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("tunnel: vx1\n") and "tunnel: gre1" not in out
+
+
+def test_show_of_a_tunnel_the_daemon_does_not_have_exits_1(tmp_path, capsys):
+    path = tmp_path / "control.sock"
+    with daemon(path, json.dumps(status()).encode()):
+        assert main(["show", "gre9", "--socket", str(path)]) == 1
+    assert capsys.readouterr().err == "tunnelrouter show: no tunnel 'gre9'; there are: gre1, vx1\n"
+
+
+def test_show_passes_on_what_the_daemon_refuses(tmp_path, capsys):
+    path = tmp_path / "control.sock"
+    with daemon(path, b'{"error": "unknown request"}\n'):
+        assert main(["show", "--socket", str(path)]) == 1
+    assert capsys.readouterr().err == "tunnelrouter show: the daemon says: unknown request\n"
+
+
+def test_show_where_no_socket_is_exits_69(tmp_path, capsys):
+    path = tmp_path / "absent.sock"
+    assert main(["show", "--socket", str(path)]) == 69
+    assert capsys.readouterr().err == (f"tunnelrouter show: no daemon answers on {path}: "
+                                       "No such file or directory\n")
+
+
+def test_show_where_nobody_listens_exits_69(tmp_path, capsys):
+    path = tmp_path / "stale.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stale:
+        stale.bind(str(path))   # bound, never listening: what a killed daemon leaves behind
+        assert main(["show", "--socket", str(path)]) == 69
+    assert capsys.readouterr().err == (f"tunnelrouter show: no daemon answers on {path}: "
+                                       "Connection refused\n")
+
+
+def test_show_gives_up_on_a_daemon_that_never_answers(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "SHOW_TIMEOUT", 0.2)
+    path = tmp_path / "control.sock"
+    with daemon(path, None):
+        assert main(["show", "--socket", str(path)]) == 69
+    assert capsys.readouterr().err == (f"tunnelrouter show: no daemon answers on {path}: "
+                                       "timed out\n")
+
+
+@pytest.mark.parametrize("reply", [b"hello", b"\xff\xfe\x00", b"", b'{"tunnels": ', b"\n"])
+def test_show_of_a_daemon_that_answers_garbage_exits_1(tmp_path, capsys, reply):
+    path = tmp_path / "control.sock"
+    with daemon(path, reply):
+        assert main(["show", "--socket", str(path)]) == 1
+    assert capsys.readouterr().err == (f"tunnelrouter show: the daemon on {path} sent "
+                                       f"{len(reply)} bytes that are not its status\n")
+
+
+@pytest.mark.parametrize("reply", [b"[1, 2]", b"null", b"1e999", b"{}", b'{"tunnels": []}',
+                                   b'{"tunnels": {"t": {}}, "unattributed": {}}',
+                                   b'{"tunnels": {}}'])
+def test_show_of_a_daemon_that_answers_json_that_is_no_status_exits_1(tmp_path, capsys, reply):
+    path = tmp_path / "control.sock"
+    with daemon(path, reply):
+        assert main(["show", "--socket", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"tunnelrouter show: the daemon on {path} sent ")
+
+
+def test_show_finds_the_only_socket_in_the_control_directory(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "DEFAULT_CONTROL_DIR", str(tmp_path))
+    assert main(["show"]) == 69
+    assert capsys.readouterr().err == (f"tunnelrouter show: give --socket: not exactly one "
+                                       f"socket in {tmp_path}\n")
+    with daemon(tmp_path / "site-a.sock", json.dumps(status()).encode()):
+        assert main(["show"]) == 0
+    assert capsys.readouterr().out.startswith("tunnel: gre1\n")
+
+
+def test_show_piped_into_head_exits_quietly(tmp_path):
+    path = tmp_path / "control.sock"
+    tunnel = status()["tunnels"]["gre1"]
+    # More than a pipe holds, so that the write meets the closed pipe.
+    many = {"uptime": 1.0, "unattributed": {},
+            "tunnels": {f"t{i}": tunnel for i in range(3000)}}
+    with daemon(path, json.dumps(many).encode()):
+        show = subprocess.Popen([TUNNELROUTER, "show", "--socket", str(path)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert show.stdout.readline() == b"tunnel: t0\n"
+        show.stdout.close()
+        assert show.wait(60) == 0
+    assert show.stderr.read() == b""
+
+
+def test_show_reads_a_running_routers_status(tmp_path, capsys):
+    router = Router(load_config(EXAMPLE), str(tmp_path / "control.sock"), MemorySystem())
+    router.start()
+    stop = threading.Event()
+
+    def run():
+        while not stop.is_set():
+            router.run_once(0.05)
+    loop = threading.Thread(target=run)
+    loop.start()
+    try:
+        code = main(["show", "--socket", str(tmp_path / "control.sock")])
+    finally:
+        stop.set()
+        loop.join(30)
+        router.close()
+    assert code == 0
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if line.startswith("tunnel: ")] == [
+        "tunnel: gre1", "tunnel: vx1", "tunnel: ipip1", "tunnel: six1"]
+    assert "  mtu: 1464 (carries 1464 now)" in out and "  device: up" in out

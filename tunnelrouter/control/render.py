@@ -2,6 +2,22 @@
 
 from tunnelrouter.tunnel.counters import Counters
 
+# What every tunnel's status holds, and of what type: what render_status reads.
+_TUNNEL_FIELDS = {"mode": str, "local": str, "peers": list, "mtu": int, "effective_mtu": int,
+                  "mss_clamp": (str, dict), "path_mtu": dict, "counters": dict}
+_COUNTER_FIELDS = {"rx_packets": int, "rx_bytes": int, "tx_packets": int, "tx_bytes": int,
+                   "drops": dict}
+
+
+def is_status(status) -> bool:
+    """Whether ``status`` (JSON from a control socket) has the shape of a router's status."""
+    def has(mapping, fields) -> bool:
+        return isinstance(mapping, dict) and all(
+            isinstance(mapping.get(key), kind) for key, kind in fields.items())
+    return has(status, {"tunnels": dict, "unattributed": dict}) and bool(status["tunnels"]) \
+        and all(has(tunnel, _TUNNEL_FIELDS) and has(tunnel["counters"], _COUNTER_FIELDS)
+                for tunnel in status["tunnels"].values())
+
 
 def render_status(status: dict) -> str:
     lines = []

@@ -14,8 +14,8 @@ import enum
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
-from pydantic import (BaseModel, ConfigDict, Field, IPvAnyAddress, IPvAnyInterface, IPvAnyNetwork,
-                      StrictBool, StrictInt)
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, IPvAnyAddress,
+                      IPvAnyInterface, IPvAnyNetwork, StrictBool, StrictInt)
 
 from encap.codec import Codec
 from encap.ecn import EcnMode
@@ -43,6 +43,19 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _written_as_text(example: str) -> BeforeValidator:
+    """pydantic's address types take an integer too (``167772162`` is 10.0.0.2): a number
+    in an address's place is a mistake, not an address."""
+    def check(value):
+        if not isinstance(value, str):
+            raise ValueError(f"written as text, like {example}")
+        return value
+    return BeforeValidator(check)
+
+
+Address = Annotated[IPvAnyAddress, _written_as_text("10.0.0.1 or 2001:db8::1")]
+Interface = Annotated[IPvAnyInterface, _written_as_text("192.168.1.1/24 or fd00::1/64")]
+Network = Annotated[IPvAnyNetwork, _written_as_text("10.2.0.0/16 or fd00:2::/48")]
 Inherit = Literal["inherit"]
 Port = Annotated[StrictInt, Field(ge=1, le=65535)]
 
@@ -52,7 +65,7 @@ class TunnelConfig(Strict):
     narrows ``mode`` to its name) in a subclass."""
 
     mode: str
-    local: IPvAnyAddress
+    local: Address
     # Outer header (the README's table "Outer header, MTU and ICMP" says what each does).
     ttl: Annotated[StrictInt, Field(ge=1, le=255)] | Inherit = 64
     dscp: Annotated[StrictInt, Field(ge=0, le=63)] | Inherit = 0
@@ -63,11 +76,11 @@ class TunnelConfig(Strict):
     icmp_rate_limit: Annotated[StrictInt, Field(ge=0, le=100000)] = Field(
         default=100, alias="icmp-rate-limit")
     # The device and what is routed into it.
-    addresses: tuple[IPvAnyInterface, ...] = ()
+    addresses: tuple[Interface, ...] = ()
     mtu: Annotated[StrictInt, Field(ge=68, le=65535)] | Literal["auto"] = "auto"
     underlay_mtu: Annotated[StrictInt, Field(ge=68, le=65535)] = Field(
         default=DEFAULT_UNDERLAY_MTU, alias="underlay-mtu")
-    routes: tuple[IPvAnyNetwork, ...] = ()
+    routes: tuple[Network, ...] = ()
     mss_clamp: Annotated[StrictInt, Field(ge=88, le=65535)] | Literal["auto", "off"] = Field(
         default="auto", alias="mss-clamp")
     # Not a key: the tunnel's name in ``tunnels:``, which is also its device's name.

@@ -8,13 +8,13 @@ the kernel's are; gre and gretap tunnels share the one raw socket for protocol 4
 import struct
 from typing import Annotated, Literal
 
-from pydantic import Field, IPvAnyAddress, StrictBool, StrictInt
+from pydantic import Field, StrictBool, StrictInt
 
 from encap.errors import DropReason
 from encap.gre import FLAG_CHECKSUM, FLAG_KEY, Gre, gre_key, header_length
 from encap.wire import IpProto
 
-from tunnelrouter.modes.base import Mode, TunnelConfig, Underlay, register
+from tunnelrouter.modes.base import Address, Mode, TunnelConfig, Underlay, register
 
 GRE_HEADER_MINIMUM = 4
 _FLAGS_AND_WORDS = struct.Struct("!H2xII")
@@ -22,7 +22,7 @@ _FLAGS_AND_WORDS = struct.Struct("!H2xII")
 
 class GreConfig(TunnelConfig):
     mode: Literal["gre", "gretap"]
-    remote: IPvAnyAddress
+    remote: Address
     # Symmetric, as `ip tunnel ... key K csum seq`: sent, and required on receipt.
     key: Annotated[StrictInt, Field(ge=0, le=0xFFFFFFFF)] | None = None
     sequence: StrictBool = False

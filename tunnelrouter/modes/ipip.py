@@ -7,18 +7,16 @@ tunnel per mode and pair of addresses.
 
 from typing import Literal
 
-from pydantic import IPvAnyAddress
-
 from encap.errors import DropReason
 from encap.ipip import IpInIp
 from encap.wire import IpProto
 
-from tunnelrouter.modes.base import Mode, TunnelConfig, Underlay, register
+from tunnelrouter.modes.base import Address, Mode, TunnelConfig, Underlay, register
 
 
 class IpipConfig(TunnelConfig):
     mode: Literal["ipip", "sit"]
-    remote: IPvAnyAddress
+    remote: Address
 
     @property
     def peers(self):

@@ -8,14 +8,14 @@ source address is checked afterwards, against the tunnel's remotes.
 
 from typing import Annotated, Literal
 
-from pydantic import Field, IPvAnyAddress, StrictBool, StrictInt, StrictStr, field_validator
+from pydantic import Field, StrictBool, StrictInt, StrictStr, field_validator
 
 from encap.errors import DropReason
 from encap.vxlan import FLAG_VNI, HEADER_LENGTH, VNI_MAX, Vxlan
 from encap.wire import VXLAN_PORT
 
-from tunnelrouter.modes.base import (UNREADABLE, Mode, Port, Strict, TunnelConfig, Underlay,
-                                     register)
+from tunnelrouter.modes.base import (UNREADABLE, Address, Mode, Port, Strict, TunnelConfig,
+                                     Underlay, register)
 
 # Linux's max_fdb is unlimited by default; a router facing a spoofing peer needs a bound.
 DEFAULT_MAX_FDB = 4096
@@ -27,7 +27,7 @@ _NO_VNI = UNREADABLE[DropReason.VXLAN_NO_VNI_FLAG]
 
 class StaticFdbEntry(Strict):
     mac: StrictStr
-    remote: IPvAnyAddress
+    remote: Address
 
     @field_validator("mac", mode="before")
     @classmethod
@@ -47,8 +47,8 @@ class VxlanConfig(TunnelConfig):
     mode: Literal["vxlan"]
     id: Annotated[StrictInt, Field(ge=0, le=VNI_MAX, description="the VNI")]
     port: Port = VXLAN_PORT
-    remote: IPvAnyAddress | None = None
-    remotes: tuple[IPvAnyAddress, ...] = ()
+    remote: Address | None = None
+    remotes: tuple[Address, ...] = ()
     mac_learning: StrictBool = Field(default=True, alias="mac-learning")
     ageing: Annotated[StrictInt, Field(ge=1, le=86400)] = 300
     max_fdb: Annotated[StrictInt, Field(ge=1, le=1 << 20)] = Field(default=DEFAULT_MAX_FDB,
