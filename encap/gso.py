@@ -1,0 +1,308 @@
+"""TCP segmentation and coalescing in software: what a NIC's TSO and the kernel's GRO do.
+
+A TUN/TAP device with offloads hands over a TCP *super-packet*: one IP header, one
+TCP header and up to 64 KB of payload, to be cut into segments of ``gso_size``
+payload bytes each (Linux's GSO). Carrying it whole through the tunnel core and
+cutting it only at the socket, after the outer header was written once, is what
+makes a userspace tunnel cheap per byte: one decision, one outer header and one
+system call for dozens of packets. The way back is the same in reverse: segments of
+one TCP stream that arrive one after the other are joined into one super-packet
+for the device, so that the kernel routes one packet instead of dozens.
+
+``segment_tcp`` writes the segments one after the other at a fixed stride, the
+layout a UDP socket's GSO (``UDP_SEGMENT``) and ``sendmmsg`` both take;
+``coalesce_tcp`` joins what may be joined (the rules of Linux's ``tcp_gro_receive``)
+and copies the rest as it is. ``finish_checksum`` completes a checksum the sender
+left partial (``CHECKSUM_PARTIAL``). The module ``encap._gso`` (C, built by
+``make`` where a compiler is found) does the same faster; this file is the
+reference it is tested against, and the fallback where it is missing.
+
+Device packets are input from outside: what does not parse raises ``DecodeError``.
+"""
+
+import struct
+
+from encap.checksum import internet_checksum, ones_complement_sum, pseudo_header_sum
+from encap.errors import DecodeError, DropReason
+from encap.wire import IpProto
+
+TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK, TCP_URG, TCP_ECE, TCP_CWR = (
+    0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80)
+MAX_COALESCED = 0xFFFF       # an IPv4 total length, an IPv6 payload length
+_IPV4_LENGTH_ID = struct.Struct("!HH")
+_IPV4_CHECKSUM_AT = 10
+_TCP_SEQUENCE = struct.Struct("!I")
+_TCP_CHECKSUM_AT = 16
+_U16 = struct.Struct("!H")
+# What two segments of one stream share, compared as bytes: IPv4 TOS, flags and
+# fragment offset, TTL, protocol, addresses (not length, identification, checksum);
+# IPv6 all but the payload length.
+_IPV4_SHARED = ((1, 2), (6, 10), (12, 20))
+_IPV6_SHARED = ((0, 4), (6, 40))
+
+
+def _malformed() -> DecodeError:
+    return DecodeError(DropReason.INNER_MALFORMED)
+
+
+def _inner_layout(packet, inner_ip: int, transport: int) -> tuple[int, int]:
+    """``(version, TCP header end)`` of the TCP packet at ``inner_ip``; DecodeError if
+    it is not one whose headers fit."""
+    length = len(packet)
+    if not 0 <= inner_ip < transport <= length - 20:
+        raise _malformed()
+    version = packet[inner_ip] >> 4
+    if version == 4:
+        if transport != inner_ip + (packet[inner_ip] & 0x0F) * 4 or \
+                packet[inner_ip + 9] != IpProto.TCP:
+            raise _malformed()
+    elif version == 6:
+        if transport < inner_ip + 40:
+            raise _malformed()
+    else:
+        raise _malformed()
+    header_end = transport + (packet[transport + 12] >> 4) * 4
+    if not transport + 20 <= header_end <= length:
+        raise _malformed()
+    return version, header_end
+
+
+def _pseudo_sum(packet, inner_ip: int, version: int, tcp_length: int) -> int:
+    if version == 4:
+        return pseudo_header_sum(packet[inner_ip + 12:inner_ip + 16],
+                                 packet[inner_ip + 16:inner_ip + 20], IpProto.TCP, tcp_length)
+    return pseudo_header_sum(packet[inner_ip + 8:inner_ip + 24],
+                             packet[inner_ip + 24:inner_ip + 40], IpProto.TCP, tcp_length)
+
+
+def _set_ipv4_length(buf, at: int, total_length: int, identification: int) -> None:
+    """An IPv4 header's total length and identification, and its checksum made anew."""
+    _IPV4_LENGTH_ID.pack_into(buf, at + 2, total_length, identification)
+    buf[at + _IPV4_CHECKSUM_AT:at + _IPV4_CHECKSUM_AT + 2] = b"\0\0"
+    header_end = at + (buf[at] & 0x0F) * 4
+    _U16.pack_into(buf, at + _IPV4_CHECKSUM_AT, internet_checksum(buf[at:header_end]))
+
+
+def segment_count(payload: int, gso_size: int) -> int:
+    """How many segments ``payload`` bytes make at ``gso_size`` bytes each (at least one)."""
+    return max(1, -(-payload // gso_size))
+
+
+def segment_tcp(datagram, inner_ip: int, transport: int, gso_size: int, outer_ipv4: bool,
+                arena) -> tuple[int, int, int]:
+    """Cut ``datagram`` into segments of ``gso_size`` payload bytes, written into ``arena``
+    one after the other at a stride of (headers + ``gso_size``) bytes.
+
+    ``datagram`` is a prefix (the tunnel's outer headers, an inner Ethernet header),
+    then an IPv4 or IPv6 TCP packet at ``inner_ip`` whose TCP header is at
+    ``transport``. Every segment gets the prefix, with the outer IPv4 header at its
+    start (``outer_ipv4``) given the segment's length, the next identification and its
+    checksum; the inner IP header with its own length (IPv4: the next identification
+    and checksum); the TCP header with its sequence number, CWR on the first segment
+    only, FIN and PSH on the last only, and a full checksum.
+
+    Returns ``(count, stride, last_length)``; the last segment may be shorter.
+    """
+    version, header_end = _inner_layout(datagram, inner_ip, transport)
+    if gso_size < 1 or (outer_ipv4 and (inner_ip < 20 or datagram[0] >> 4 != 4)):
+        raise _malformed()
+    payload = len(datagram) - header_end
+    count = segment_count(payload, gso_size)
+    stride = header_end + gso_size
+    last_length = header_end + payload - (count - 1) * gso_size
+    if len(arena) < (count - 1) * stride + last_length:
+        raise ValueError(f"the arena holds {len(arena)} bytes; {count} segments need more")
+    flags = datagram[transport + 13]
+    sequence = _TCP_SEQUENCE.unpack_from(datagram, transport + 4)[0]
+    inner_id = _IPV4_LENGTH_ID.unpack_from(datagram, inner_ip + 2)[1] if version == 4 else 0
+    outer_id = _IPV4_LENGTH_ID.unpack_from(datagram, 2)[1] if outer_ipv4 else 0
+    for k in range(count):
+        at = k * stride
+        length = stride if k < count - 1 else last_length
+        arena[at:at + header_end] = datagram[:header_end]
+        arena[at + header_end:at + length] = datagram[header_end + k * gso_size:
+                                                      header_end + k * gso_size + length
+                                                      - header_end]
+        if outer_ipv4:
+            _set_ipv4_length(arena, at, length, (outer_id + k) & 0xFFFF)
+        if version == 4:
+            _set_ipv4_length(arena, at + inner_ip, length - inner_ip, (inner_id + k) & 0xFFFF)
+        else:
+            _U16.pack_into(arena, at + inner_ip + 4, length - inner_ip - 40)
+        _TCP_SEQUENCE.pack_into(arena, at + transport + 4, (sequence + k * gso_size) & 0xFFFFFFFF)
+        segment_flags = flags
+        if k > 0:
+            segment_flags &= ~TCP_CWR
+        if k < count - 1:
+            segment_flags &= ~(TCP_FIN | TCP_PSH)
+        arena[at + transport + 13] = segment_flags
+        checksum_at = at + transport + _TCP_CHECKSUM_AT
+        arena[checksum_at:checksum_at + 2] = b"\0\0"
+        tcp_length = length - transport
+        _U16.pack_into(arena, checksum_at, internet_checksum(
+            arena[at + transport:at + length],
+            _pseudo_sum(arena, at + inner_ip, version, tcp_length)))
+    return count, stride, last_length
+
+
+def finish_checksum(packet, checksum_start: int, checksum_offset: int) -> None:
+    """Complete a checksum left partial: the field at ``checksum_start + checksum_offset``
+    holds the pseudo-header sum, and the checksum covers ``packet[checksum_start:]``."""
+    field = checksum_start + checksum_offset
+    if not 0 <= checksum_start <= field <= len(packet) - 2:
+        raise _malformed()
+    checksum = internet_checksum(packet[checksum_start:])
+    if checksum == 0 and checksum_offset == 6:
+        checksum = 0xFFFF   # UDP sends a computed zero as all ones (RFC 768)
+    _U16.pack_into(packet, field, checksum)
+
+
+# -- coalescing ---------------------------------------------------------------------------
+
+class _Segment:
+    """What coalescing needs of one packet: None fields when it cannot take part."""
+
+    __slots__ = ("version", "transport", "header_end", "sequence", "flags")
+
+
+def _joinable(packet, l2: int) -> _Segment | None:
+    """The layout of ``packet`` if it is a TCP segment that may be joined to others: a data
+    segment (ACK, maybe PSH), no IPv4 options or fragments, no IPv6 extension headers,
+    exact lengths and a valid checksum."""
+    length = len(packet)
+    if length < l2 + 40:
+        return None
+    version = packet[l2] >> 4
+    if version == 4:
+        if packet[l2] != 0x45 or packet[l2 + 9] != IpProto.TCP or packet[l2 + 6] & 0x3F or \
+                packet[l2 + 7] or _U16.unpack_from(packet, l2 + 2)[0] != length - l2:
+            return None
+        transport = l2 + 20
+        tcp_length = length - transport
+    elif version == 6:
+        if length < l2 + 60 or packet[l2 + 6] != IpProto.TCP or \
+                _U16.unpack_from(packet, l2 + 4)[0] != length - l2 - 40:
+            return None
+        transport = l2 + 40
+        tcp_length = length - transport
+    else:
+        return None
+    header_end = transport + (packet[transport + 12] >> 4) * 4
+    flags = packet[transport + 13]
+    if header_end < transport + 20 or header_end >= length or flags & ~TCP_PSH != TCP_ACK:
+        return None
+    if ones_complement_sum(packet[transport:], _pseudo_sum(packet, l2, version, tcp_length)) \
+            != 0xFFFF:
+        return None
+    segment = _Segment()
+    segment.version, segment.transport, segment.header_end, segment.flags = \
+        version, transport, header_end, flags
+    segment.sequence = _TCP_SEQUENCE.unpack_from(packet, transport + 4)[0]
+    return segment
+
+
+def _same_stream(first, first_segment: _Segment, packet, segment: _Segment, l2: int) -> bool:
+    """Whether ``packet`` has every header field of ``first`` that a super-packet keeps."""
+    if segment.version != first_segment.version or \
+            segment.header_end != first_segment.header_end or \
+            first[:l2] != packet[:l2]:
+        return False
+    for start, end in (_IPV4_SHARED if segment.version == 4 else _IPV6_SHARED):
+        if first[l2 + start:l2 + end] != packet[l2 + start:l2 + end]:
+            return False
+    transport = segment.transport
+    # Ports; then acknowledgement, data offset and window; then the options: all equal.
+    return first[transport:transport + 4] == packet[transport:transport + 4] and \
+        first[transport + 8:transport + 13] == packet[transport + 8:transport + 13] and \
+        first[transport + 14:transport + 16] == packet[transport + 14:transport + 16] and \
+        first[transport + 20:segment.header_end] == packet[transport + 20:segment.header_end]
+
+
+def coalesce_tcp(packets, count: int, l2: int, arena, headroom: int) -> list[tuple[int, int, int,
+                                                                                     int]]:
+    """Copy ``packets[:count]`` into ``arena``, joining consecutive segments of one TCP
+    stream into super-packets, with ``headroom`` bytes left free before each.
+
+    ``l2`` is the length of the link header in front of each IP packet (14 on TAP).
+    Returns one ``(start, end, gso_size, transport)`` per packet written: a
+    super-packet has the gso_size of its segments (every one but the last that
+    size), the length of the whole in its IP header, and in its TCP checksum field
+    the pseudo-header sum to complete (``CHECKSUM_PARTIAL`` at ``transport``, offset
+    16); anything else is copied as it was, with gso_size 0.
+    """
+    runs: list[tuple[int, int, int, int]] = []
+    at = 0
+    i = 0
+    while i < count:
+        first = packets[i]
+        start = at + headroom
+        end = start + len(first)
+        arena[start:end] = first
+        at = end
+        i += 1
+        first_segment = _joinable(first, l2)
+        if first_segment is None:
+            runs.append((start, end, 0, 0))
+            continue
+        size = len(first) - first_segment.header_end
+        next_sequence = (first_segment.sequence + size) & 0xFFFFFFFF
+        flags = first_segment.flags
+        joined = 1
+        while i < count and not flags & TCP_PSH:
+            packet = packets[i]
+            segment = _joinable(packet, l2)
+            added = len(packet) - first_segment.header_end if segment is not None else 0
+            if segment is None or segment.sequence != next_sequence or added > size or \
+                    end + added - start - l2 > MAX_COALESCED + (
+                        40 if first_segment.version == 6 else 0) or \
+                    not _same_stream(first, first_segment, packet, segment, l2):
+                break
+            arena[end:end + added] = packet[segment.header_end:]
+            end += added
+            at = end
+            next_sequence = (next_sequence + added) & 0xFFFFFFFF
+            flags |= segment.flags
+            joined += 1
+            i += 1
+            if added < size:
+                break  # a short segment ends the super-packet, as it ends a burst
+        if joined == 1:
+            runs.append((start, end, 0, 0))
+            continue
+        transport = start + first_segment.transport
+        if first_segment.version == 4:
+            _set_ipv4_length(arena, start + l2, end - start - l2,
+                             _IPV4_LENGTH_ID.unpack_from(arena, start + l2 + 2)[1])
+        else:
+            _U16.pack_into(arena, start + l2 + 4, end - start - l2 - 40)
+        arena[transport + 13] = flags
+        # CHECKSUM_PARTIAL: the field holds the pseudo-header sum, folded, not inverted.
+        _U16.pack_into(arena, transport + _TCP_CHECKSUM_AT, _pseudo_sum(
+            arena, start + l2, first_segment.version, end - transport))
+        runs.append((start, end, size, first_segment.transport))
+    return runs
+
+
+# -- the accelerator ----------------------------------------------------------------------
+
+PYTHON = (segment_tcp, finish_checksum, coalesce_tcp)   # the reference, kept for the tests
+
+try:
+    from encap import _gso
+except ImportError:   # built without a C compiler: the reference serves
+    _gso = None
+
+ACCELERATED = _gso is not None
+
+if _gso is not None:
+    def segment_tcp(datagram, inner_ip, transport, gso_size, outer_ipv4, arena):  # noqa: F811
+        result = _gso.segment_tcp(datagram, inner_ip, transport, gso_size, outer_ipv4, arena)
+        if result is None:
+            raise _malformed()
+        return result
+
+    def finish_checksum(packet, checksum_start, checksum_offset):  # noqa: F811
+        if not _gso.finish_checksum(packet, checksum_start, checksum_offset):
+            raise _malformed()
+
+    coalesce_tcp = _gso.coalesce_tcp  # noqa: F811

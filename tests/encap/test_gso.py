@@ -1,0 +1,340 @@
+"""TCP segmentation and coalescing (encap.gso): what TSO cuts, scapy reads as the segments a
+sender would have sent; what GRO joins, TSO cuts back into the same segments; and the C
+accelerator gives the reference's bytes and verdicts for any input."""
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from scapy.layers.inet import GRE, IP, TCP
+from scapy.layers.inet6 import IPv6
+from scapy.layers.l2 import Ether
+from scapy.layers.vxlan import VXLAN
+
+from encap import gso
+from encap.checksum import pseudo_header_sum
+from encap.errors import DecodeError, DropReason
+from encap.gso import segment_count
+from encap.wire import IpProto
+
+from tests.encap.strategies import mutated
+
+IMPLEMENTATIONS = [pytest.param(gso.PYTHON, id="python")] + (
+    [pytest.param((gso.segment_tcp, gso.finish_checksum, gso.coalesce_tcp), id="c")]
+    if gso.ACCELERATED else [])
+TIMESTAMPS = [("NOP", None), ("NOP", None), ("Timestamp", (1000, 2000))]
+PROPERTY = settings(max_examples=150, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+def tcp_packet(version: int, payload: bytes, flags: str = "A", seq: int = 1000,
+               options=TIMESTAMPS, ip_id: int = 7, tos: int = 0, src: str = "10.1.1.1") -> bytes:
+    """An IP + TCP packet as the sending host's stack builds it, every checksum valid."""
+    tcp = TCP(sport=40000, dport=5201, seq=seq, ack=99, flags=flags, window=512,
+              options=options)
+    ip = IP(src=src, dst="10.2.1.1", id=ip_id, flags="DF", tos=tos) if version == 4 \
+        else IPv6(src="fd01::1", dst="fd02::1", tc=tos)
+    return bytes(ip / tcp / payload)
+
+
+def parsed(packet: bytes):
+    return IP(packet) if packet[0] >> 4 == 4 else IPv6(packet)
+
+
+def checksums_valid(packet: bytes) -> bool:
+    """scapy's verdict: rebuild without the checksums and compare."""
+    layer = parsed(packet)
+    stored = [layer[TCP].chksum] + ([layer.chksum] if packet[0] >> 4 == 4 else [])
+    del layer[TCP].chksum
+    if packet[0] >> 4 == 4:
+        del layer.chksum
+    rebuilt = parsed(bytes(layer))
+    return stored == [rebuilt[TCP].chksum] + ([rebuilt.chksum] if packet[0] >> 4 == 4 else [])
+
+
+def cut(implementation, datagram: bytes, inner_ip: int, gso_size: int, outer_ipv4=False):
+    segment = implementation[0]
+    transport = inner_ip + (20 if datagram[inner_ip] >> 4 == 4 else 40)
+    arena = bytearray(len(datagram) * 2 + 4096)
+    count, stride, last = segment(datagram, inner_ip, transport, gso_size, outer_ipv4, arena)
+    return [bytes(arena[k * stride:k * stride + (stride if k < count - 1 else last)])
+            for k in range(count)]
+
+
+def super_packet(version: int, payload: bytes, flags: str = "A", **keywords) -> bytes:
+    """What a TUN device with TSO hands over: the headers of the first segment, all the
+    payload, lengths of the whole (the TCP checksum is the kernel's partial one there,
+    which segmentation ignores)."""
+    return tcp_packet(version, payload, flags, **keywords)
+
+
+# -- segmentation ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("version", [4, 6])
+def test_a_super_packet_is_cut_into_the_segments_the_sender_would_have_sent(implementation,
+                                                                              version):
+    payload = bytes(range(256)) * 20   # 5120 bytes: 3 full segments of 1448 and 776
+    segments = cut(implementation, super_packet(version, payload, "PA"), 0, 1448)
+    assert segments == [tcp_packet(version, payload[k * 1448:(k + 1) * 1448],
+                                   "PA" if k == 3 else "A", seq=1000 + k * 1448,
+                                   ip_id=7 + k) for k in range(4)]
+    assert all(checksums_valid(segment) for segment in segments)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_cwr_stays_on_the_first_segment_and_fin_goes_to_the_last(implementation):
+    segments = cut(implementation, super_packet(4, bytes(3000), "FPAC"), 0, 1000)
+    assert [str(parsed(s)[TCP].flags) for s in segments] == ["AC", "A", "FPA"]
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_a_packet_no_larger_than_one_segment_is_one_segment_with_its_checksum_made(
+        implementation):
+    packet = bytearray(tcp_packet(6, b"hello"))
+    packet[56:58] = b"\x12\x34"   # the partial checksum a TUN device hands over
+    [segment] = cut(implementation, bytes(packet), 0, 1448)
+    assert segment == tcp_packet(6, b"hello")
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_gre_segments_get_their_own_outer_length_identification_and_checksum(implementation):
+    inner = super_packet(4, bytes(4000))
+    outer = IP(src="10.99.1.1", dst="10.99.2.1", id=300, flags="DF", ttl=64) / GRE(
+        proto=0x0800, key_present=1, key=42)
+    datagram = bytes(outer / IP(inner))
+    segments = cut(implementation, datagram, 28, 1448, outer_ipv4=True)
+    assert len(segments) == 3
+    for k, segment in enumerate(segments):
+        packet = IP(segment)
+        assert packet.id == 300 + k and packet.len == len(segment) and packet[GRE].key == 42
+        rebuilt = IP(segment)
+        del rebuilt.chksum
+        assert IP(bytes(rebuilt)).chksum == packet.chksum
+        assert checksums_valid(bytes(packet[GRE].payload))
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_vxlan_segments_repeat_the_vxlan_and_ethernet_headers(implementation):
+    frame = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(
+        super_packet(4, bytes(range(200)) * 15)))
+    datagram = bytes(VXLAN(flags=0x08, vni=4242)) + frame
+    segments = cut(implementation, datagram, 22, 1400)
+    assert [len(s) for s in segments] == [8 + 14 + 52 + 1400] * 2 + [8 + 14 + 52 + 200]
+    for segment in segments:
+        vxlan = VXLAN(segment)
+        assert vxlan.vni == 4242 and vxlan[Ether].dst == "02:00:00:00:00:02"
+        assert checksums_valid(segment[22:])
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("datagram, inner_ip, transport", [
+    (b"", 0, 20),
+    (bytes(tcp_packet(4, b"x"))[:30], 0, 20),          # TCP header cut short
+    (bytes(IP(proto=17) / bytes(40)), 0, 20),          # not TCP
+    (bytes(tcp_packet(4, b"x")), 0, 24),               # transport is not after the header
+    (bytes(tcp_packet(6, b"x")), 0, 20),               # inside the IPv6 header
+    (b"\x55" + bytes(59), 0, 20),                      # IP version 5
+    (bytes(tcp_packet(4, b"x")), -4, 20),
+])
+def test_what_does_not_parse_is_a_decode_error(implementation, datagram, inner_ip, transport):
+    with pytest.raises(DecodeError) as raised:
+        implementation[0](datagram, inner_ip, transport, 1000, False, bytearray(4096))
+    assert raised.value.reason is DropReason.INNER_MALFORMED
+
+
+def test_segment_count_rounds_up_and_is_never_zero():
+    assert [segment_count(n, 1000) for n in (0, 1, 1000, 1001, 3000)] == [1, 1, 1, 2, 3]
+
+
+# -- finishing a partial checksum -----------------------------------------------------------
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("version", [4, 6])
+def test_a_partial_checksum_is_finished_as_the_sender_would_have(implementation, version):
+    packet = tcp_packet(version, b"payload" * 100)
+    start = 20 if version == 4 else 40
+    partial = bytearray(packet)
+    # The kernel leaves the pseudo-header sum, folded and not inverted, in the field.
+    source, destination = (packet[12:16], packet[16:20]) if version == 4 else \
+        (packet[8:24], packet[24:40])
+    partial[start + 16:start + 18] = pseudo_header_sum(
+        source, destination, IpProto.TCP, len(packet) - start).to_bytes(2, "big")
+    implementation[1](partial, start, 16)
+    assert bytes(partial) == packet
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_a_udp_checksum_that_comes_to_zero_is_sent_as_all_ones(implementation):
+    # Words summing to 0xffff: the checksum is 0, which UDP says as 0xffff (RFC 768).
+    packet = bytearray(b"\xff\xff\x00\x00")
+    implementation[1](packet, 0, 2)
+    assert packet[2:4] == b"\x00\x00"           # not UDP: 0 stays 0
+    packet = bytearray(b"\x00\x00\x00\x00\x00\x00\x00\x00\xff\xff")
+    implementation[1](packet, 0, 6)
+    assert packet[6:8] == b"\xff\xff"
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("start, offset", [(-1, 16), (0, 99), (50, 0)])
+def test_a_checksum_field_outside_the_packet_is_a_decode_error(implementation, start, offset):
+    with pytest.raises(DecodeError):
+        implementation[1](bytearray(40), start, offset)
+
+
+# -- coalescing -----------------------------------------------------------------------------
+
+def join(implementation, packets, l2: int = 0, headroom: int = 10):
+    arena = bytearray(sum(map(len, packets)) + headroom * len(packets) + 64)
+    runs = implementation[2](packets, len(packets), l2, arena, headroom)
+    return [(bytes(arena[start:end]), size, transport) for start, end, size, transport in runs]
+
+
+def stream(version: int, sizes, flags=None, seq: int = 1000) -> list[bytes]:
+    """Consecutive segments of one stream, as they arrive from the peer."""
+    packets = []
+    for k, size in enumerate(sizes):
+        packets.append(tcp_packet(version, bytes([k]) * size, (flags or {}).get(k, "A"),
+                                  seq=seq, ip_id=7 + k))
+        seq += size
+    return packets
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("version", [4, 6])
+def test_consecutive_segments_of_a_stream_become_one_super_packet_that_cuts_back_into_them(
+        implementation, version):
+    segments = stream(version, [1448, 1448, 1448, 500], {3: "PA"})
+    [(joined, size, transport)] = join(implementation, segments)
+    assert (size, transport) == (1448, 20 if version == 4 else 40)
+    layer = parsed(joined)
+    assert bytes(layer[TCP].payload) == b"".join(bytes(parsed(s)[TCP].payload) for s in segments)
+    assert str(layer[TCP].flags) == "PA"
+    assert (layer.len if version == 4 else layer.plen + 40) == len(joined)
+    assert cut(implementation, joined, 0, size) == segments
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_on_tap_the_ethernet_header_is_kept_and_must_match(implementation):
+    ether = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02", type=0x0800))
+    segments = [ether + s for s in stream(4, [1000, 1000])]
+    [(joined, size, transport)] = join(implementation, segments, l2=14)
+    assert joined[:14] == ether and (size, transport) == (1000, 34)
+    other = bytes(Ether(src="02:00:00:00:00:03", dst="02:00:00:00:00:02", type=0x0800))
+    assert [size for _, size, _ in join(implementation, [segments[0], other + segments[1][14:]],
+                                        l2=14)] == [0, 0]
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("why, packets", [
+    ("a gap in the sequence", stream(4, [1000]) + stream(4, [1000], seq=3000)),
+    ("a SYN", [tcp_packet(4, b"x" * 100, "S")] + stream(4, [100], seq=1100)),
+    ("a FIN", stream(4, [100], {0: "FA"}) + stream(4, [100], seq=1100)),
+    ("another flow", stream(4, [100]) + [tcp_packet(4, b"y" * 100, seq=1100, src="10.1.1.9")]),
+    ("other options", stream(4, [100]) + [tcp_packet(4, b"y" * 100, seq=1100,
+                                                     options=[("NOP", None)] * 12)]),
+    ("a larger second segment", stream(4, [100, 200])),
+    ("a pure ACK", stream(4, [100]) + [tcp_packet(4, b"", seq=1100)]),
+    ("another TOS", stream(4, [100]) + [tcp_packet(4, b"y" * 100, seq=1100, tos=3)]),
+    ("not TCP", [bytes(IP(src="10.1.1.1", dst="10.2.1.1", proto=17) / bytes(100))] * 2),
+])
+def test_what_may_not_be_joined_is_copied_as_it_came(implementation, why, packets):
+    assert join(implementation, packets) == [(packet, 0, 0) for packet in packets]
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_a_segment_with_a_bad_checksum_is_never_joined_but_passed_on_for_the_kernel_to_drop(
+        implementation):
+    packets = stream(4, [100, 100, 100])
+    bad = bytearray(packets[1])
+    bad[-1] ^= 0xFF
+    packets[1] = bytes(bad)
+    assert [size for _, size, _ in join(implementation, packets)] == [0, 0, 0]
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_psh_and_a_short_segment_each_end_a_super_packet(implementation):
+    runs = join(implementation, stream(4, [500, 500, 500, 300, 500, 500], {1: "PA"}, seq=0))
+    assert [(size, len(parsed(packet)[TCP].payload)) for packet, size, _ in runs] == [
+        (500, 1000), (500, 800), (500, 1000)]
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_a_super_packet_never_grows_past_64_kib(implementation):
+    runs = join(implementation, stream(4, [1448] * 60))
+    assert all(len(packet) <= 0xFFFF for packet, _, _ in runs)
+    assert sum(len(parsed(packet)[TCP].payload) for packet, _, _ in runs) == 60 * 1448
+    assert len(runs) == 2
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_the_joined_checksum_is_the_pseudo_header_sum_the_kernel_completes(implementation):
+    [(joined, _, transport)] = join(implementation, stream(4, [100, 100]))
+    finished = bytearray(joined)
+    implementation[1](finished, transport, 16)
+    assert checksums_valid(bytes(finished))
+
+
+# -- the accelerator against the reference --------------------------------------------------
+
+needs_accelerator = pytest.mark.skipif(not gso.ACCELERATED, reason="encap._gso was not built")
+
+
+@needs_accelerator
+@PROPERTY
+@given(version=st.sampled_from([4, 6]), payload=st.binary(max_size=9000),
+       gso_size=st.integers(1, 3000), flags=st.sampled_from(["A", "PA", "FA", "AC", "FPAEC"]),
+       prefix=st.sampled_from([b"", bytes(8) + bytes(14)]))
+def test_c_cuts_exactly_as_the_reference(version, payload, gso_size, flags, prefix):
+    datagram = prefix + super_packet(version, payload, flags)
+    outputs = []
+    for implementation in (gso.PYTHON, (gso.segment_tcp,)):
+        outputs.append(cut(implementation, datagram, len(prefix), gso_size))
+    assert outputs[0] == outputs[1]
+
+
+def reference_verdict(function, *args):
+    try:
+        return function(*args)
+    except DecodeError as error:
+        return error.reason
+
+
+@needs_accelerator
+@PROPERTY
+@given(datagram=mutated(st.builds(lambda v, p: super_packet(v, p), st.sampled_from([4, 6]),
+                                  st.binary(max_size=3000))),
+       inner_ip=st.integers(-2, 30), transport=st.integers(0, 80), gso_size=st.integers(0, 2000),
+       outer_ipv4=st.booleans())
+def test_c_and_the_reference_agree_on_any_bytes(datagram, inner_ip, transport, gso_size,
+                                                outer_ipv4):
+    results = []
+    for segment in (gso.PYTHON[0], gso.segment_tcp):
+        arena = bytearray(8 * len(datagram) + 70000)
+        verdict = reference_verdict(segment, datagram, inner_ip, transport, gso_size,
+                                    outer_ipv4, arena)
+        results.append((verdict, bytes(arena) if isinstance(verdict, tuple) else None))
+    assert results[0] == results[1]
+
+
+@needs_accelerator
+@PROPERTY
+@given(data=st.data())
+def test_c_joins_exactly_as_the_reference(data):
+    version = data.draw(st.sampled_from([4, 6]))
+    sizes = data.draw(st.lists(st.integers(1, 1500), min_size=1, max_size=12))
+    packets = stream(version, sizes, {k: data.draw(st.sampled_from(["A", "PA", "FA", "SA"]))
+                                      for k in range(len(sizes))})
+    packets = [data.draw(st.one_of(st.just(p), mutated(st.just(p)))) for p in packets]
+    assume(all(packets))
+    assert join(gso.PYTHON, packets) == join((None, None, gso.coalesce_tcp), packets)
+
+
+@needs_accelerator
+@PROPERTY
+@given(packet=st.binary(max_size=200), start=st.integers(-2, 210), offset=st.integers(0, 20))
+def test_c_finishes_checksums_exactly_as_the_reference(packet, start, offset):
+    results = []
+    for finish in (gso.PYTHON[1], gso.finish_checksum):
+        buffer = bytearray(packet)
+        results.append((reference_verdict(finish, buffer, start, offset), bytes(buffer)))
+    assert results[0] == results[1]
