@@ -323,7 +323,8 @@ static PyObject *coalesce_tcp(PyObject *self, PyObject *args) {
                 transport = f.transport;
             }
         }
-        PyObject *run = Py_BuildValue("nnnn", start, end, joined > 1 ? size : 0, transport);
+        PyObject *run = Py_BuildValue("nnnni", start, end, joined > 1 ? size : 0, transport,
+                                      joined);
         if (run == NULL || PyList_Append(runs, run) < 0) {
             Py_XDECREF(run);
             goto fail;
@@ -351,7 +352,8 @@ static PyMethodDef methods[] = {
     {"finish_checksum", finish_checksum, METH_VARARGS,
      "finish_checksum(packet, start, offset) -> False if the offsets do not fit"},
     {"coalesce_tcp", coalesce_tcp, METH_VARARGS,
-     "coalesce_tcp(packets, count, l2, arena, headroom) -> [(start, end, gso_size, transport)]"},
+     "coalesce_tcp(packets, count, l2, arena, headroom) -> "
+     "[(start, end, gso_size, transport, joined)]"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -218,19 +218,20 @@ def _same_stream(first, first_segment: _Segment, packet, segment: _Segment, l2: 
         first[transport + 20:segment.header_end] == packet[transport + 20:segment.header_end]
 
 
-def coalesce_tcp(packets, count: int, l2: int, arena, headroom: int) -> list[tuple[int, int, int,
-                                                                                     int]]:
+def coalesce_tcp(packets, count: int, l2: int, arena,
+                 headroom: int) -> list[tuple[int, int, int, int, int]]:
     """Copy ``packets[:count]`` into ``arena``, joining consecutive segments of one TCP
     stream into super-packets, with ``headroom`` bytes left free before each.
 
     ``l2`` is the length of the link header in front of each IP packet (14 on TAP).
-    Returns one ``(start, end, gso_size, transport)`` per packet written: a
+    Returns one ``(start, end, gso_size, transport, joined)`` per packet written: a
     super-packet has the gso_size of its segments (every one but the last that
     size), the length of the whole in its IP header, and in its TCP checksum field
     the pseudo-header sum to complete (``CHECKSUM_PARTIAL`` at ``transport``, offset
-    16); anything else is copied as it was, with gso_size 0.
+    16), and says how many packets it joined; anything else is copied as it was,
+    with gso_size 0.
     """
-    runs: list[tuple[int, int, int, int]] = []
+    runs: list[tuple[int, int, int, int, int]] = []
     at = 0
     i = 0
     while i < count:
@@ -242,7 +243,7 @@ def coalesce_tcp(packets, count: int, l2: int, arena, headroom: int) -> list[tup
         i += 1
         first_segment = _joinable(first, l2)
         if first_segment is None:
-            runs.append((start, end, 0, 0))
+            runs.append((start, end, 0, 0, 1))
             continue
         size = len(first) - first_segment.header_end
         next_sequence = (first_segment.sequence + size) & 0xFFFFFFFF
@@ -267,7 +268,7 @@ def coalesce_tcp(packets, count: int, l2: int, arena, headroom: int) -> list[tup
             if added < size:
                 break  # a short segment ends the super-packet, as it ends a burst
         if joined == 1:
-            runs.append((start, end, 0, 0))
+            runs.append((start, end, 0, 0, 1))
             continue
         transport = start + first_segment.transport
         if first_segment.version == 4:
@@ -279,7 +280,7 @@ def coalesce_tcp(packets, count: int, l2: int, arena, headroom: int) -> list[tup
         # CHECKSUM_PARTIAL: the field holds the pseudo-header sum, folded, not inverted.
         _U16.pack_into(arena, transport + _TCP_CHECKSUM_AT, _pseudo_sum(
             arena, start + l2, first_segment.version, end - transport))
-        runs.append((start, end, size, first_segment.transport))
+        runs.append((start, end, size, first_segment.transport, joined))
     return runs
 
 

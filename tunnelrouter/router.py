@@ -33,13 +33,15 @@ from tunnelrouter.io.loop import EPOLLERR, Loop
 from tunnelrouter.io.system import System
 from tunnelrouter.io.underlay import UnderlaySocket
 from tunnelrouter.modes import TunnelConfig, Underlay
-from tunnelrouter.tunnel.batch import Batch
+from tunnelrouter.tunnel.batch import BATCH_SIZE, BUFFER_SIZE, VNET_HEADER_LENGTH, Batch
 from tunnelrouter.tunnel.counters import Counters
 from tunnelrouter.tunnel.endpoint import Demux, Endpoint, endpoint_for
 
 log = logging.getLogger("tunnelrouter")
 
 TICK = 1.0
+# Segments cut from one 64 KB super-packet, each with its own headers, at an MSS of 48.
+SEGMENTS_SCRATCH = 512 << 10
 RESTORE_FIRST, RESTORE_LONGEST = 1.0, 30.0   # seconds between attempts to remake a device
 
 
@@ -91,8 +93,10 @@ class Router:
         self.links = None
         self.control: ControlServer | None = None
         self._claims: list = []
-        self._device_batch = Batch()
-        self._wire_batch = Batch()
+        # Scratch: room to cut a super-packet into segments, or to join a whole batch.
+        self._device_batch = Batch(scratch_size=SEGMENTS_SCRATCH)
+        self._wire_batch = Batch(scratch_size=BATCH_SIZE * (BUFFER_SIZE + VNET_HEADER_LENGTH))
+        self._delivery: list = []   # the packets of one wire batch for one device
         self._warned: set[tuple] = set()
         self.started = time.monotonic()
 
@@ -193,7 +197,8 @@ class Router:
     def _make_device(self, tunnel: _Tunnel) -> None:
         """Create the tunnel's device, program it, and watch it."""
         config = tunnel.config
-        device = self.system.device(config.name, config.kind.ethernet)
+        device = self.system.device(config.name, config.kind.ethernet,
+                                    tunnel.endpoint.super_packets)
         try:
             self.netlink.program_device(config)
             tunnel.index = self.netlink.index(config.name)
@@ -282,7 +287,7 @@ class Router:
             endpoint.counters
 
         def on_device(_events: int) -> None:
-            if device.read_batch(batch):
+            if device.read_batch(batch, counters):
                 encapsulate(batch, time.monotonic())
                 send_batch(batch, counters)
                 if endpoint.outbox:
@@ -293,27 +298,44 @@ class Router:
         return on_device
 
     def _wire_handler(self, end: tuple) -> Callable[[int], None]:
-        batch, underlay, demux, devices = self._wire_batch, self.underlays[end], \
-            self.demuxes[end], self.devices
-        packets, targets = batch.packets, batch.endpoints
+        batch, underlay, demux = self._wire_batch, self.underlays[end], self.demuxes[end]
 
         def on_wire(events: int) -> None:
             if events & EPOLLERR:
                 self._wan_errors(underlay, demux)
             if underlay.read_batch(batch):
                 demux.decapsulate(batch, time.monotonic())
-                for i in range(batch.count):
-                    endpoint = targets[i]
-                    if endpoint is not None:
-                        device = devices[endpoint.name]
-                        if device is not None:
-                            device.write(packets[i], endpoint.counters)
-                        else:
-                            endpoint.counters.drops[DropReason.DEVICE_DOWN] += 1
+                self._deliver(batch)
             if underlay.errors_pending:
                 self._wan_errors(underlay, demux)
         on_wire.__qualname__ = f"underlay {end[1]} {end[2]}"
         return on_wire
+
+    def _deliver(self, batch: Batch) -> None:
+        """Write what the demultiplexer left in ``batch`` into the tunnels' devices, a run of
+        packets for one device at a time, so that the device can join TCP segments."""
+        packets, targets, devices, run = batch.packets, batch.endpoints, self.devices, \
+            self._delivery
+        receiver = None
+        for i in range(batch.count):
+            endpoint = targets[i]
+            if endpoint is None:
+                continue
+            if endpoint is not receiver:
+                if run:
+                    self._write_run(receiver, run, batch.scratch)
+                receiver = endpoint
+            run.append(packets[i])
+        if run:
+            self._write_run(receiver, run, batch.scratch)
+
+    def _write_run(self, endpoint: Endpoint, run: list, scratch: bytearray) -> None:
+        device = self.devices[endpoint.name]
+        if device is None:
+            endpoint.counters.drops[DropReason.DEVICE_DOWN] += len(run)
+        else:
+            device.write_batch(run, endpoint.counters, scratch)
+        run.clear()
 
     def _wan_errors(self, underlay: UnderlaySocket, demux: Demux) -> None:
         now = time.monotonic()

@@ -186,7 +186,8 @@ def test_a_checksum_field_outside_the_packet_is_a_decode_error(implementation, s
 def join(implementation, packets, l2: int = 0, headroom: int = 10):
     arena = bytearray(sum(map(len, packets)) + headroom * len(packets) + 64)
     runs = implementation[2](packets, len(packets), l2, arena, headroom)
-    return [(bytes(arena[start:end]), size, transport) for start, end, size, transport in runs]
+    assert sum(joined for *_, joined in runs) == len(packets)
+    return [(bytes(arena[start:end]), size, transport) for start, end, size, transport, _ in runs]
 
 
 def stream(version: int, sizes, flags=None, seq: int = 1000) -> list[bytes]:

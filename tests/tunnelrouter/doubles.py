@@ -5,9 +5,10 @@ wrapped around Unix datagram sockets instead of TUN/TAP file descriptors and
 raw or UDP sockets, so the router's own reading, writing, sending and
 error-queue parsing run as they do in production, without root:
 
-- a device is one end of a socketpair; the test holds the other, ``hosts[name]``,
-  and writes what the kernel would route into the device, reads what the router
-  delivers;
+- a device is one end of a socketpair; the test holds the other, ``hosts[name]``
+  (a :class:`DeviceHost`), and writes what the kernel would route into the device,
+  reads what the router delivers, each behind the virtio-net header a TUN/TAP
+  device puts in front of every packet;
 - the underlay is a :class:`Wire`: every underlay socket has an abstract Unix
   address derived from its IP address and protocol (or port), and a datagram to
   an IP address goes to the socket with that address. UDP datagrams carry their
@@ -31,7 +32,7 @@ import socket
 import sys
 from collections.abc import Callable
 
-from tunnelrouter.io.device import TunTapDevice
+from tunnelrouter.io.device import VNET_HEADER, TunTapDevice
 from tunnelrouter.io.errors import SystemProblem
 from tunnelrouter.io.netlink import LinkEvent
 from tunnelrouter.io.system import System
@@ -40,6 +41,29 @@ from tunnelrouter.router import Router
 
 _DATA, _PENDING_ERROR = b"\0", b"\1"
 RECEIVE = 1 << 17
+NO_OFFLOAD = bytes(VNET_HEADER.size)
+
+
+class DeviceHost:
+    """The kernel's end of a device double: every packet behind a virtio-net header."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+
+    def send(self, packet: bytes, header: bytes = NO_OFFLOAD) -> None:
+        self.sock.send(header + packet)
+
+    def receive(self) -> tuple[tuple, bytes]:
+        """The next packet the router wrote, with its header's fields (BlockingIOError if
+        there is none)."""
+        data = self.sock.recv(RECEIVE)
+        return VNET_HEADER.unpack_from(data), data[VNET_HEADER.size:]
+
+    def recv(self, _size: int = RECEIVE) -> bytes:
+        return self.receive()[1]
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 class Wire:
@@ -234,22 +258,24 @@ class MemorySystem(System):
     def __init__(self, wire: Wire | None = None, claims: str | None = None):
         self.wire = wire or Wire()
         self.claims = claims or secrets.token_hex(4)   # share it to make two routers collide
-        self.hosts: dict[str, socket.socket] = {}
+        self.hosts: dict[str, DeviceHost] = {}
         self.links: dict[str, dict] = {}
         self.sockets: dict[tuple[str, int], WireSocket] = {}
         self.netlink_double = MemoryNetlink(self)
         self.monitor = MemoryLinkMonitor()
         self._next_index = 100
 
-    def device(self, name: str, ethernet: bool) -> TunTapDevice:
+    def device(self, name: str, ethernet: bool, super_packets: bool) -> TunTapDevice:
         if name in self.links:
             raise SystemProblem(f"a device named {name} already exists")
         router_end, host_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
         host_end.setblocking(False)
-        self.hosts[name] = host_end
+        self.hosts[name] = DeviceHost(host_end)
         self._next_index += 1
-        self.links[name] = {"index": self._next_index, "up": False, "mtu": 1500, "routes": {}}
-        return TunTapDevice(name, router_end.fileno(), _DeviceFile(self, name, router_end))
+        self.links[name] = {"index": self._next_index, "up": False, "mtu": 1500, "routes": {},
+                            "super_packets": super_packets}
+        return TunTapDevice(name, router_end.fileno(), _DeviceFile(self, name, router_end),
+                            ethernet)
 
     def delete(self, name: str) -> None:
         """What `ip link del` does: the device goes, and the link monitor says so."""
@@ -300,7 +326,7 @@ def drive(*routers: Router, rounds: int = 20) -> None:
             router.run_once(0.0)
 
 
-def host_packets(host: socket.socket) -> list[bytes]:
+def host_packets(host: DeviceHost) -> list[bytes]:
     """Everything the router delivered into a device since the last call."""
     packets = []
     while True:

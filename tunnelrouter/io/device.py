@@ -4,56 +4,93 @@ python-pytun cannot read into a buffer nor write a memoryview, so after
 ``TUNSETIFF`` the fd is used directly: ``os.readv`` into the batch's buffers,
 ``os.write`` from a memoryview, non-blocking so a wakeup drains until EAGAIN.
 Closing the fd removes the (non-persistent) device with its addresses and routes.
+
+Every packet comes and goes behind a virtio-net header (``IFF_VNET_HDR``), the
+kernel's way of handing over packets whose offloads are not done yet. A device
+whose tunnel carries super-packets asks for them (``TUNSETOFFLOAD``: TSO for
+IPv4 and IPv6, checksum offload): one read is then up to 64 KB of one TCP
+stream, which the tunnel core handles as one packet and the socket cuts into
+segments (``encap.gso``); a packet whose checksum the sender left to be done is
+finished here. On the way out, consecutive segments of one TCP stream are joined
+into one super-packet (``encap.gso.coalesce_tcp``), so the kernel forwards one
+packet where dozens arrived.
 """
 
 import errno
+import fcntl
 import os
+import struct
 
 import pytun
 
-from encap.errors import DropReason
+from encap.errors import DecodeError, DropReason
+from encap.gso import coalesce_tcp, finish_checksum
+from encap.wire import ETHERNET_HEADER_LENGTH
 
 from tunnelrouter.io.errors import SystemProblem
-from tunnelrouter.tunnel.batch import Batch
+from tunnelrouter.tunnel.batch import VNET_HEADER_LENGTH, Batch
 from tunnelrouter.tunnel.counters import Counters
 
 TUN_PATH = "/dev/net/tun"
 # A read or write that fails with one of these will never work again: the device is gone.
 GONE = frozenset({errno.EBADFD, errno.ENODEV, errno.ENXIO, errno.EBADF})
+# <linux/if_tun.h> and <linux/virtio_net.h>.
+IFF_VNET_HDR = 0x4000
+TUNSETOFFLOAD = 0x400454D0
+TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN = 0x01, 0x02, 0x04, 0x08
+SUPER_PACKET_OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
+# virtio_net_hdr: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset (little-endian).
+VNET_HEADER = struct.Struct("<BBHHHH")
+NEEDS_CSUM = 0x01
+GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_ECN = 0x00, 0x01, 0x04, 0x80
+_TCP_CHECKSUM_OFFSET = 16
+_NO_OFFLOAD = bytes(VNET_HEADER_LENGTH)
 
 
 class TunTapDevice:
-    """One TUN (``ethernet=False``) or TAP device, ``IFF_NO_PI`` always.
+    """One TUN (``ethernet=False``) or TAP device, ``IFF_NO_PI`` and ``IFF_VNET_HDR`` always.
 
     ``failed`` becomes the errno of a read or write that says the device is gone
     (deleted under us); the router then closes it and makes it again.
     """
 
-    def __init__(self, name: str, fd: int, owner=None):
+    def __init__(self, name: str, fd: int, owner=None, ethernet: bool = False):
         """Wrap ``fd``, the device's open file (``owner`` keeps it open; closing it or the
         fd removes the device)."""
         self.name = name
         self.fd = fd
         self.failed = 0
         self._owner = owner
+        self._link_header = ETHERNET_HEADER_LENGTH if ethernet else 0
         os.set_blocking(fd, False)
 
     @classmethod
-    def open(cls, name: str, ethernet: bool) -> "TunTapDevice":
-        flags = (pytun.IFF_TAP if ethernet else pytun.IFF_TUN) | pytun.IFF_NO_PI
+    def open(cls, name: str, ethernet: bool, super_packets: bool = False) -> "TunTapDevice":
+        """``super_packets``: hand over TCP super-packets (TSO) instead of segments."""
+        flags = (pytun.IFF_TAP if ethernet else pytun.IFF_TUN) | pytun.IFF_NO_PI | IFF_VNET_HDR
         try:
             device = pytun.TunTapDevice(name=name, flags=flags)
         except pytun.Error as error:
             raise SystemProblem(_explain(name, error)) from None
-        return cls(device.name, device.fileno(), device)
+        try:
+            fcntl.ioctl(device.fileno(), TUNSETOFFLOAD,
+                        SUPER_PACKET_OFFLOADS if super_packets else 0)
+        except OSError as error:
+            device.close()
+            raise SystemProblem(f"cannot set the offloads of {name}: {error.strerror}") from None
+        return cls(device.name, device.fileno(), device, ethernet)
 
-    def read_batch(self, batch: Batch) -> int:
-        """Read packets into ``batch`` until none waits or it is full; return how many."""
-        readv, views, ends, fd = os.readv, batch.device_views, batch.ends, self.fd
+    def read_batch(self, batch: Batch, counters: Counters) -> int:
+        """Read packets into ``batch`` until none waits or it is full; return how many.
+        A super-packet is one entry with its ``gso_sizes`` and header offsets set."""
+        readv, views, headers, ends, starts, fd = os.readv, batch.device_views, \
+            batch.vnet_views, batch.ends, batch.starts, self.fd
+        gso_sizes, ip_offsets, tcp_offsets, unpack = batch.gso_sizes, batch.ip_offsets, \
+            batch.tcp_offsets, VNET_HEADER.unpack_from
         count = 0
         while count < batch.capacity:
             try:
-                ends[count] = readv(fd, (views[count],)) + batch.starts[count]
+                length = readv(fd, (headers[count], views[count])) - VNET_HEADER_LENGTH
             except BlockingIOError:
                 break
             except InterruptedError:
@@ -62,22 +99,69 @@ class TunTapDevice:
                 if error.errno in GONE:
                     self.failed = error.errno
                 break
+            if length < 0:
+                counters.drops[DropReason.TRUNCATED] += 1
+                continue
+            ends[count] = starts[count] + length
+            flags, gso_type, _, gso_size, checksum_start, checksum_offset = unpack(
+                batch.vnet_headers, count * VNET_HEADER_LENGTH)
+            gso_sizes[count] = 0
+            if gso_type != GSO_NONE:
+                if gso_type & ~GSO_ECN not in (GSO_TCPV4, GSO_TCPV6) or not gso_size:
+                    counters.drops[DropReason.INNER_MALFORMED] += 1
+                    continue
+                gso_sizes[count] = gso_size
+                ip_offsets[count] = self._link_header
+                tcp_offsets[count] = checksum_start
+            elif flags & NEEDS_CSUM:
+                try:
+                    finish_checksum(views[count][:length], checksum_start, checksum_offset)
+                except DecodeError as error:
+                    counters.drops[error.reason] += 1
+                    continue
             count += 1
         batch.count = count
         return count
 
     def write(self, packet, counters: Counters) -> None:
-        """Deliver one packet; a failure is counted, never raised."""
+        """Deliver one packet (the slow path: ICMP errors); a failure is counted, never
+        raised."""
+        if self._deliver((_NO_OFFLOAD, packet), counters):
+            counters.rx_packets += 1
+            counters.rx_bytes += len(packet)
+
+    def write_batch(self, packets: list, counters: Counters, scratch: bytearray) -> None:
+        """Deliver ``packets``, joining TCP segments into super-packets in ``scratch``
+        (large enough for all of them, each behind a virtio-net header)."""
+        runs = coalesce_tcp(packets, len(packets), self._link_header, scratch,
+                            VNET_HEADER_LENGTH)
+        view = memoryview(scratch)
+        pack = VNET_HEADER.pack_into
+        for start, end, gso_size, transport, joined in runs:
+            header = start - VNET_HEADER_LENGTH
+            if gso_size:
+                version = scratch[start + self._link_header] >> 4
+                header_end = transport + (scratch[start + transport + 12] >> 4) * 4
+                pack(scratch, header, NEEDS_CSUM, GSO_TCPV4 if version == 4 else GSO_TCPV6,
+                     header_end, gso_size, transport, _TCP_CHECKSUM_OFFSET)
+                length = end - start + (joined - 1) * header_end
+            else:
+                scratch[header:start] = _NO_OFFLOAD
+                length = end - start
+            if self._deliver((view[header:end],), counters, joined):
+                counters.rx_packets += joined
+                counters.rx_bytes += length
+
+    def _deliver(self, buffers, counters: Counters, packets: int = 1) -> bool:
         try:
-            os.write(self.fd, packet)
+            os.writev(self.fd, buffers)
         except OSError as error:
             if error.errno in GONE:
                 self.failed = error.errno
             counters.drops[DropReason.DEVICE_DOWN if error.errno in GONE or
-                           error.errno == errno.EIO else DropReason.SEND_FAILED] += 1
-            return
-        counters.rx_packets += 1
-        counters.rx_bytes += len(packet)
+                           error.errno == errno.EIO else DropReason.SEND_FAILED] += packets
+            return False
+        return True
 
     def close(self) -> None:
         try:

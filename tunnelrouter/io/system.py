@@ -14,8 +14,8 @@ from tunnelrouter.io.underlay import RawSocket, UdpSocket
 
 
 class System:
-    def device(self, name: str, ethernet: bool) -> TunTapDevice:
-        return TunTapDevice.open(name, ethernet)
+    def device(self, name: str, ethernet: bool, super_packets: bool) -> TunTapDevice:
+        return TunTapDevice.open(name, ethernet, super_packets)
 
     def raw_socket(self, local: str, protocol: int) -> RawSocket:
         return RawSocket.open(local, protocol)

@@ -20,7 +20,8 @@ import socket
 import struct
 import sys
 
-from encap.errors import DropReason
+from encap.errors import DecodeError, DropReason
+from encap.gso import segment_tcp
 from encap.wire import HEADROOM
 
 from tunnelrouter.io.errors import SystemProblem
@@ -43,10 +44,22 @@ ERROR_ANCILLARY = 512
 ERRORS_PER_WAKEUP = 64
 _FULL = frozenset({errno.EAGAIN, errno.ENOBUFS})
 _TOS_SPACE = socket.CMSG_SPACE(4)
+# UDP GSO (<linux/udp.h>): one send of up to this many segments of one size.
+SOL_UDP, UDP_SEGMENT = 17, 103
+UDP_GSO_SEGMENTS = 64
+UDP_GSO_BYTES = 65000
 
 
 class UnderlaySocket:
-    """What both kinds share: sending a batch, counting failures, the error queue."""
+    """What both kinds share: sending a batch, counting failures, the error queue.
+
+    A super-packet in the batch (``batch.gso_sizes[i]``) leaves as segments, cut
+    into the batch's scratch space: each gets the tunnel headers the core wrote once
+    (with its own outer length, identification and checksum where the outer IPv4
+    header is ours).
+    """
+
+    OUTER_IPV4 = False   # whether the datagrams we send start with an IPv4 header of ours
 
     def __init__(self, sock: socket.socket, local: str):
         self.sock = sock
@@ -61,10 +74,14 @@ class UnderlaySocket:
         destinations; count what went and what failed."""
         sendto, packets, destinations, markings, ends = self.sock.sendto, batch.packets, \
             batch.destinations, batch.ancillary, batch.ends
+        gso_sizes = batch.gso_sizes
         sent = sent_bytes = 0
         for i in range(batch.count):
             packet = packets[i]
             if packet is None:
+                continue
+            if gso_sizes[i]:
+                self._send_super_packet(batch, i, counters)
                 continue
             marking = markings[i]
             for destination in destinations[i]:
@@ -80,6 +97,38 @@ class UnderlaySocket:
                 sent_bytes += ends[i] - HEADROOM
         counters.tx_packets += sent
         counters.tx_bytes += sent_bytes
+
+    def _send_super_packet(self, batch: Batch, i: int, counters: Counters) -> None:
+        packet = batch.packets[i]
+        try:
+            count, stride, last = segment_tcp(packet, batch.ip_offsets[i], batch.tcp_offsets[i],
+                                              batch.gso_sizes[i], self.OUTER_IPV4, batch.scratch)
+        except DecodeError as error:
+            counters.drops[error.reason] += 1
+            return
+        tunnel_headers = len(packet) - (batch.ends[i] - batch.starts[i])
+        segments = memoryview(batch.scratch)[:(count - 1) * stride + last]
+        for destination in batch.destinations[i]:
+            sent, sent_bytes = self._send_segments(segments, stride, destination,
+                                                   batch.ancillary[i], counters)
+            counters.tx_packets += sent
+            counters.tx_bytes += sent_bytes - sent * tunnel_headers
+
+    def _send_segments(self, segments: memoryview, stride: int, destination, marking,
+                       counters: Counters) -> tuple[int, int]:
+        """Send ``segments`` (one every ``stride`` bytes, the last maybe shorter) one by
+        one; return how many went, and their bytes."""
+        sent = sent_bytes = 0
+        for at in range(0, len(segments), stride):
+            segment = segments[at:at + stride]
+            try:
+                self._transmit(segment, destination, marking)
+            except OSError as error:
+                if not self._send_again(error, segment, destination, marking, counters):
+                    continue
+            sent += 1
+            sent_bytes += len(segment)
+        return sent, sent_bytes
 
     def send(self, datagram: bytes, destinations: tuple, marking: int | None, inner_length: int,
              counters: Counters) -> None:
@@ -168,6 +217,8 @@ class RawSocket(UnderlaySocket):
     """An IPv4 raw socket for one IP protocol, bound to the local address. Both ways the
     datagram includes the outer IPv4 header: the codec writes and checks it."""
 
+    OUTER_IPV4 = True
+
     @classmethod
     def open(cls, local: str, protocol: int) -> "RawSocket":
         sock = _socket(socket.AF_INET, socket.SOCK_RAW, protocol, local)
@@ -234,6 +285,32 @@ class UdpSocket(UnderlaySocket):
             sock.close()
             raise
         return cls(sock, local)
+
+    def _send_segments(self, segments: memoryview, stride: int, destination, marking,
+                       counters: Counters) -> tuple[int, int]:
+        """UDP GSO: the kernel cuts each send into datagrams of ``stride`` bytes, so a
+        super-packet takes two or three system calls instead of forty."""
+        chunk = stride * max(1, min(UDP_GSO_SEGMENTS, UDP_GSO_BYTES // stride))
+        ancillary = [(SOL_UDP, UDP_SEGMENT, stride.to_bytes(2, sys.byteorder))]
+        if marking is not None:
+            ancillary += self._ancillary(marking)
+        sent = sent_bytes = 0
+        for at in range(0, len(segments), chunk):
+            part = segments[at:at + chunk]
+            try:
+                self.sock.sendmsg((part,), ancillary, 0, destination)
+            except OSError as error:
+                if error.errno in _FULL:
+                    counters.drops[DropReason.UNDERLAY_FULL] += -(-len(part) // stride)
+                    continue
+                # Not for GSO (an old kernel, an error pending): one datagram at a time.
+                again, again_bytes = super()._send_segments(part, stride, destination,
+                                                            marking, counters)
+                sent, sent_bytes = sent + again, sent_bytes + again_bytes
+                continue
+            sent += -(-len(part) // stride)
+            sent_bytes += len(part)
+        return sent, sent_bytes
 
     def read_batch(self, batch: Batch) -> int:
         receive, views, starts, ends, addresses, tos = self.sock.recvmsg_into, batch.views, \

@@ -199,6 +199,11 @@ class Mode:
         """The tunnel's end as an operator would name it, for messages."""
         return f"{tunnel.mode} from {tunnel.local} to {', '.join(map(str, tunnel.peers))}"
 
+    def carries_super_packets(self, tunnel: TunnelConfig) -> bool:
+        """Whether a TCP super-packet may cross the tunnel whole: its tunnel header written
+        once and copied to every segment. Not when that header changes per packet."""
+        return True
+
     def codec_status(self, codec: Codec) -> dict:
         """What the codec's own state adds to the tunnel's status."""
         return {}

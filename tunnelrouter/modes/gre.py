@@ -61,6 +61,11 @@ class GreMode(Mode):
             return source, None
         return source, second if flags & FLAG_CHECKSUM else first
 
+    def carries_super_packets(self, tunnel: GreConfig) -> bool:
+        # A sequence number or a checksum belongs to each packet (Linux's GRE turns GSO
+        # off for sequence numbers too).
+        return not (tunnel.sequence or tunnel.checksum)
+
     def describe(self, tunnel: GreConfig) -> str:
         key = "without a key" if tunnel.key is None else f"with key {tunnel.key}"
         return f"{super().describe(tunnel)} {key}"

@@ -10,7 +10,10 @@ GSO/GRO and multi-queue devices fit in later below the core, not through it.
 
 Packet ``i`` of ``count``:
 
-- filled from a device: ``buffers[i][HEADROOM:ends[i]]`` (``starts[i]`` is HEADROOM);
+- filled from a device: ``buffers[i][HEADROOM:ends[i]]`` (``starts[i]`` is HEADROOM),
+  a TCP super-packet when ``gso_sizes[i]`` is not 0: segments of that many payload
+  bytes each, whose IP and TCP headers are ``ip_offsets[i]`` and ``tcp_offsets[i]``
+  bytes into the packet (into ``packets[i]`` once the core has encapsulated it);
 - filled from the wire: the datagram ``buffers[i][:ends[i]]`` from ``addresses[i]``,
   whose tunnel header starts at ``starts[i]`` (after the outer IP header where the
   socket gives that too) and whose outer TOS / traffic class was ``tos[i]``;
@@ -18,24 +21,38 @@ Packet ``i`` of ``count``:
   towards the wire ``destinations[i]`` (socket addresses) with ``ancillary[i]``
   (control messages, or None), towards a device ``endpoints[i]``, the tunnel
   whose device takes it.
+
+``scratch`` is room for what the I/O side makes of the batch on its way out:
+segments cut from a super-packet, super-packets joined from segments.
 """
 
 from encap.wire import HEADROOM
 
 BATCH_SIZE = 64          # at most this many packets per wakeup, so no descriptor starves the rest
-BUFFER_SIZE = HEADROOM + 65536
+# A 64 KB super-packet, with an Ethernet header on TAP.
+BUFFER_SIZE = HEADROOM + 65536 + 64
+VNET_HEADER_LENGTH = 10  # struct virtio_net_hdr, in front of every TUN/TAP read and write
 
 
 class Batch:
-    __slots__ = ("capacity", "buffers", "views", "device_views", "count", "starts", "ends",
-                 "addresses", "tos", "packets", "destinations", "ancillary", "endpoints")
+    __slots__ = ("capacity", "buffers", "views", "device_views", "vnet_headers", "vnet_views",
+                 "count", "starts", "ends", "gso_sizes", "ip_offsets", "tcp_offsets", "addresses", "tos",
+                 "packets", "destinations", "ancillary", "endpoints", "scratch")
 
-    def __init__(self, capacity: int = BATCH_SIZE, buffer_size: int = BUFFER_SIZE):
+    def __init__(self, capacity: int = BATCH_SIZE, buffer_size: int = BUFFER_SIZE,
+                 scratch_size: int = 0):
         self.capacity = capacity
         self.buffers = [bytearray(buffer_size) for _ in range(capacity)]
         self.views = [memoryview(buffer) for buffer in self.buffers]
         self.device_views = [view[HEADROOM:] for view in self.views]   # where a device read goes
+        self.vnet_headers = bytearray(VNET_HEADER_LENGTH * capacity)
+        self.vnet_views = [memoryview(self.vnet_headers)[i:i + VNET_HEADER_LENGTH]
+                           for i in range(0, len(self.vnet_headers), VNET_HEADER_LENGTH)]
+        self.scratch = bytearray(scratch_size)
         self.count = 0
+        self.gso_sizes = [0] * capacity
+        self.ip_offsets = [0] * capacity
+        self.tcp_offsets = [0] * capacity
         self.starts = [HEADROOM] * capacity
         self.ends = [HEADROOM] * capacity
         self.addresses: list = [None] * capacity
@@ -63,5 +80,6 @@ class Batch:
             self.ends[i] = offset + len(packet)
             self.addresses[i] = addresses[i] if addresses is not None else None
             self.tos[i] = tos[i] if tos is not None else 0
+            self.gso_sizes[i] = 0
         self.count = len(packets)
         return self

@@ -20,6 +20,7 @@ from encap.ecn import (DROP, ECN_MASK, UNUSED_COMBINATIONS, decapsulated_ecn, ou
                        packet_ecn, set_packet_ecn)
 from encap.errors import DecodeError, DropReason
 from encap.fragment import fragment_ipv4
+from encap.gso import segment_count, segment_tcp
 from encap.icmp import Icmp4Type, Icmp4Unreachable, Icmp6Type, relayed_error
 from encap.ipv4 import FLAG_DONT_FRAGMENT, Ipv4Outer, Ipv4Tunnel
 from encap.mss import clamp_mss
@@ -97,6 +98,9 @@ class Endpoint:
         self.name = config.name
         self.mode = mode
         self.ethernet = mode.ethernet
+        # Whether a TCP super-packet may cross whole, its outer header written once and
+        # copied to every segment: not when that header changes per packet.
+        self.super_packets = mode.carries_super_packets(config)
         self.keys = mode.keys(config)
         self.peers = tuple(str(peer) for peer in config.peers)
         self.counters = Counters()
@@ -210,6 +214,63 @@ class Endpoint:
         batch.packets[i] = packet
         return True
 
+    # -- super-packets ---------------------------------------------------------------------
+
+    def _first_segment(self, batch: Batch, i: int, packet: memoryview) -> int:
+        """The end (in its buffer) of the first segment of super-packet ``i``; -1 if its
+        headers do not fit in it (counted)."""
+        tcp = batch.tcp_offsets[i]
+        if not batch.ip_offsets[i] < tcp <= len(packet) - 20:
+            self.counters.drops[DropReason.INNER_MALFORMED] += 1
+            return -1
+        header_end = tcp + (packet[tcp + 12] >> 4) * 4
+        gso_size = batch.gso_sizes[i]
+        # Room to cut it (a sender's MSS is 48 bytes at least, so this always holds).
+        fits = segment_count(len(packet) - header_end, gso_size) * (
+            HEADROOM + header_end + gso_size) <= len(batch.scratch)
+        if header_end > len(packet) or not fits:
+            self.counters.drops[DropReason.INNER_MALFORMED] += 1
+            return -1
+        return batch.starts[i] + min(len(packet), header_end + gso_size)
+
+    def _encapsulated_super_packet(self, batch: Batch, i: int, moved: int) -> int:
+        """Super-packet ``i`` got ``moved`` bytes of outer header: its offsets follow; the
+        number of segments it will be cut into."""
+        batch.ip_offsets[i] += moved
+        batch.tcp_offsets[i] += moved
+        tcp = batch.tcp_offsets[i]
+        packet = batch.packets[i]
+        return segment_count(len(packet) - tcp - (packet[tcp + 12] >> 4) * 4, batch.gso_sizes[i])
+
+    def _too_big_super_packet(self, batch: Batch, i: int, packet: memoryview, now: float) -> None:
+        """Segments of a super-packet would not fit the path: cut it here and let each
+        segment take the way a packet of its size takes (ICMP, or outer fragments)."""
+        scratch = bytearray(len(packet) * 2 + 4096)
+        try:
+            count, stride, last = segment_tcp(packet, batch.ip_offsets[i], batch.tcp_offsets[i],
+                                              batch.gso_sizes[i], False, scratch)
+        except DecodeError as error:
+            self.counters.drops[error.reason] += 1
+            return
+        view = memoryview(scratch)
+        for k in range(count):
+            segment = view[k * stride:k * stride + (stride if k < count - 1 else last)]
+            if len(segment) > self.frame_limit:
+                self._too_big(segment, now)
+            else:
+                self._send_one(segment, now)
+
+    def _send_one(self, packet, now: float, fragmentable: bool = False) -> bool:
+        """Encapsulate one packet off the batch (a slow path) into the outbox; False if the
+        tunnel refused it (counted)."""
+        batch = Batch(1, HEADROOM + len(packet))
+        self.encapsulate(batch.fill_from_device([packet]), now, fragmentable)
+        if batch.packets[0] is None:
+            return False
+        self.outbox.datagrams.append((bytes(batch.packets[0]), batch.destinations[0],
+                                      batch.ancillary[0], len(packet)))
+        return True
+
     # -- the slow paths -------------------------------------------------------------------
 
     def _too_big(self, packet: memoryview, now: float) -> None:
@@ -240,14 +301,10 @@ class Endpoint:
             self.counters.drops[error.reason] += 1
             return
         prefix = bytes(packet[:ETHERNET_HEADER_LENGTH]) if self.ethernet else b""
-        batch = Batch(1, HEADROOM + self.frame_limit)
         for fragment in fragments:
-            self.encapsulate(batch.fill_from_device([prefix + fragment]), now)
-            if batch.packets[0] is None:
+            if not self._send_one(prefix + fragment, now):
                 return  # refused (and counted) once: the other fragments share its header
             self.counters.fragments_sent += 1
-            self.outbox.datagrams.append((bytes(batch.packets[0]), batch.destinations[0],
-                                          batch.ancillary[0], len(prefix) + len(fragment)))
 
     def _send_outer_fragmented(self, packet: memoryview, now: float) -> None:
         """Send an IPv6 packet of at most 1280 bytes with outer DF clear, where the outer
@@ -344,6 +401,7 @@ class RawEndpoint(Endpoint):
         ``fragmentable``: with outer DF clear, whatever its size."""
         views, buffers, starts, ends = batch.views, batch.buffers, batch.starts, batch.ends
         packets, destinations, ancillary = batch.packets, batch.destinations, batch.ancillary
+        gso_sizes = batch.gso_sizes
         limit = MAX_PACKET if fragmentable else self.frame_limit
         ethernet, outer, destination = self.ethernet, self.outer, self.destination
         encap_into, outer_fields, drops = self.codec.encap_into, self._outer_fields, \
@@ -354,8 +412,15 @@ class RawEndpoint(Endpoint):
             start, end = starts[i], ends[i]
             packet = views[i][start:end]
             packets[i] = None
-            if end - start > limit:
-                self._too_big(packet, now)
+            # A super-packet is decided on, and encapsulated, as its first segment.
+            segment_end = self._first_segment(batch, i, packet) if gso_sizes[i] else end
+            if segment_end - start > limit:
+                if gso_sizes[i]:
+                    self._too_big_super_packet(batch, i, packet, now)
+                else:
+                    self._too_big(packet, now)
+                continue
+            if segment_end < 0:
                 continue
             inner = inner_ip(packet, True) if ethernet else packet
             if mss is not None and inner is not None:
@@ -372,20 +437,20 @@ class RawEndpoint(Endpoint):
             if flags != outer.flags:  # the plain attribute: the property costs a call
                 outer.dont_fragment = bool(flags)
             try:
-                start = encap_into(buffers[i], start, end)
+                header_start = encap_into(buffers[i], start, segment_end)
             except DecodeError as error:
                 drops[error.reason] += 1
                 continue
-            packets[i] = views[i][start:end]
+            packets[i] = views[i][header_start:end]
             destinations[i] = destination
             ancillary[i] = None  # the outer header is ours: no marking for the socket
+            if gso_sizes[i]:
+                # Each segment gets the next identification: skip those it will use.
+                segments = self._encapsulated_super_packet(batch, i, start - header_start)
+                outer.identification = (outer.identification + segments - 1) & 0xFFFF
 
     def _send_outer_fragmented(self, packet: memoryview, now: float) -> None:
-        batch = Batch(1, HEADROOM + len(packet))
-        self.encapsulate(batch.fill_from_device([packet]), now, fragmentable=True)
-        if batch.packets[0] is not None:
-            self.outbox.datagrams.append((bytes(batch.packets[0]), batch.destinations[0], None,
-                                          len(packet)))
+        self._send_one(packet, now, fragmentable=True)
 
     def status(self, now: float) -> dict:
         return super().status(now) | self.mode.codec_status(self.header)
@@ -413,20 +478,27 @@ class UdpEndpoint(Endpoint):
                   for entry in config.fdb}
         self.fdb = Fdb(config.ageing, config.mac_learning, config.max_fdb, static)
 
-    def encapsulate(self, batch: Batch, now: float) -> None:
+    def encapsulate(self, batch: Batch, now: float, fragmentable: bool = False) -> None:
+        """As RawEndpoint's; never ``fragmentable``: DF is the socket's (RFC 7348 §4.3)."""
         views, buffers, starts, ends = batch.views, batch.buffers, batch.starts, batch.ends
         packets, destinations, ancillary = batch.packets, batch.destinations, batch.ancillary
         limit, flood, lookup, default_ttl = self.frame_limit, self.flood, self.fdb.lookup, \
             self.default_ttl
         encap_into, outer_fields, drops = self.codec.encap_into, self._outer_fields, \
             self.counters.drops
-        mss = self.mss
+        mss, gso_sizes = self.mss, batch.gso_sizes
         for i in range(batch.count):
             start, end = starts[i], ends[i]
             frame = views[i][start:end]
             packets[i] = None
-            if end - start > limit:
-                self._too_big(frame, now)
+            segment_end = self._first_segment(batch, i, frame) if gso_sizes[i] else end
+            if segment_end - start > limit:
+                if gso_sizes[i]:
+                    self._too_big_super_packet(batch, i, frame, now)
+                else:
+                    self._too_big(frame, now)
+                continue
+            if segment_end < 0:
                 continue
             inner = inner_ip(frame, True)
             if mss is not None and inner is not None:
@@ -435,13 +507,15 @@ class UdpEndpoint(Endpoint):
             if not ttl:
                 ttl = default_ttl  # bridged frames are not routed: their TTL is not ours
             try:
-                start = encap_into(buffers[i], start, end)
+                header_start = encap_into(buffers[i], start, segment_end)
             except DecodeError as error:
                 drops[error.reason] += 1
                 continue
-            packets[i] = views[i][start:end]
+            packets[i] = views[i][header_start:end]
             destinations[i] = flood if frame[0] & 1 else (lookup(bytes(frame[0:6]), now) or flood)
             ancillary[i] = None if ttl == DEFAULT_TTL and tos == 0 else ttl << 8 | tos
+            if gso_sizes[i]:
+                self._encapsulated_super_packet(batch, i, start - header_start)
 
     def decapsulate(self, batch: Batch, i: int, datagram: memoryview, now: float) -> bool:
         """As any endpoint, from one of the remotes only; the FDB learns from what is
