@@ -303,9 +303,11 @@ class Router:
         def on_wire(events: int) -> None:
             if events & EPOLLERR:
                 self._wan_errors(underlay, demux)
-            if underlay.read_batch(batch):
+            while underlay.read_batch(batch):
                 demux.decapsulate(batch, time.monotonic())
                 self._deliver(batch)
+                if not underlay.backlog:
+                    break
             if underlay.errors_pending:
                 self._wan_errors(underlay, demux)
         on_wire.__qualname__ = f"underlay {end[1]} {end[2]}"

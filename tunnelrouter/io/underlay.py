@@ -44,10 +44,13 @@ ERROR_ANCILLARY = 512
 ERRORS_PER_WAKEUP = 64
 _FULL = frozenset({errno.EAGAIN, errno.ENOBUFS})
 _TOS_SPACE = socket.CMSG_SPACE(4)
-# UDP GSO (<linux/udp.h>): one send of up to this many segments of one size.
-SOL_UDP, UDP_SEGMENT = 17, 103
+# UDP GSO and GRO (<linux/udp.h>): one send of up to this many segments of one size;
+# one receive of a train of datagrams, the size of each in a control message.
+SOL_UDP, UDP_SEGMENT, UDP_GRO = 17, 103, 104
 UDP_GSO_SEGMENTS = 64
 UDP_GSO_BYTES = 65000
+GRO_TRAIN = 65536
+_RECEIVE_ANCILLARY = _TOS_SPACE + socket.CMSG_SPACE(4)
 
 
 class UnderlaySocket:
@@ -60,6 +63,9 @@ class UnderlaySocket:
     """
 
     OUTER_IPV4 = False   # whether the datagrams we send start with an IPv4 header of ours
+    # Datagrams read from the socket that did not fit the last batch: read_batch again
+    # (epoll will not say so: they are no longer in the socket).
+    backlog = False
 
     def __init__(self, sock: socket.socket, local: str):
         self.sock = sock
@@ -277,6 +283,7 @@ class UdpSocket(UnderlaySocket):
             else:
                 sock.setsockopt(socket.IPPROTO_IP, socket.IP_RECVTOS, 1)
                 sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, DEFAULT_TTL)
+            sock.setsockopt(SOL_UDP, UDP_GRO, 1)
             # No SO_REUSEADDR: a second router on the same port must fail to start, not
             # share (and break) this one's datagrams.
             _bind(sock, (local, port), f"{local} port {port}")
@@ -312,28 +319,65 @@ class UdpSocket(UnderlaySocket):
             sent_bytes += len(part)
         return sent, sent_bytes
 
-    def read_batch(self, batch: Batch) -> int:
-        receive, views, starts, ends, addresses, tos = self.sock.recvmsg_into, batch.views, \
-            batch.starts, batch.ends, batch.addresses, batch.tos
-        space = _TOS_SPACE
+    def __init__(self, sock: socket.socket, local: str):
+        super().__init__(sock, local)
+        # UDP GRO: one receive is a train of datagrams of one size from one sender,
+        # handed to the batch one by one; what does not fit waits here for the next.
+        self._train = bytearray(GRO_TRAIN)
+        self._train_view = memoryview(self._train)
+        self._train_at = self._train_end = self._train_step = self._train_left = 0
+        self._train_tos, self._train_source = 0, ""
         # IP_TOS arrives as one byte, IPV6_TCLASS as a native int: its low byte either way.
-        low_byte = 0 if sys.byteorder == "little" else -1
-        count = failures = 0
-        while count < batch.capacity and failures < batch.capacity:
+        self._tos_byte = 0 if sys.byteorder == "little" else -1
+
+    @property
+    def backlog(self) -> bool:
+        return self._train_left > 0
+
+    def read_batch(self, batch: Batch) -> int:
+        count = self._unload_train(batch, 0)
+        receive, train, capacity = self.sock.recvmsg_into, (self._train_view,), batch.capacity
+        space, failures = _RECEIVE_ANCILLARY, 0
+        while count < capacity and failures < capacity:
             try:
-                n, ancillary, _, address = receive((views[count],), space)
+                n, ancillary, _, address = receive(train, space)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
                 self.errors_pending = True
                 failures += 1
                 continue
-            ends[count] = n
-            starts[count] = 0
-            tos[count] = ancillary[0][2][low_byte] if ancillary and ancillary[0][2] else 0
-            addresses[count] = address[0]
-            count += 1
+            tos, step = 0, n
+            for level, kind, data in ancillary:
+                if level == SOL_UDP and kind == UDP_GRO:
+                    step = int.from_bytes(data[:4], sys.byteorder) or n
+                elif data:
+                    tos = data[self._tos_byte]
+            self._train_at, self._train_end, self._train_step = 0, n, step
+            self._train_left = -(-n // step) if n else 1   # an empty datagram is one too
+            self._train_tos, self._train_source = tos, address[0]
+            count = self._unload_train(batch, count)
         batch.count = count
+        return count
+
+    def _unload_train(self, batch: Batch, count: int) -> int:
+        """Hand what waits of the last train to the batch, from entry ``count`` on."""
+        at, end, step, train = self._train_at, self._train_end, self._train_step, self._train
+        left = self._train_left
+        buffers, starts, ends, addresses, tos = batch.buffers, batch.starts, batch.ends, \
+            batch.addresses, batch.tos
+        train_tos, source = self._train_tos, self._train_source
+        while left and count < batch.capacity:
+            length = min(step, end - at)
+            buffers[count][:length] = train[at:at + length]
+            starts[count] = 0
+            ends[count] = length
+            tos[count] = train_tos
+            addresses[count] = source
+            count += 1
+            at += length
+            left -= 1
+        self._train_at, self._train_left = at, left
         return count
 
 
