@@ -36,7 +36,8 @@ from tunnelrouter.io.device import VNET_HEADER, TunTapDevice
 from tunnelrouter.io.errors import SystemProblem
 from tunnelrouter.io.netlink import LinkEvent
 from tunnelrouter.io.system import System
-from tunnelrouter.io.underlay import EXTENDED_ERROR, IP_RECVERR, RawSocket, UdpSocket, _bind
+from tunnelrouter.io.underlay import (EXTENDED_ERROR, IP_RECVERR, SOL_UDP, UDP_SEGMENT,
+                                      RawSocket, UdpSocket, _bind)
 from tunnelrouter.router import Router
 
 _DATA, _PENDING_ERROR = b"\0", b"\1"
@@ -116,13 +117,17 @@ class WireSocket:
         return len(data)
 
     def sendmsg(self, buffers, ancillary, flags, destination) -> int:
+        """With UDP_SEGMENT, as UDP GSO: one datagram per segment size of ``data``."""
         data = b"".join(bytes(buffer) for buffer in buffers)
-        tos = 0
+        tos, segment = 0, len(data) or 1
         for level, kind, value in ancillary:
             if (level, kind) in ((socket.IPPROTO_IP, socket.IP_TOS),
                                  (socket.IPPROTO_IPV6, socket.IPV6_TCLASS)):
                 tos = int.from_bytes(value, sys.byteorder)
-        self._deliver(data, destination, tos, list(ancillary))
+            elif (level, kind) == (SOL_UDP, UDP_SEGMENT):
+                segment = int.from_bytes(value, sys.byteorder)
+        for at in range(0, max(len(data), 1), segment):
+            self._deliver(data[at:at + segment], destination, tos, list(ancillary))
         return len(data)
 
     def _receive(self) -> tuple[bytes, str]:

@@ -16,7 +16,7 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from scapy.layers.inet import ICMP, IP, IPerror, UDP
+from scapy.layers.inet import ICMP, IP, TCP, IPerror, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
@@ -24,9 +24,11 @@ from encap.icmp import Icmp4Type, Icmp4Unreachable
 from encap.wire import IpProto, VXLAN_PORT
 from tunnelrouter import router as router_module
 from tunnelrouter.config import parse_config
+from tunnelrouter.io.device import GSO_TCPV4, GSO_TCPV6, NEEDS_CSUM, VNET_HEADER
 from tunnelrouter.router import Router, StartError
 from tunnelrouter.tunnel.wan_error import ErrorOrigin
 
+from tests.encap.test_gso import tcp_packet
 from tests.tunnelrouter.doubles import MemorySystem, Wire, ask, drive, host_packets
 
 A, B, C = "10.0.0.1", "10.0.0.2", "10.0.0.3"   # C: a VTEP of A's that is never there
@@ -178,6 +180,34 @@ def test_two_routers_exchange_packets_both_ways_in_every_mode_at_once(pair):
                                     sum(map(len, sent_b)), {})
     assert a.status()["internal_errors"] == b.status()["internal_errors"] == 0
     assert a.status()["unattributed"] == b.status()["unattributed"] == {}
+
+
+@pytest.mark.parametrize("name, version", [("tap1", 4), ("ipip1", 4), ("sit1", 6), ("vx1", 4)])
+def test_a_tcp_super_packet_crosses_as_segments_and_arrives_joined_into_one_again(pair, name,
+                                                                                  version):
+    a, b = pair
+    ethernet = name in ("tap1", "vx1")
+    payload = bytes(range(256)) * 20
+    packet = tcp_packet(version, payload)
+    transport = (14 if ethernet else 0) + (20 if version == 4 else 40)
+    a.system.hosts[name].send(frame(MAC_A, MAC_B, packet) if ethernet else packet,
+                              VNET_HEADER.pack(NEEDS_CSUM, GSO_TCPV4 if version == 4 else
+                                               GSO_TCPV6, transport + 32, 1000, transport, 16))
+    drive(a, b)
+    header, joined = b.system.hosts[name].receive()
+    assert header[1:5] == (GSO_TCPV4 if version == 4 else GSO_TCPV6, transport + 32, 1000,
+                           transport)
+    inner = joined[14:] if ethernet else joined
+    assert bytes((IP(inner) if version == 4 else IPv6(inner))[TCP].payload) == payload
+    flooded = 2 if name == "vx1" else 1     # A's VXLAN does not know MAC_B: B and C get it
+    assert counters(a, name)["tx_packets"] == 6 * flooded
+    assert counters(b, name)["rx_packets"] == 6
+
+
+def test_gre_with_sequence_numbers_gets_no_super_packets_from_its_device(pair):
+    a, _ = pair
+    assert a.system.links["gre1"]["super_packets"] is False
+    assert a.system.links["ipip1"]["super_packets"] is True
 
 
 def test_vxlan_learns_the_replying_vtep_and_stops_flooding_to_the_others(pair):

@@ -228,7 +228,7 @@ class Endpoint:
         # Room to cut it (a sender's MSS is 48 bytes at least, so this always holds).
         fits = segment_count(len(packet) - header_end, gso_size) * (
             HEADROOM + header_end + gso_size) <= len(batch.scratch)
-        if header_end > len(packet) or not fits:
+        if not tcp + 20 <= header_end <= len(packet) or not fits:
             self.counters.drops[DropReason.INNER_MALFORMED] += 1
             return -1
         return batch.starts[i] + min(len(packet), header_end + gso_size)

@@ -13,16 +13,20 @@ import socket
 import sys
 
 import pytest
-from scapy.layers.inet import IP
+from scapy.layers.inet import IP, TCP
 
+from encap.gso import segment_tcp
 from encap.wire import HEADROOM
 from tunnelrouter.io.errors import SystemProblem
 from tunnelrouter.io.underlay import (ERRORS_PER_WAKEUP, IP_MTU_DISCOVER, IP_RECVERR,
-                                      IPV6_RECVERR, PMTUDISC_DONT, PMTUDISC_PROBE, RawSocket,
+                                      IPV6_RECVERR, PMTUDISC_DONT, PMTUDISC_PROBE, SOL_UDP,
+                                      UDP_GRO, UDP_GSO_SEGMENTS, UDP_SEGMENT, RawSocket,
                                       UdpSocket)
 from tunnelrouter.tunnel.batch import Batch
 from tunnelrouter.tunnel.counters import Counters
 from tunnelrouter.tunnel.wan_error import ErrorOrigin, WanError
+
+from tests.encap.test_gso import checksums_valid, cut, tcp_packet
 
 PEER, OTHER_PEER = ("10.0.0.2", 0), ("10.0.0.3", 0)
 ICMP_UNREACHABLE, FRAGMENTATION_NEEDED = 3, 4
@@ -296,6 +300,104 @@ def test_a_udp_read_takes_the_tos_from_ancillary_data():
     assert bytes(batch.buffers[2][:5]) == b"three"
 
 
+# -- super-packets -------------------------------------------------------------------------
+
+def super_packet(prefix: bytes, payload_length: int, gso_size: int = 1000,
+                 destinations=(PEER,)) -> Batch:
+    """A batch whose one entry the core left as a super-packet behind ``prefix`` (the
+    tunnel headers it wrote once)."""
+    inner = tcp_packet(4, payload(payload_length))
+    batch = Batch(2, scratch_size=512 << 10).fill_from_device([inner])
+    start = HEADROOM - len(prefix)
+    batch.buffers[0][start:HEADROOM] = prefix
+    batch.packets[0] = batch.views[0][start:batch.ends[0]]
+    batch.destinations[0] = destinations
+    batch.gso_sizes[0] = gso_size
+    batch.ip_offsets[0], batch.tcp_offsets[0] = len(prefix), len(prefix) + 20
+    return batch
+
+
+def payload(length: int) -> bytes:
+    return (bytes(range(256)) * (length // 256 + 1))[:length]
+
+
+def test_a_raw_socket_sends_a_super_packet_as_segments_each_with_its_own_outer_header():
+    fake = FakeSocket()
+    outer = bytes(IP(src="10.0.0.1", dst="10.0.0.2", proto=4, id=50, flags="DF",
+                     len=20 + 1052))
+    counters = Counters()
+    RawSocket(fake, "10.0.0.1").send_batch(super_packet(outer, 2500), counters)
+    sent = [IP(data) for data, destination, _ in fake.sent]
+    assert [(packet.id, packet.len, len(packet[TCP].payload)) for packet in sent] == [
+        (50, 1072, 1000), (51, 1072, 1000), (52, 572, 500)]
+    assert all(checksums_valid(bytes(packet.payload)) for packet in sent)
+    assert (counters.tx_packets, counters.tx_bytes) == (3, 2500 + 3 * 52)
+
+
+def test_a_udp_socket_sends_a_super_packet_in_one_gso_call_per_64_segments():
+    fake = FakeSocket()
+    counters = Counters()
+    udp(fake).send_batch(super_packet(bytes(8), 100 * 500, gso_size=500,
+                                      destinations=(PEER, OTHER_PEER)), counters)
+    stride = 8 + 52 + 500
+    gso = [(SOL_UDP, UDP_SEGMENT, stride.to_bytes(2, sys.byteorder))]
+    assert [(len(data), destination, ancillary) for data, destination, ancillary in fake.sent] \
+        == [(UDP_GSO_SEGMENTS * stride, PEER, gso), (36 * stride, PEER, gso),
+            (UDP_GSO_SEGMENTS * stride, OTHER_PEER, gso), (36 * stride, OTHER_PEER, gso)]
+    assert (counters.tx_packets, counters.tx_bytes) == (200, 2 * (100 * 500 + 100 * 52))
+
+
+def test_a_udp_gso_send_the_kernel_refuses_goes_one_datagram_at_a_time():
+    fake = FakeSocket(fail=[errno.EIO])
+    counters = Counters()
+    udp(fake).send_batch(super_packet(bytes(8), 2500), counters)
+    assert [len(data) for data, _, _ in fake.sent] == [1060, 1060, 560]
+    assert [ancillary for _, _, ancillary in fake.sent] == [None] * 3
+    assert (counters.tx_packets, counters.drops_by_label()) == (3, {})
+
+
+def test_a_full_socket_buffer_counts_every_segment_of_the_gso_send_it_refused():
+    fake = FakeSocket(fail=[errno.ENOBUFS])
+    counters = Counters()
+    udp(fake).send_batch(super_packet(bytes(8), 2500), counters)
+    assert (counters.tx_packets, counters.drops_by_label()) == (0, {"underlay_full": 3})
+
+
+def test_a_super_packet_that_does_not_cut_is_counted_not_sent():
+    fake = FakeSocket()
+    batch = super_packet(bytes(8), 2500)
+    batch.tcp_offsets[0] = 9
+    counters = Counters()
+    udp(fake).send_batch(batch, counters)
+    assert fake.sent == [] and counters.drops_by_label() == {"inner_malformed": 1}
+
+
+def gro(step: int) -> list:
+    return [(SOL_UDP, UDP_GRO, step.to_bytes(4, sys.byteorder)),
+            (socket.IPPROTO_IP, socket.IP_TOS, b"\x02")]
+
+
+def test_a_gro_train_is_handed_to_the_batch_datagram_by_datagram_and_what_waits_comes_next():
+    train = b"".join(bytes([n]) * 100 for n in range(5)) + b"\x05" * 30
+    fake = FakeSocket(incoming=[(train, gro(100), ("10.0.0.2", 4789)),
+                                (b"single", [], ("10.0.0.3", 4789))])
+    sock, batch = udp(fake), Batch(4)
+    assert sock.read_batch(batch) == 4 and sock.backlog
+    assert [bytes(batch.buffers[i][:batch.ends[i]]) for i in range(4)] == [
+        bytes([n]) * 100 for n in range(4)]
+    assert batch.tos[:4] == [2] * 4 and batch.addresses[:4] == ["10.0.0.2"] * 4
+    assert sock.read_batch(batch) == 3 and not sock.backlog
+    assert [bytes(batch.buffers[i][:batch.ends[i]]) for i in range(3)] == [
+        b"\x04" * 100, b"\x05" * 30, b"single"]
+    assert batch.addresses[:3] == ["10.0.0.2", "10.0.0.2", "10.0.0.3"]
+
+
+def test_an_empty_datagram_is_one_entry_of_length_zero():
+    fake = FakeSocket(incoming=[(b"", [], ("10.0.0.2", 4789))])
+    sock, batch = udp(fake), Batch(4)
+    assert sock.read_batch(batch) == 1 and batch.ends[0] == 0 and not sock.backlog
+
+
 # -- real UDP sockets on loopback ----------------------------------------------------------
 
 @pytest.fixture
@@ -387,3 +489,35 @@ def test_an_address_this_host_does_not_have_is_named(opened, address):
     assert problem.value.message == (f"{address} is not an address of this host (add it to "
                                      f"an interface)")
 
+
+
+class CountingSocket:
+    """A socket whose receives are counted."""
+
+    def __init__(self, sock: socket.socket):
+        self._sock, self.receives = sock, 0
+
+    def recvmsg_into(self, *args):
+        self.receives += 1
+        return self._sock.recvmsg_into(*args)
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+def test_the_kernel_cuts_a_gso_send_and_gro_hands_the_datagrams_back_in_one_receive(opened):
+    a, b = opened("127.0.0.1"), opened("127.0.0.1")
+    b.sock = CountingSocket(b.sock)
+    batch = super_packet(bytes(8), 10 * 1000, destinations=(("127.0.0.1", port(b)),))
+    expected = [bytes(8) + segment for segment in
+                cut((segment_tcp,), tcp_packet(4, payload(10 * 1000)), 0, 1000)]
+    counters = Counters()
+    a.send_batch(batch, counters)
+    assert (counters.tx_packets, counters.drops_by_label()) == (10, {})
+    received, batch = [], Batch(16)
+    while len(received) < 10:
+        wait_readable(b)
+        for i in range(b.read_batch(batch)):
+            received.append(bytes(batch.buffers[i][:batch.ends[i]]))
+    assert received == expected
+    assert b.sock.receives <= 2   # one train (and the receive that finds nothing more)
