@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 
 from encap.errors import DropReason
+from encap.wire import HEADROOM
 
 from tunnelrouter.config import RouterConfig
 from tunnelrouter.control.server import ControlServer
@@ -33,7 +34,7 @@ from tunnelrouter.io.loop import EPOLLERR, Loop
 from tunnelrouter.io.system import System
 from tunnelrouter.io.underlay import UnderlaySocket
 from tunnelrouter.modes import TunnelConfig, Underlay
-from tunnelrouter.tunnel.batch import BATCH_SIZE, BUFFER_SIZE, VNET_HEADER_LENGTH, Batch
+from tunnelrouter.tunnel.batch import BATCH_SIZE, VNET_HEADER_LENGTH, Batch
 from tunnelrouter.tunnel.counters import Counters
 from tunnelrouter.tunnel.endpoint import Demux, Endpoint, endpoint_for
 
@@ -42,6 +43,7 @@ log = logging.getLogger("tunnelrouter")
 TICK = 1.0
 # Segments cut from one 64 KB super-packet, each with its own headers, at an MSS of 48.
 SEGMENTS_SCRATCH = 512 << 10
+WIRE_DATAGRAM = 9216   # the largest datagram read from the underlay, at least: a jumbo frame
 RESTORE_FIRST, RESTORE_LONGEST = 1.0, 30.0   # seconds between attempts to remake a device
 
 
@@ -94,8 +96,14 @@ class Router:
         self.control: ControlServer | None = None
         self._claims: list = []
         # Scratch: room to cut a super-packet into segments, or to join a whole batch.
+        # A device read may be a 64 KB super-packet; a datagram is no larger than the
+        # underlay's MTU (a larger one, reassembled from a peer's fragments, is cut short
+        # and dropped: its IP length says so).
         self._device_batch = Batch(scratch_size=SEGMENTS_SCRATCH)
-        self._wire_batch = Batch(scratch_size=BATCH_SIZE * (BUFFER_SIZE + VNET_HEADER_LENGTH))
+        datagram = HEADROOM + max([WIRE_DATAGRAM] + [tunnel.underlay_mtu for tunnel in
+                                                      config.tunnels.values()])
+        self._wire_batch = Batch(buffer_size=datagram,
+                                 scratch_size=BATCH_SIZE * (datagram + VNET_HEADER_LENGTH))
         self._delivery: list = []   # the packets of one wire batch for one device
         self._warned: set[tuple] = set()
         self.started = time.monotonic()
