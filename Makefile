@@ -37,11 +37,11 @@ debian-deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-$(STAMP): pyproject.toml setup.py encap/_gso.c
+$(STAMP): pyproject.toml setup.py encap/_gso.c tunnelrouter/io/_mmsg.c
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,bench]'
 	touch $@
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info encap/*.so
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info encap/*.so tunnelrouter/io/*.so

@@ -30,6 +30,11 @@ from tunnelrouter.tunnel.counters import Counters
 from tunnelrouter.tunnel.endpoint import DEFAULT_TTL
 from tunnelrouter.tunnel.wan_error import ErrorOrigin, WanError
 
+try:
+    from tunnelrouter.io import _mmsg
+except ImportError:   # built without a C compiler: one system call per datagram
+    _mmsg = None
+
 SOCKET_BUFFER = 4 << 20
 # <linux/in.h> and <linux/in6.h>; the socket module does not name these.
 IP_MTU_DISCOVER, IP_RECVERR = 10, 11
@@ -59,7 +64,8 @@ class UnderlaySocket:
     A super-packet in the batch (``batch.gso_sizes[i]``) leaves as segments, cut
     into the batch's scratch space: each gets the tunnel headers the core wrote once
     (with its own outer length, identification and checksum where the outer IPv4
-    header is ours).
+    header is ours). Datagrams one after the other to one destination leave in one
+    ``sendmmsg`` where ``_mmsg`` was built and the socket is the kernel's.
     """
 
     OUTER_IPV4 = False   # whether the datagrams we send start with an IPv4 header of ours
@@ -74,35 +80,54 @@ class UnderlaySocket:
         self.family = socket.AF_INET6 if ":" in local else socket.AF_INET
         self.errors_pending = False   # a receive failed: an error waits on the error queue
         self._markings: dict[int, list[tuple]] = {}
+        self._mmsg = _mmsg if type(sock) is socket.socket else None
+        # Consecutive unmarked datagrams of a batch to one destination, and their inner
+        # lengths: what one sendmmsg sends.
+        self._run: list = []
+        self._run_lengths: list[int] = []
 
     def send_batch(self, batch: Batch, counters: Counters) -> None:
         """Send every datagram the core left in ``batch`` (read from a device) to its
-        destinations; count what went and what failed."""
-        sendto, packets, destinations, markings, ends = self.sock.sendto, batch.packets, \
-            batch.destinations, batch.ancillary, batch.ends
-        gso_sizes = batch.gso_sizes
-        sent = sent_bytes = 0
+        destinations, in order; count what went and what failed."""
+        packets, destinations, markings, ends, gso_sizes = batch.packets, batch.destinations, \
+            batch.ancillary, batch.ends, batch.gso_sizes
+        run, lengths, run_to = self._run, self._run_lengths, None
         for i in range(batch.count):
             packet = packets[i]
             if packet is None:
                 continue
+            if not gso_sizes[i] and markings[i] is None and len(destinations[i]) == 1:
+                if destinations[i][0] != run_to:
+                    if run:
+                        self._send_run(run_to, counters)
+                    run_to = destinations[i][0]
+                run.append(packet)
+                lengths.append(ends[i] - HEADROOM)
+                continue
+            if run:
+                self._send_run(run_to, counters)
             if gso_sizes[i]:
                 self._send_super_packet(batch, i, counters)
-                continue
-            marking = markings[i]
-            for destination in destinations[i]:
-                try:
-                    if marking is None:
-                        sendto(packet, destination)
-                    else:
-                        self._transmit(packet, destination, marking)
-                except OSError as error:
-                    if not self._send_again(error, packet, destination, marking, counters):
-                        continue
-                sent += 1
-                sent_bytes += ends[i] - HEADROOM
-        counters.tx_packets += sent
-        counters.tx_bytes += sent_bytes
+            else:
+                self.send(packet, destinations[i], markings[i], ends[i] - HEADROOM, counters)
+        if run:
+            self._send_run(run_to, counters)
+
+    def _send_run(self, destination, counters: Counters) -> None:
+        run, lengths = self._run, self._run_lengths
+        if self._mmsg is None:
+            for packet, length in zip(run, lengths):
+                self.send(packet, (destination,), None, length, counters)
+        else:
+            sent, _, failures = self._mmsg.send_many(self.fd, run, destination)
+            inner = sum(lengths)
+            for index, code in failures:
+                inner -= lengths[index]
+                _count_failure(code, counters)
+            counters.tx_packets += sent
+            counters.tx_bytes += inner
+        run.clear()
+        lengths.clear()
 
     def _send_super_packet(self, batch: Batch, i: int, counters: Counters) -> None:
         packet = batch.packets[i]
@@ -122,8 +147,14 @@ class UnderlaySocket:
 
     def _send_segments(self, segments: memoryview, stride: int, destination, marking,
                        counters: Counters) -> tuple[int, int]:
-        """Send ``segments`` (one every ``stride`` bytes, the last maybe shorter) one by
-        one; return how many went, and their bytes."""
+        """Send ``segments`` (one every ``stride`` bytes, the last maybe shorter); return
+        how many went, and their bytes."""
+        if self._mmsg is not None and marking is None:
+            sent, sent_bytes, failures = self._mmsg.send_strided(self.fd, segments, stride,
+                                                                 len(segments), destination)
+            for _, code in failures:
+                _count_failure(code, counters)
+            return sent, sent_bytes
         sent = sent_bytes = 0
         for at in range(0, len(segments), stride):
             segment = segments[at:at + stride]
@@ -160,9 +191,7 @@ class UnderlaySocket:
                 return True
             except OSError as again:
                 error = again
-        counters.drops[DropReason.UNDERLAY_FULL if error.errno in _FULL else
-                       DropReason.TOO_BIG if error.errno == errno.EMSGSIZE else
-                       DropReason.SEND_FAILED] += 1
+        _count_failure(error.errno, counters)
         return False
 
     def _transmit(self, datagram, destination, marking: int | None) -> None:
@@ -239,13 +268,35 @@ class RawSocket(UnderlaySocket):
 
     def read_batch(self, batch: Batch) -> int:
         """Read datagrams into ``batch`` until none waits or it is full; return how many."""
-        receive, buffers, starts, ends, addresses, tos = self.sock.recvfrom_into, \
-            batch.buffers, batch.starts, batch.ends, batch.addresses, batch.tos
+        count = self._receive_many(batch) if self._mmsg is not None else self._receive(batch)
+        buffers, starts, tos = batch.buffers, batch.starts, batch.tos
+        for i in range(count):
+            buffer = buffers[i]
+            starts[i] = (buffer[0] & 0x0F) * 4
+            tos[i] = buffer[1]
+        batch.count = count
+        return count
+
+    def _receive_many(self, batch: Batch) -> int:
+        """One recvmmsg; a failure means an error waits on the error queue (IP_RECVERR),
+        and the call that says so consumes it: try again."""
+        for _ in range(batch.capacity):
+            try:
+                return self._mmsg.recv_into(self.fd, batch.views, batch.capacity, batch.ends,
+                                            batch.addresses)
+            except (BlockingIOError, InterruptedError):
+                return 0
+            except OSError:
+                self.errors_pending = True
+        return 0
+
+    def _receive(self, batch: Batch) -> int:
+        receive, buffers, ends, addresses = self.sock.recvfrom_into, batch.buffers, \
+            batch.ends, batch.addresses
         count = failures = 0
         while count < batch.capacity and failures < batch.capacity:
-            buffer = buffers[count]
             try:
-                n, address = receive(buffer)
+                n, address = receive(buffers[count])
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
@@ -253,11 +304,8 @@ class RawSocket(UnderlaySocket):
                 failures += 1
                 continue
             ends[count] = n
-            starts[count] = (buffer[0] & 0x0F) * 4
-            tos[count] = buffer[1]
             addresses[count] = address[0]
             count += 1
-        batch.count = count
         return count
 
     def _quoted(self, data: memoryview) -> tuple[memoryview, int]:
@@ -379,6 +427,12 @@ class UdpSocket(UnderlaySocket):
             left -= 1
         self._train_at, self._train_left = at, left
         return count
+
+
+def _count_failure(code: int, counters: Counters) -> None:
+    counters.drops[DropReason.UNDERLAY_FULL if code in _FULL else
+                   DropReason.TOO_BIG if code == errno.EMSGSIZE else
+                   DropReason.SEND_FAILED] += 1
 
 
 def _socket(family: int, kind: int, protocol: int, local: str) -> socket.socket:
