@@ -14,7 +14,8 @@ from encap.checksum import checksum_update
 from encap.errors import DecodeError
 from encap.ipv4 import FRAGMENT_OFFSET_MASK, TOTAL_LENGTH
 from encap.ipv6 import LATER_FRAGMENT, walk_extension_headers
-from encap.wire import IPV4_HEADER_LENGTH, IPV6_HEADER_LENGTH, TCP_HEADER_LENGTH, IpProto
+from encap.wire import (ETHERNET_HEADER_LENGTH, IPV4_HEADER_LENGTH, IPV6_HEADER_LENGTH,
+                        TCP_HEADER_LENGTH, EtherType, IpProto)
 
 U16 = struct.Struct("!H")
 # What decides whether a packet is a TCP SYN, in one read per family, for the
@@ -22,6 +23,7 @@ U16 = struct.Struct("!H")
 # protocol, then the TCP flags at 20 + 13) and IPv6 with TCP right after the
 # fixed header (payload length, next header, TCP flags at 40 + 13).
 IPV4_TCP_FIELDS = struct.Struct("!BxHxxHxB23xB")
+FRAME_IPV4_TCP_FIELDS = struct.Struct("!12xHBxHxxHxB23xB")   # the same behind an EtherType
 IPV6_TCP_FIELDS = struct.Struct("!4xHB46xB")
 # From the TCP checksum to the value of an MSS option that comes first.
 CHECKSUM_TO_FIRST_MSS = struct.Struct("!H4sH")
@@ -181,6 +183,22 @@ def clamp_mss(packet: memoryview, mss_ipv4: int, mss_ipv6: int) -> MssAction:
         U16.pack_into(packet, tcp + TCP_CHECKSUM_OFFSET, checksum)
         action = _CLAMPED
     return action
+
+
+def clamp_mss_in_frame(frame: memoryview, mss_ipv4: int, mss_ipv6: int) -> MssAction:
+    """:func:`clamp_mss` on the IP packet in an Ethernet frame (none: ``NOT_A_SYN``)."""
+    try:
+        ethertype, first, _, fragment, protocol, tcp_flags = FRAME_IPV4_TCP_FIELDS.unpack_from(
+            frame)
+    except struct.error:
+        return _NOT_A_SYN
+    if ethertype == EtherType.IPV4 and first == 0x45 and (
+            protocol != _PROTOCOL_TCP or fragment & FRAGMENT_OFFSET_MASK
+            or not tcp_flags & TCP_FLAG_SYN):
+        return _NOT_A_SYN   # the common case, settled with one read
+    if ethertype != EtherType.IPV4 and ethertype != EtherType.IPV6:
+        return _NOT_A_SYN
+    return clamp_mss(frame[ETHERNET_HEADER_LENGTH:], mss_ipv4, mss_ipv6)
 
 
 def clamp_mss_bytes(packet: bytes, mss_ipv4: int, mss_ipv6: int) -> tuple[bytes, MssAction]:

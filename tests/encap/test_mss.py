@@ -12,7 +12,7 @@ from scapy.layers.inet6 import IPv6
 from encap.checksum import checksum_ok, internet_checksum, pseudo_header_sum
 from encap.ipv4 import Ipv4Outer
 from encap.ipv6 import Ipv6Outer
-from encap.mss import MssAction, _tcp_segment, clamp_mss, clamp_mss_bytes
+from encap.mss import MssAction, _tcp_segment, clamp_mss, clamp_mss_bytes, clamp_mss_in_frame
 from encap.wire import IpProto
 
 from tests.encap.strategies import ip_packets, mutated
@@ -216,3 +216,30 @@ def test_known_option_lists_are_read_as_the_walk_reads_them(options, syn):
 def test_known_option_lists_are_clamped(options):
     clamped, action = clamp_mss_bytes(syn_v4(options), 1360, 1340)
     assert action == MssAction.CLAMPED and mss_of(clamped) == 1360 and tcp_checksum_ok(clamped)
+
+
+# -- in an Ethernet frame (TAP devices) -------------------------------------------------------
+
+ETHERNET_IPV4, ETHERNET_IPV6, ETHERNET_ARP = (bytes(12) + bytes.fromhex(t) for t in
+                                              ("0800", "86dd", "0806"))
+
+
+@pytest.mark.parametrize("frame_header, packet", [
+    (ETHERNET_IPV4, syn_v4(MSS_1460)), (ETHERNET_IPV6, syn_v6(MSS_1460)),
+    (ETHERNET_IPV4, syn_v4(MSS_1460, ACK)), (ETHERNET_IPV4, syn_v4(NOP + MSS_1460 + NOP * 2)),
+])
+def test_in_a_frame_the_clamp_is_the_clamp_of_the_ip_packet(frame_header, packet):
+    frame = bytearray(frame_header + packet)
+    alone = bytearray(packet)
+    assert clamp_mss_in_frame(memoryview(frame), 1360, 1340) == clamp_mss(memoryview(alone),
+                                                                          1360, 1340)
+    assert frame == frame_header + alone
+
+
+@pytest.mark.parametrize("frame", [ETHERNET_ARP + syn_v4(MSS_1460), ETHERNET_IPV4[:10],
+                                   ETHERNET_IPV4 + syn_v4(MSS_1460)[:30]])
+def test_a_frame_without_a_whole_tcp_syn_in_it_is_left_alone(frame):
+    buf = bytearray(frame)
+    assert clamp_mss_in_frame(memoryview(buf), 1360, 1340) in (MssAction.NOT_A_SYN,
+                                                               MssAction.MALFORMED_OPTIONS)
+    assert buf == frame

@@ -6,6 +6,7 @@ Tunnels on one local address and port are told apart by their VNI alone: the
 source address is checked afterwards, against the tunnel's remotes.
 """
 
+import struct
 from typing import Annotated, Literal
 
 from pydantic import Field, StrictBool, StrictInt, StrictStr, field_validator
@@ -19,7 +20,7 @@ from tunnelrouter.modes.base import (UNREADABLE, Address, Mode, Port, Strict, Tu
 
 # Linux's max_fdb is unlimited by default; a router facing a spoofing peer needs a bound.
 DEFAULT_MAX_FDB = 4096
-_VNI_OFFSET = 4
+_FLAGS_AND_VNI = struct.Struct("!B3xI")   # one read per datagram
 _FLAG_VNI = FLAG_VNI >> 24   # in the first byte
 _TRUNCATED = UNREADABLE[DropReason.TRUNCATED]
 _NO_VNI = UNREADABLE[DropReason.VXLAN_NO_VNI_FLAG]
@@ -97,12 +98,13 @@ class VxlanMode(Mode):
 
     @staticmethod
     def demux_key(datagram, offset, source):
-        if len(datagram) < offset + HEADER_LENGTH:
+        try:
+            flags, vni_word = _FLAGS_AND_VNI.unpack_from(datagram, offset)
+        except struct.error:
             return _TRUNCATED
-        if not datagram[offset] & _FLAG_VNI:
+        if not flags & _FLAG_VNI:
             return _NO_VNI
-        start = offset + _VNI_OFFSET
-        return int.from_bytes(datagram[start:start + 3], "big")
+        return vni_word >> 8
 
     @staticmethod
     def tunnel_header_length(quote):

@@ -23,7 +23,7 @@ from encap.fragment import fragment_ipv4
 from encap.gso import segment_count, segment_tcp
 from encap.icmp import Icmp4Type, Icmp4Unreachable, Icmp6Type, relayed_error
 from encap.ipv4 import FLAG_DONT_FRAGMENT, Ipv4Outer, Ipv4Tunnel
-from encap.mss import clamp_mss
+from encap.mss import clamp_mss, clamp_mss_in_frame
 from encap.mtu import IPV4_MINIMUM_MTU, IPV6_MINIMUM_MTU
 from encap.wire import ETHERNET_HEADER_LENGTH, HEADROOM
 
@@ -114,6 +114,7 @@ class Endpoint:
         self.inherit_ttl = config.ttl == "inherit"
         self.default_ttl = DEFAULT_TTL if self.inherit_ttl else config.ttl
         self.frame_overhead = ETHERNET_HEADER_LENGTH if self.ethernet else 0
+        self._clamp_mss = clamp_mss_in_frame if self.ethernet else clamp_mss
         self.discovery = config.pmtu_discovery
         self.pmtu_overhead = config.derived_mtu().overhead.total
         self.pmtu = PathMtu(config.device_mtu, self.pmtu_overhead, config.pmtu_timeout,
@@ -207,10 +208,9 @@ class Endpoint:
         ecn = batch.tos[i] & ECN_MASK
         if ecn and not self._decapsulate_ecn(packet, ecn):
             return False
-        if self.mss is not None:
-            inner = inner_ip(packet, True) if self.ethernet else packet
-            if inner is not None:
-                clamp_mss(inner, *self.mss)
+        mss = self.mss
+        if mss is not None:
+            self._clamp_mss(packet, mss[0], mss[1])
         batch.packets[i] = packet
         return True
 
@@ -477,6 +477,7 @@ class UdpEndpoint(Endpoint):
         static = {bytes.fromhex(entry.mac.replace(":", "")): ((str(entry.remote), port),)
                   for entry in config.fdb}
         self.fdb = Fdb(config.ageing, config.mac_learning, config.max_fdb, static)
+        self._learnt_mac, self._learnt_from, self._learnt_until = b"", None, 0.0
 
     def encapsulate(self, batch: Batch, now: float, fragmentable: bool = False) -> None:
         """As RawEndpoint's; never ``fragmentable``: DF is the socket's (RFC 7348 §4.3)."""
@@ -527,9 +528,18 @@ class UdpEndpoint(Endpoint):
         if not super().decapsulate(batch, i, datagram, now):
             return False
         frame, fdb = batch.packets[i], self.fdb
-        if fdb.learning and not frame[6] & 1 and not fdb.learn(bytes(frame[6:12]), destination,
-                                                                now):
-            self.counters.fdb_full += 1
+        if fdb.learning and not frame[6] & 1:
+            # Frames come in runs from one sender: the MAC learnt last needs no lookup
+            # for a second (the FDB refreshes an entry about once a second anyway).
+            mac = frame[6:12]
+            if mac != self._learnt_mac or destination is not self._learnt_from or \
+                    now >= self._learnt_until:
+                mac = mac.tobytes()
+                if fdb.learn(mac, destination, now):
+                    self._learnt_mac, self._learnt_from, self._learnt_until = \
+                        mac, destination, now + 1.0
+                else:
+                    self.counters.fdb_full += 1
         return True
 
     def tick(self, now: float) -> None:
