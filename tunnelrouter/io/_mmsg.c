@@ -57,6 +57,14 @@ bad:
     return -1;
 }
 
+/* One datagram of iovec[0] to the address. */
+static void address_message(struct mmsghdr *message, struct iovec *iovec, Address *address) {
+    message->msg_hdr.msg_name = &address->storage;
+    message->msg_hdr.msg_namelen = address->length;
+    message->msg_hdr.msg_iov = iovec;
+    message->msg_hdr.msg_iovlen = 1;
+}
+
 /* Send messages[0:count]; a message that fails is tried once more (an ICMP error about
  * an earlier datagram fails the next send without sending it), unless the socket is
  * full. Returns (sent, sent_bytes, [(index, errno) of each message that failed]). */
@@ -131,10 +139,7 @@ static PyObject *send_strided(PyObject *self, PyObject *args) {
         Py_ssize_t at = k * stride;
         iovecs[k].iov_base = (char *)buffer.buf + at;
         iovecs[k].iov_len = (size_t)(length - at < stride ? length - at : stride);
-        messages[k].msg_hdr.msg_name = &address.storage;
-        messages[k].msg_hdr.msg_namelen = address.length;
-        messages[k].msg_hdr.msg_iov = &iovecs[k];
-        messages[k].msg_hdr.msg_iovlen = 1;
+        address_message(&messages[k], &iovecs[k], &address);
     }
     result = send_messages(fd, messages, iovecs, count);
 done:
@@ -170,10 +175,7 @@ static PyObject *send_many(PyObject *self, PyObject *args) {
             goto done;
         iovecs[got].iov_base = views[got].buf;
         iovecs[got].iov_len = (size_t)views[got].len;
-        messages[got].msg_hdr.msg_name = &address.storage;
-        messages[got].msg_hdr.msg_namelen = address.length;
-        messages[got].msg_hdr.msg_iov = &iovecs[got];
-        messages[got].msg_hdr.msg_iovlen = 1;
+        address_message(&messages[got], &iovecs[got], &address);
     }
     result = send_messages(fd, messages, iovecs, count);
 done:

@@ -242,6 +242,17 @@ class Endpoint:
         packet = batch.packets[i]
         return segment_count(len(packet) - tcp - (packet[tcp + 12] >> 4) * 4, batch.gso_sizes[i])
 
+    def _refuse(self, batch: Batch, i: int, packet: memoryview, segment_end: int,
+                now: float) -> None:
+        """Packet ``i`` does not go as it is: too big for the path (or, ``segment_end`` -1,
+        a super-packet that does not parse, already counted)."""
+        if segment_end < 0:
+            return
+        if batch.gso_sizes[i]:
+            self._too_big_super_packet(batch, i, packet, now)
+        else:
+            self._too_big(packet, now)
+
     def _too_big_super_packet(self, batch: Batch, i: int, packet: memoryview, now: float) -> None:
         """Segments of a super-packet would not fit the path: cut it here and let each
         segment take the way a packet of its size takes (ICMP, or outer fragments)."""
@@ -414,13 +425,8 @@ class RawEndpoint(Endpoint):
             packets[i] = None
             # A super-packet is decided on, and encapsulated, as its first segment.
             segment_end = self._first_segment(batch, i, packet) if gso_sizes[i] else end
-            if segment_end - start > limit:
-                if gso_sizes[i]:
-                    self._too_big_super_packet(batch, i, packet, now)
-                else:
-                    self._too_big(packet, now)
-                continue
-            if segment_end < 0:
+            if segment_end - start > limit or segment_end < 0:
+                self._refuse(batch, i, packet, segment_end, now)
                 continue
             inner = inner_ip(packet, True) if ethernet else packet
             if mss is not None and inner is not None:
@@ -493,13 +499,8 @@ class UdpEndpoint(Endpoint):
             frame = views[i][start:end]
             packets[i] = None
             segment_end = self._first_segment(batch, i, frame) if gso_sizes[i] else end
-            if segment_end - start > limit:
-                if gso_sizes[i]:
-                    self._too_big_super_packet(batch, i, frame, now)
-                else:
-                    self._too_big(frame, now)
-                continue
-            if segment_end < 0:
+            if segment_end - start > limit or segment_end < 0:
+                self._refuse(batch, i, frame, segment_end, now)
                 continue
             inner = inner_ip(frame, True)
             if mss is not None and inner is not None:
