@@ -83,14 +83,13 @@ class TunTapDevice:
     def read_batch(self, batch: Batch, counters: Counters) -> int:
         """Read packets into ``batch`` until none waits or it is full; return how many.
         A super-packet is one entry with its ``gso_sizes`` and header offsets set."""
-        readv, views, headers, ends, starts, fd = os.readv, batch.device_views, \
-            batch.vnet_views, batch.ends, batch.starts, self.fd
-        gso_sizes, ip_offsets, tcp_offsets, unpack = batch.gso_sizes, batch.ip_offsets, \
-            batch.tcp_offsets, VNET_HEADER.unpack_from
+        readv, iovecs, headers, ends, starts, fd = os.readv, batch.device_iovecs, \
+            batch.vnet_headers, batch.ends, batch.starts, self.fd
+        gso_sizes = batch.gso_sizes
         count = 0
         while count < batch.capacity:
             try:
-                length = readv(fd, (headers[count], views[count])) - VNET_HEADER_LENGTH
+                length = readv(fd, iovecs[count]) - VNET_HEADER_LENGTH
             except BlockingIOError:
                 break
             except InterruptedError:
@@ -103,25 +102,35 @@ class TunTapDevice:
                 counters.drops[DropReason.TRUNCATED] += 1
                 continue
             ends[count] = starts[count] + length
-            flags, gso_type, _, gso_size, checksum_start, checksum_offset = unpack(
-                batch.vnet_headers, count * VNET_HEADER_LENGTH)
+            at = count * VNET_HEADER_LENGTH
             gso_sizes[count] = 0
-            if gso_type != GSO_NONE:
-                if gso_type & ~GSO_ECN not in (GSO_TCPV4, GSO_TCPV6) or not gso_size:
-                    counters.drops[DropReason.INNER_MALFORMED] += 1
-                    continue
-                gso_sizes[count] = gso_size
-                ip_offsets[count] = self._link_header
-                tcp_offsets[count] = checksum_start
-            elif flags & NEEDS_CSUM:
-                try:
-                    finish_checksum(views[count][:length], checksum_start, checksum_offset)
-                except DecodeError as error:
-                    counters.drops[error.reason] += 1
-                    continue
+            # Most reads need nothing done: the flags and GSO type bytes say so.
+            if (headers[at] or headers[at + 1]) and not self._offloaded(batch, count, length,
+                                                                        counters):
+                continue
             count += 1
         batch.count = count
         return count
+
+    def _offloaded(self, batch: Batch, i: int, length: int, counters: Counters) -> bool:
+        """Entry ``i`` came with work the kernel left to us: a super-packet, or a checksum to
+        finish. False if it cannot be done (counted)."""
+        flags, gso_type, _, gso_size, checksum_start, checksum_offset = VNET_HEADER.unpack_from(
+            batch.vnet_headers, i * VNET_HEADER_LENGTH)
+        if gso_type != GSO_NONE:
+            if gso_type & ~GSO_ECN not in (GSO_TCPV4, GSO_TCPV6) or not gso_size:
+                counters.drops[DropReason.INNER_MALFORMED] += 1
+                return False
+            batch.gso_sizes[i] = gso_size
+            batch.ip_offsets[i] = self._link_header
+            batch.tcp_offsets[i] = checksum_start
+        elif flags & NEEDS_CSUM:
+            try:
+                finish_checksum(batch.device_views[i][:length], checksum_start, checksum_offset)
+            except DecodeError as error:
+                counters.drops[error.reason] += 1
+                return False
+        return True
 
     def write(self, packet, counters: Counters) -> None:
         """Deliver one packet (the slow path: ICMP errors); a failure is counted, never

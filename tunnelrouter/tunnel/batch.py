@@ -35,7 +35,7 @@ VNET_HEADER_LENGTH = 10  # struct virtio_net_hdr, in front of every TUN/TAP read
 
 
 class Batch:
-    __slots__ = ("capacity", "buffers", "views", "device_views", "vnet_headers", "vnet_views",
+    __slots__ = ("capacity", "buffers", "views", "device_views", "vnet_headers", "device_iovecs",
                  "count", "starts", "ends", "gso_sizes", "ip_offsets", "tcp_offsets", "addresses", "tos",
                  "packets", "destinations", "ancillary", "endpoints", "scratch")
 
@@ -46,8 +46,10 @@ class Batch:
         self.views = [memoryview(buffer) for buffer in self.buffers]
         self.device_views = [view[HEADROOM:] for view in self.views]   # where a device read goes
         self.vnet_headers = bytearray(VNET_HEADER_LENGTH * capacity)
-        self.vnet_views = [memoryview(self.vnet_headers)[i:i + VNET_HEADER_LENGTH]
-                           for i in range(0, len(self.vnet_headers), VNET_HEADER_LENGTH)]
+        vnet_views = [memoryview(self.vnet_headers)[i:i + VNET_HEADER_LENGTH]
+                      for i in range(0, len(self.vnet_headers), VNET_HEADER_LENGTH)]
+        # What one device read fills: the virtio-net header, then the packet.
+        self.device_iovecs = list(zip(vnet_views, self.device_views))
         self.scratch = bytearray(scratch_size)
         self.count = 0
         self.gso_sizes = [0] * capacity
