@@ -107,6 +107,8 @@ class Router:
         self._delivery: list = []   # the packets of one wire batch for one device
         self._warned: set[tuple] = set()
         self.started = time.monotonic()
+        self.notifier = self.system.notifier()
+        self._watchdog_at = 0.0
 
     @property
     def endpoints(self) -> dict[str, Endpoint]:
@@ -255,11 +257,19 @@ class Router:
     def run(self) -> None:
         """Serve until SIGTERM or SIGINT, then clean up."""
         self.handle_signals()
+        self.notifier.ready(self._summary())
         try:
             self.loop.run(self.tick, TICK)
         finally:
             log.info("stopping")
+            self.notifier.stopping()
             self.close()
+            self.notifier.close()
+
+    def _summary(self) -> str:
+        """One line for ``systemctl status``."""
+        up = sum(1 for tunnel in self.tunnels.values() if tunnel.device is not None and tunnel.up)
+        return f"{len(self.tunnels)} tunnel(s), {up} up"
 
     def run_once(self, timeout: float = 0.0) -> None:
         """One round of the loop (tests drive two routers in one thread with this)."""
@@ -285,6 +295,11 @@ class Router:
         if self.links is not None and self.links.overflowed:
             self.links.overflowed = False
             self._check_links()
+        # Fed from the loop itself: a loop that hangs stops feeding and systemd restarts it.
+        watchdog = self.notifier.watchdog_interval
+        if watchdog is not None and now >= self._watchdog_at:
+            self.notifier.watchdog()
+            self._watchdog_at = now + min(watchdog, TICK)
 
     # -- the datapath ---------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ from tunnelrouter.io.device import VNET_HEADER, TunTapDevice
 from tunnelrouter.io.errors import SystemProblem
 from tunnelrouter.io.netlink import LinkEvent
 from tunnelrouter.io.system import System
+from tunnelrouter.io.systemd import Notifier
 from tunnelrouter.io.underlay import (EXTENDED_ERROR, IP_RECVERR, SOL_UDP, UDP_SEGMENT,
                                       RawSocket, UdpSocket, _bind)
 from tunnelrouter.router import Router
@@ -268,6 +269,7 @@ class MemorySystem(System):
         self.sockets: dict[tuple[str, int], WireSocket] = {}
         self.netlink_double = MemoryNetlink(self)
         self.monitor = MemoryLinkMonitor()
+        self.notify_environment: dict[str, str] = {}   # NOTIFY_SOCKET, WATCHDOG_USEC for tests
         self._next_index = 100
 
     def device(self, name: str, ethernet: bool, super_packets: bool) -> TunTapDevice:
@@ -319,6 +321,9 @@ class MemorySystem(System):
 
     def link_monitor(self) -> MemoryLinkMonitor:
         return self.monitor
+
+    def notifier(self) -> Notifier:
+        return Notifier(self.notify_environment)
 
     def claim(self, name: str) -> socket.socket:
         return super().claim(f"{self.claims}:{name}")

@@ -618,6 +618,38 @@ def test_sigterm_ends_run_which_removes_everything_the_router_made(make_router, 
     assert all(wire_socket.sock.fileno() == -1 for wire_socket in system.sockets.values())
     assert {number: signal.getsignal(number) for number in handlers} == handlers
 
+
+def test_under_systemd_run_says_ready_feeds_the_watchdog_from_its_loop_and_says_stopping(
+        make_router, monkeypatch, tmp_path):
+    monkeypatch.setattr(router_module, "TICK", 0.001)
+    system = MemorySystem()
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.setblocking(False)
+    system.notify_environment = {"NOTIFY_SOCKET": str(tmp_path / "notify"),
+                                 "WATCHDOG_USEC": "1000"}
+    router = make_router({"ipip1": every_mode(A, [B], 1)["ipip1"]}, system)
+    ticks = []
+    tick = router.tick
+
+    def counting(now):
+        tick(now)
+        ticks.append(now)
+        if len(ticks) == 5:
+            router.stop()
+    router.tick = counting
+    router.run()
+    said = []
+    while True:
+        try:
+            said.append(notify.recv(200).decode())
+        except BlockingIOError:
+            break
+    notify.close()
+    assert said[0] == "READY=1\nSTATUS=1 tunnel(s), 1 up"
+    assert said[1:-1] == ["WATCHDOG=1"] * 5 and said[-1] == "STOPPING=1"
+
+
 # -- the control socket --------------------------------------------------------------------
 
 def test_the_control_socket_answers_show_with_the_status_and_anything_else_with_an_error(

@@ -10,6 +10,7 @@ import socket
 from tunnelrouter.io.device import TunTapDevice
 from tunnelrouter.io.errors import SystemProblem
 from tunnelrouter.io.netlink import LinkMonitor, Netlink
+from tunnelrouter.io.systemd import Notifier
 from tunnelrouter.io.underlay import RawSocket, UdpSocket
 
 
@@ -28,6 +29,10 @@ class System:
 
     def link_monitor(self) -> LinkMonitor:
         return LinkMonitor()
+
+    def notifier(self) -> Notifier:
+        """systemd's notify socket, from the environment (outside systemd: silent)."""
+        return Notifier()
 
     def claim(self, name: str) -> socket.socket:
         """Hold ``name`` for as long as the returned socket is open; SystemProblem if another
