@@ -144,37 +144,28 @@ class Connection:
     # -- relaying -------------------------------------------------------------------------
 
     def on_client(self, events: int) -> None:
-        if events & EPOLLERR:
-            self.forward.end(self, "reset")
-            return
-        if events & EPOLLHUP and self.masks[0] == 0:
-            self._unwatch(0)
-            return
-        try:
-            if events & _READ:
-                self._move(self.up, True)
-            if events & EPOLLOUT:
-                self._move(self.down, False)
-        except OSError:
-            self.forward.end(self, "reset")
-            return
-        self._after()
+        self._on_event(0, events, self.up, self.down)
 
     def on_server(self, events: int) -> None:
         if not self.connected:
             self._on_connect(events)
-            return
+        else:
+            self._on_event(1, events, self.down, self.up)
+
+    def _on_event(self, which: int, events: int, reading: Flow, writing: Flow) -> None:
+        """An event on one end (0: the client, 1: the server): ``reading`` is the flow from
+        it, ``writing`` the flow to it."""
         if events & EPOLLERR:
             self.forward.end(self, "reset")
             return
-        if events & EPOLLHUP and self.masks[1] == 0:
-            self._unwatch(1)
+        if events & EPOLLHUP and self.masks[which] == 0:
+            self._unwatch(which)
             return
         try:
             if events & _READ:
-                self._move(self.down, True)
-            if self.up.waiting:
-                self._move(self.up, False)
+                self._move(reading, True)
+            if writing.waiting:
+                self._move(writing, False)
         except OSError:
             self.forward.end(self, "reset")
             return

@@ -288,6 +288,23 @@ def test_the_backend_reads_the_proxy_header_first(running, site, version, expect
     assert received[0] == expected(me, (site + "1", 8080)) + b"GET /"
 
 
+def test_clients_that_say_nothing_or_half_open_block_no_one(running, site):
+    backend = Backend(site + "2", echo)
+    running.apply({"web": {"listen": site + "1:8080", "to": backend.address}})
+    silent = [socket.create_connection((site + "1", 8080), timeout=5) for _ in range(100)]
+    half_open = [socket.create_connection((site + "1", 8080), timeout=5) for _ in range(100)]
+    for sock in half_open:
+        sock.shutdown(socket.SHUT_WR)
+    with connect(site + "1", 8080) as client:
+        client.sendall(b"still served")
+        assert client.recv(12) == b"still served"
+    # The half-open ones ended as the echo backend, told of their FIN, closed its side.
+    wait_until(lambda: running.status("web")["connections_open"] == 100, "the silent ones alone")
+    assert all(sock.recv(1) == b"" for sock in half_open)
+    for sock in silent + half_open:
+        sock.close()
+
+
 def test_a_thousand_connections_leave_no_descriptor_behind(running, site):
     backend = Backend(site + "2", echo)
     running.apply({"web": {"listen": site + "1:8080", "to": backend.address}})
