@@ -18,11 +18,12 @@ nftables DNAT (the kernel alone: the ceiling). For each, in the same run:
 
 CPU is the forwarder's processes' user + system time over the measurement (for
 socat, its children too); DNAT's is the kernel's softirq time, which no process is
-charged with, so it is not given. Figures of one run on a shared machine: read the
-ratios. Ends with PASS/FAIL against the issue's targets: TCP throughput >= 1.0x
-HAProxy and >= 3x socat, connection rate >= 0.5x HAProxy.
+charged with, so it is not given. Each figure is the median of ``--runs`` runs, the
+forwarders taking turns; the machine is shared and noisy: read the ratios. Ends with
+PASS/FAIL against the issue's targets: TCP throughput >= 1.0x HAProxy and >= 3x socat,
+connection rate >= 0.5x HAProxy.
 
-Usage: ``scripts/bench_forward.py [--seconds 5] [--json PATH]`` (root).
+Usage: ``scripts/bench_forward.py [--seconds 5] [--runs 3] [--json PATH]`` (root).
 """
 
 from __future__ import annotations
@@ -217,23 +218,30 @@ class Bench:
         rate = next(line for line in result.stdout.splitlines() if line.startswith("Requests/sec"))
         return float(rate.split()[1])
 
-    def run_all(self) -> dict:
-        results = {}
-        for forwarder in FORWARDERS:
-            processes = self.start(forwarder)
-            try:
-                row = {}
-                for test, run in (("tcp1", lambda: self.tcp(1)), ("tcp16", lambda: self.tcp(16)),
-                                  ("connections", self.connection_rate), ("udp", self.udp)):
-                    if test == "udp" and forwarder == "haproxy":
-                        continue
-                    row[test] = self.measure(processes, run)
-                    time.sleep(0.5)   # iperf3's server takes its next client
-                results[forwarder] = row
-            finally:
-                self.stop(forwarder, processes)
-            print(f"{forwarder}: {results[forwarder]}", file=sys.stderr)
-        return results
+    def run_all(self, runs: int) -> dict:
+        """Every forwarder ``runs`` times, the forwarders taking turns, so that a noisy
+        moment of the machine hits them alike; each figure is the median of its runs (with
+        the CPU of that run)."""
+        measured: dict[str, dict[str, list]] = {name: {} for name in FORWARDERS}
+        for number in range(runs):
+            for forwarder in FORWARDERS:
+                processes = self.start(forwarder)
+                try:
+                    for test, run in (("tcp1", lambda: self.tcp(1)),
+                                      ("tcp16", lambda: self.tcp(16)),
+                                      ("connections", self.connection_rate), ("udp", self.udp)):
+                        if test == "udp" and forwarder == "haproxy":
+                            continue
+                        measured[forwarder].setdefault(test, []).append(
+                            self.measure(processes, run))
+                        time.sleep(0.5)   # iperf3's server takes its next client
+                finally:
+                    self.stop(forwarder, processes)
+                print(f"run {number + 1}, {forwarder}: "
+                      f"{ {test: round(values[-1][0], 2) for test, values in measured[forwarder].items()} }",
+                      file=sys.stderr)
+        return {forwarder: {test: sorted(values)[len(values) // 2] for test, values in row.items()}
+                for forwarder, row in measured.items()}
 
 
 def report(results: dict) -> tuple[str, bool]:
@@ -284,6 +292,7 @@ def report(results: dict) -> tuple[str, bool]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each measurement")
+    parser.add_argument("--runs", type=int, default=3, help="runs of each; medians are shown")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     missing = [tool for tool in ("iperf3", "wrk", "socat", "haproxy", "nft")
@@ -297,7 +306,7 @@ def main() -> int:
     bench = Bench(args.seconds, directory)
     try:
         bench.build()
-        results = bench.run_all()
+        results = bench.run_all(args.runs)
     finally:
         bench.factory.cleanup()
         shutil.rmtree(directory, ignore_errors=True)

@@ -536,7 +536,7 @@ def _listeners(forwards: dict[str, ForwardConfig], tunnels: dict[str, TunnelConf
         if kind is Underlay.UDP:
             address = ipaddress.ip_address(local)
             taken.setdefault(("udp", address.version, port), []).append(
-                (address, f"tunnel {name}'s VXLAN port"))
+                (address, f"tunnel {name}'s UDP port"))
     for name, forward in forwards.items():
         listen = forward.listen
         holders = taken.setdefault((forward.protocol, listen.family, listen.port), [])

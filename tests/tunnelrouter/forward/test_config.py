@@ -155,7 +155,7 @@ def test_a_udp_forward_may_not_take_a_vxlan_tunnels_port():
     found = problems({"tunnels": {"vx1": vxlan},
                       "forwards": {"dns": DNS | {"listen": "0.0.0.0:4789"}}})
     assert [p.path for p in found] == ["forwards.dns.listen"]
-    assert "tunnel vx1's VXLAN port" in found[0].message
+    assert "tunnel vx1's UDP port" in found[0].message
 
 
 def test_forward_and_tunnel_problems_come_in_one_pass_in_the_files_order():
