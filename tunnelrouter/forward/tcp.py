@@ -243,8 +243,8 @@ class Connection:
                 flow.shut = True
                 try:
                     sock.shutdown(socket.SHUT_WR)
-                except OSError as error:
-                    self.forward.end(self, "reset", error)
+                except OSError:
+                    self.forward.end(self, "reset")
                     return
         if up.shut and down.shut:
             self.forward.end(self, None)

@@ -8,6 +8,7 @@ import hashlib
 import os
 import random
 import socket
+import struct
 import threading
 import time
 from contextlib import contextmanager
@@ -179,6 +180,24 @@ def test_a_backend_that_shuts_its_write_side_still_gets_what_the_client_sends(ru
         client.sendall(b"y" * 1_000_000)
     wait_until(lambda: got, "the backend to read to the end")
     assert got == [b"y" * 1_000_000]
+
+
+def test_a_backend_that_resets_while_the_fin_is_passed_on_resets_the_client(running, site):
+    # The FIN goes to a socket the backend has just reset: shutdown() fails, and that ends
+    # the connection as a reset (the fixture fails the test on any internal error).
+    def reset_at_once(conn):
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    backend = Backend(site + "2", reset_at_once)
+    running.apply({"web": {"listen": site + "1:8080", "to": backend.address}})
+    for _ in range(100):
+        try:
+            with connect(site + "1", 8080) as client:
+                client.sendall(b"q" * 1000)
+                client.shutdown(socket.SHUT_WR)
+                assert client.recv(10) == b""
+        except OSError:
+            pass   # reset: the client may learn it at any of these calls
+    wait_until(lambda: running.status("web")["connections_open"] == 0, "every one to end")
 
 
 def test_a_refused_backend_resets_the_client_and_is_counted(running, site):
