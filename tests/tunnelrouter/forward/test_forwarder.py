@@ -4,6 +4,7 @@ test listens on an address of its own in 127.0.0.0/8, so parallel runs do not me
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import random
@@ -16,6 +17,7 @@ from contextlib import contextmanager
 import pytest
 
 from tunnelrouter.config import parse_config
+from tunnelrouter.forward import tcp
 from tunnelrouter.forward.forwarder import TICK, Forwarder
 from tunnelrouter.io.loop import Loop
 
@@ -152,6 +154,24 @@ def test_tcp_bytes_go_both_ways_whole_and_are_counted(running, site):
     assert status["bytes_to_backend"] == status["bytes_to_client"] == len(payload)
     assert status["connections_total"] == 1 and status["state"] == "listening"
     assert not any(status["refused"].values()) and not any(status["ended"].values())
+
+
+def test_where_splice_is_refused_the_flows_copy_and_lose_nothing(running, site, monkeypatch):
+    def refuse(*_args, **_kwargs):
+        raise OSError(errno.EINVAL, "Invalid argument")
+    monkeypatch.setattr(tcp, "_splice", refuse)
+
+    def answer_after_eof(conn):
+        conn.sendall(read_all(conn) * 100)
+    backend = Backend(site + "2", answer_after_eof)
+    running.apply({"web": {"listen": site + "1:8080", "to": backend.address}})
+    payload = os.urandom(200_000)
+    with connect(site + "1", 8080) as client:
+        client.sendall(payload)
+        client.shutdown(socket.SHUT_WR)
+        assert read_all(client) == payload * 100
+    wait_until(lambda: running.status("web")["bytes_to_client"] == 100 * len(payload),
+               "the count")
 
 
 def test_a_client_that_shuts_its_write_side_still_gets_the_whole_response(running, site):
