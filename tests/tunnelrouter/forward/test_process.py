@@ -4,11 +4,14 @@ it dies. No root: loopback addresses of the test's own."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
 import socket
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +23,7 @@ from tunnelrouter.io.loop import Loop
 from tunnelrouter.router import Router, StartError
 
 from tests.tunnelrouter.doubles import MemorySystem
+from tests.tunnelrouter.test_config import TUNNELROUTER
 from tests.tunnelrouter.forward.test_forwarder import Backend, echo, wait_until
 from tests.tunnelrouter.test_router import every_mode
 
@@ -94,7 +98,6 @@ def test_a_killed_process_is_started_again_and_serves_again(handle, site, backen
                                                             monkeypatch):
     monkeypatch.setattr(process_module, "RESTART_FIRST", 0.2)
     forwarder, loop, _ = handle(forwards_config(site, backend))
-    forwarder._restart_delay = 0.2
     first = forwarder.process.pid
     os.kill(first, signal.SIGKILL)
     serve_until(loop, forwarder, lambda: forwarder.process is None, "the death to be noticed")
@@ -150,3 +153,23 @@ def test_start_problems_of_tunnels_and_forwards_come_together(site, backend):
         taken.close()
     assert [path for path, _ in caught.value.problems] == ["tunnels.gre1", "forwards.web.listen"]
     assert router.forwarder.process is None   # closed: nothing left running
+
+
+def test_the_forwarder_process_does_not_outlive_a_killed_router(site, backend, tmp_path):
+    config = tmp_path / "forwards.yaml"
+    control = tmp_path / "control.sock"
+    config.write_text(json.dumps({"control-socket": str(control),
+                                  "forwards": forwards_config(site, backend)}))
+    router = subprocess.Popen([TUNNELROUTER, "run", str(config)], stderr=subprocess.PIPE)
+    try:
+        wait_until(control.exists, "the router to start", timeout=30)
+        (child,) = Path(f"/proc/{router.pid}/task/{router.pid}/children").read_text().split()
+        assert echoes(site)
+        router.kill()
+        router.wait()
+        wait_until(lambda: not Path(f"/proc/{child}").exists()
+                   or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2],
+                   "the forwarder to leave with its router")
+    finally:
+        router.kill()
+        router.wait()
