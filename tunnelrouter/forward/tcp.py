@@ -114,7 +114,7 @@ class Connection:
         self.down = Flow(server.fileno(), client.fileno())   # backend -> client
         self.connected = False
         # What epoll watches for each socket now (client, server): EPOLLIN | EPOLLOUT,
-        # or None while it is not watched at all (see _quiet).
+        # or None while it is not watched at all (see _unwatch).
         self.masks: list[int | None] = [0, EPOLLIN | EPOLLOUT]
 
     # -- connecting -----------------------------------------------------------------------
@@ -275,11 +275,9 @@ class Connection:
             loop.forget(self.up.src)
         for sock in (self.client, self.server):
             if reset:
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
-                except OSError:
-                    pass  # already reset: close() alone is right
-            sock.close()
+                _reset(sock)
+            else:
+                sock.close()
         for flow in (self.up, self.down):
             if flow.pipe is not None:
                 pipes.give_back(flow.pipe, flow.pending == 0)
@@ -405,8 +403,9 @@ class TcpForward(Forward):
 
 
 def _reset(sock: socket.socket) -> None:
+    """Close ``sock`` with a RST."""
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
     except OSError:
-        pass
+        pass  # already reset: close() alone is right
     sock.close()
