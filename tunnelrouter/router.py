@@ -94,13 +94,13 @@ class Router:
         self.netlink = None
         self.links = None
         self.control: ControlServer | None = None
+        self.forwarder = ForwarderProcess(config.forwards, self.loop) if config.forwards \
+            else None
         self._claims: list = []
         self._device_batch = Batch()
         self._wire_batch = Batch()
         self._warned: set[tuple] = set()
         self.started = time.monotonic()
-        self.forwarder = ForwarderProcess(config.forwards, self.loop) if config.forwards \
-            else None
 
     @property
     def endpoints(self) -> dict[str, Endpoint]:
