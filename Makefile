@@ -2,10 +2,12 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-DEBIAN_PACKAGES := tshark nftables iproute2 iputils-ping ethtool tcpdump iperf3 python3-venv
+DEBIAN_PACKAGES := tshark nftables iproute2 iputils-ping ethtool tcpdump iperf3 python3-venv haproxy
+# What only `make bench-forward` needs beside them: the forwarders compared, the load.
+BENCH_FORWARD_PACKAGES := socat wrk
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-unit bench-codec lab lab-down deps debian-deps clean
+.PHONY: test test-unit bench-codec bench-forward churn-forward lab lab-down deps debian-deps clean
 
 test: deps
 	$(PY) -m pytest -q
@@ -15,6 +17,15 @@ test-unit: deps
 
 bench-codec: deps
 	$(PY) scripts/bench_codec.py
+
+# Port forwards side by side with socat, HAProxy and nftables DNAT (root: namespaces).
+bench-forward: deps
+	$(MAKE) debian-deps DEBIAN_PACKAGES="$(BENCH_FORWARD_PACKAGES)"
+	$(PY) scripts/bench_forward.py
+
+# 100 000 TCP connections and UDP clients: no descriptor or memory left behind (root).
+churn-forward: deps
+	$(PY) scripts/churn_forward.py
 
 # The namespace lab (netns-lab/README.md): tears down any old lab, builds and tests a new one.
 # WAN_MTU=1400 (or 1280) narrows the link in the middle of the WAN: the path-MTU variant.

@@ -49,7 +49,7 @@ def command_run(args) -> int:
     except ConfigError as error:
         _print_problems(args.config, error.problems)
         return EXIT_CONFIG
-    missing = missing_capabilities()
+    missing = missing_capabilities() if config.tunnels else []   # forwards need neither
     if missing:
         print(f"tunnelrouter run: missing {' and '.join(missing)}: run as root, or grant them "
               "(systemd AmbientCapabilities=, or setcap on the interpreter)", file=sys.stderr)
@@ -91,13 +91,17 @@ def command_show(args) -> int:
         print(f"tunnelrouter show: the daemon on {args.socket} sent {len(reply)} bytes that "
               f"are not its status", file=sys.stderr)
         return EXIT_FAILURE
-    tunnels = status["tunnels"]
+    tunnels, forwards = status["tunnels"], status.get("forwards", {})
     if args.tunnel:
-        if args.tunnel not in tunnels:
-            print(f"tunnelrouter show: no tunnel {args.tunnel!r}; there are: "
-                  f"{', '.join(tunnels)}", file=sys.stderr)
+        if args.tunnel not in tunnels and args.tunnel not in forwards:
+            what = "tunnel or forward" if forwards else "tunnel"
+            print(f"tunnelrouter show: no {what} {args.tunnel!r}; there are: "
+                  f"{', '.join([*tunnels, *forwards])}", file=sys.stderr)
             return EXIT_FAILURE
-        status = status | {"tunnels": {args.tunnel: tunnels[args.tunnel]}}
+        status = status | {
+            "tunnels": {name: tunnel for name, tunnel in tunnels.items() if name == args.tunnel},
+            "forwards": {name: forward for name, forward in forwards.items()
+                         if name == args.tunnel}}
     print(json.dumps(status, indent=2) if args.json else render_status(status))
     return 0
 
@@ -130,10 +134,14 @@ def command_check(args) -> int:
     except ConfigError as error:
         _print_problems(args.config, error.problems)
         return EXIT_CONFIG
-    print(HEADER)
-    for name, tunnel in config.tunnels.items():
-        print(_row_for(name, tunnel))
-    print(f"{args.config}: {len(config.tunnels)} tunnel(s), configuration is valid")
+    if config.tunnels:
+        print(HEADER)
+        for name, tunnel in config.tunnels.items():
+            print(_row_for(name, tunnel))
+    for name, forward in config.forwards.items():
+        print(f"forward {name}: {forward.protocol} {forward.listen} -> {forward.to}")
+    forwards = f", {len(config.forwards)} forward(s)" if config.forwards else ""
+    print(f"{args.config}: {len(config.tunnels)} tunnel(s){forwards}, configuration is valid")
     return 0
 
 
@@ -188,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=command_run)
 
     show = commands.add_parser("show", help="state and counters of a running router")
-    show.add_argument("tunnel", nargs="?", help="only this tunnel")
+    show.add_argument("tunnel", nargs="?", help="only this tunnel (or forward)")
     show.add_argument("--json", action="store_true", help="machine-readable output")
     show.add_argument("--socket", default=None, metavar="PATH",
                       help="the daemon's control socket (default: the only one in /run/tunnelrouter)")

@@ -11,6 +11,8 @@ YAML that does not parse or repeats a key, every key of every tunnel that is
 wrong (pydantic, per tunnel, by its mode), how a tunnel's keys fit together
 (checked on whatever keys were right), and how the tunnels fit together
 (routes that overlap or cover a peer, two tunnels a socket cannot tell apart).
+The ``forwards:`` section (``tunnelrouter/forward/``) is checked in the same
+pass, each forward by its own model, then listeners that would take one port.
 Nothing in a file, however broken or hostile, gives more than messages: size,
 nesting and alias expansion are bounded, and the route checks take n log n.
 """
@@ -18,6 +20,7 @@ nesting and alias expansion are bounded, and the route checks take n log n.
 from __future__ import annotations
 
 import bisect
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -27,6 +30,7 @@ from typing import NamedTuple
 import yaml
 from pydantic import ValidationError
 
+from tunnelrouter.forward.config import ForwardConfig, name_problem
 from tunnelrouter.modes import MODES, TunnelConfig, Underlay
 
 IFNAMSIZ = 16  # the kernel's limit, including the terminating NUL
@@ -34,7 +38,7 @@ DEFAULT_CONTROL_DIR = "/run/tunnelrouter"
 MAX_FILE_BYTES = 16 << 20
 MAX_NODES = 200_000      # YAML nodes once aliases are expanded: an alias bomb stops here
 MAX_DIGITS = 40          # a longer number is no configuration value (and int() would balk)
-TOP_LEVEL_KEYS = ("tunnels", "control-socket")
+TOP_LEVEL_KEYS = ("tunnels", "control-socket", "forwards")
 
 
 class Problem(NamedTuple):
@@ -62,6 +66,7 @@ def render(problem: Problem, file: str | None = None) -> str:
 class RouterConfig:
     tunnels: dict[str, TunnelConfig]
     control_socket: str | None = None
+    forwards: dict[str, ForwardConfig] = field(default_factory=dict)
 
     def control_path(self, config_path: str | os.PathLike) -> str:
         if self.control_socket:
@@ -248,8 +253,9 @@ def parse_config(data, lines: dict[tuple, int] | None = None,
     found.keep(problems or [])
     if not isinstance(data, dict):
         if not found.found:
-            found.add((), "the file is empty: it needs a 'tunnels:' mapping" if data is None
-                      else "the file must be a mapping with a 'tunnels:' key")
+            found.add((), "the file is empty: it needs a 'tunnels:' mapping (or 'forwards:')"
+                      if data is None else
+                      "the file must be a mapping with a 'tunnels:' key (or 'forwards:')")
         raise ConfigError(found.found)
     for key in data:
         if key not in TOP_LEVEL_KEYS:
@@ -259,20 +265,24 @@ def parse_config(data, lines: dict[tuple, int] | None = None,
         found.add(("control-socket",), "must be the path of a socket")
         control_socket = None
     tunnels = data.get("tunnels")
-    if not isinstance(tunnels, dict) or not tunnels:
-        found.add(("tunnels",), "missing: at least one tunnel is needed" if tunnels is None else
+    # A router may only forward ports (no tunnel), or only tunnel, or both.
+    only_forwards = tunnels is None and data.get("forwards") is not None
+    if not only_forwards and (not isinstance(tunnels, dict) or not tunnels):
+        found.add(("tunnels",), "missing: at least one tunnel is needed (or a forward, under "
+                                "'forwards:')" if tunnels is None else
                   "must be a mapping of device names to tunnels, with at least one tunnel")
         raise ConfigError(found.found)
     configs = {}
-    for name, body in tunnels.items():
+    for name, body in (tunnels or {}).items():
         config = _tunnel(name, body, found)
         if config is not None:
             configs[name] = config
     _across_tunnels(configs, found)
+    forwards = _forwards(data.get("forwards"), configs, found)
     if found.found:
         # In the file's order, as an editor would go through them.
         raise ConfigError(sorted(found.found, key=lambda problem: problem.line or 0))
-    return RouterConfig(tunnels=configs, control_socket=control_socket)
+    return RouterConfig(tunnels=configs, control_socket=control_socket, forwards=forwards)
 
 
 # Bytes the kernel's isspace() takes for space (lib/ctype.c: 0xa0 too, which UTF-8 puts
@@ -315,12 +325,18 @@ def _tunnel(name, body, found: _Problems) -> TunnelConfig | None:
     if not isinstance(mode, str) or mode not in MODES:
         found.add(at + ("mode",), f"{_shown(mode)} is not a mode; the modes are {modes}")
         return None
-    model = MODES[mode].config
+    return _validated(MODES[mode].config, name, body, at, found,
+                      lambda key: _unknown_key(key, mode))
+
+
+def _validated(model, name, body: dict, at: tuple, found: _Problems, unknown_key):
+    """``body`` checked by ``model`` (a tunnel's or a forward's), every problem found at its
+    key below ``at``; the config, or None when the right keys do not make one."""
     try:
         config = model.model_validate(body | {"name": name})
     except ValidationError as error:
         failed = set()
-        for loc, text in _messages(error, mode):
+        for loc, text in _messages(error, unknown_key):
             found.add(at + loc, text)
             failed.add(loc[0] if loc else None)
         # Check how the right keys fit together too: without the wrong ones, and with
@@ -335,14 +351,15 @@ def _tunnel(name, body, found: _Problems) -> TunnelConfig | None:
     return config
 
 
-def _messages(error: ValidationError, mode: str) -> list[tuple[tuple, str]]:
+def _messages(error: ValidationError, unknown_key) -> list[tuple[tuple, str]]:
     """pydantic's errors as ``(key path, message)``; a union (a number or 'inherit') fails
-    once per branch: said once, with "or"."""
+    once per branch: said once, with "or". ``unknown_key(key)`` says what is wrong with a
+    key the model does not have."""
     merged: dict[tuple, list[str]] = {}
     for detail in error.errors():
         loc = _key_loc(detail["loc"])
         if detail["type"] == "extra_forbidden":
-            message = _unknown_key(loc[-1], mode)
+            message = unknown_key(loc[-1])
         elif detail["type"] == "missing":
             message = "missing"
         else:
@@ -387,8 +404,12 @@ def _unknown_key(key, mode: str) -> str:
 
 def _spellings(mode) -> set[str]:
     """The keys a mode's tunnels take, as the YAML spells them."""
-    return {info.alias or name for name, info in mode.config.model_fields.items()
-            if name != "name"}
+    return _model_keys(mode.config)
+
+
+def _model_keys(model) -> set[str]:
+    """The keys a model takes, as the YAML spells them."""
+    return {info.alias or name for name, info in model.model_fields.items() if name != "name"}
 
 
 def _shown(value) -> str:
@@ -468,3 +489,62 @@ def _underlay_addresses(config: TunnelConfig):
         yield peer, "a remote"
     for entry in getattr(config, "fdb", ()):
         yield entry.remote, "an fdb remote"
+
+
+# -- forwards ---------------------------------------------------------------------------
+
+def _forwards(section, tunnels: dict[str, TunnelConfig],
+              found: _Problems) -> dict[str, ForwardConfig]:
+    if section is None:
+        return {}
+    if not isinstance(section, dict) or not section:
+        found.add(("forwards",), "must be a mapping of names to forwards, with at least one")
+        return {}
+    forwards = {}
+    for name, body in section.items():
+        at = ("forwards", name)
+        message = name_problem(name)
+        if message is not None:
+            found.add(at, message)
+        elif not isinstance(body, dict):
+            found.add(at, "must be a mapping of the forward's keys (listen, to, ...)")
+        elif "name" in body:
+            found.add(at + ("name",), "unknown key: the forward's name is its own key")
+        else:
+            config = _validated(ForwardConfig, name, body, at, found, _unknown_forward_key)
+            if config is not None:
+                forwards[name] = config
+    _listeners(forwards, tunnels, found)
+    return forwards
+
+
+def _unknown_forward_key(key) -> str:
+    keys = _model_keys(ForwardConfig)
+    if isinstance(key, str) and "_" in key and key.replace("_", "-") in keys:
+        return f"unknown key: it is spelt '{key.replace('_', '-')}'"
+    return f"unknown key; a forward's keys are {', '.join(sorted(keys))}"
+
+
+def _listeners(forwards: dict[str, ForwardConfig], tunnels: dict[str, TunnelConfig],
+               found: _Problems) -> None:
+    """One address and port serves one listener per protocol: two forwards may not share it,
+    nor may a udp forward take a VXLAN tunnel's port. ``0.0.0.0`` (``[::]``) takes the port
+    on every address of its family."""
+    taken: dict[tuple, list[tuple[object, str]]] = {}
+    for name, tunnel in tunnels.items():
+        kind, local, port = tunnel.kind.underlay_end(tunnel)
+        if kind is Underlay.UDP:
+            address = ipaddress.ip_address(local)
+            taken.setdefault(("udp", address.version, port), []).append(
+                (address, f"tunnel {name}'s UDP port"))
+    for name, forward in forwards.items():
+        listen = forward.listen
+        holders = taken.setdefault((forward.protocol, listen.family, listen.port), [])
+        for address, holder in holders:
+            if address == listen.address or address.is_unspecified or \
+                    listen.address.is_unspecified:
+                found.add(("forwards", name, "listen"),
+                          f"{listen} ({forward.protocol}) is taken by {holder}: one address "
+                          f"and port serve one listener")
+                break
+        holders.append((listen.address, f"forward {name}"))

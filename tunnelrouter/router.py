@@ -12,6 +12,9 @@ demultiplexer shared by the tunnels on it. The event loop calls:
   gets its addresses and routes back;
 - the control server's handlers (``show``), and a tick each second.
 
+The forwards (``forwards:``) run in a process of their own (``forward/``): the
+router starts it, asks it for its status, and starts it again if it dies.
+
 Nothing stops the loop but SIGTERM or SIGINT: failures are counted, and logged
 once with the tunnel they concern.
 """
@@ -28,6 +31,7 @@ from encap.wire import HEADROOM
 
 from tunnelrouter.config import RouterConfig
 from tunnelrouter.control.server import ControlServer
+from tunnelrouter.forward.process import ForwarderProcess
 from tunnelrouter.io.device import TunTapDevice
 from tunnelrouter.io.errors import SystemProblem
 from tunnelrouter.io.loop import EPOLLERR, Loop
@@ -94,6 +98,8 @@ class Router:
         self.netlink = None
         self.links = None
         self.control: ControlServer | None = None
+        self.forwarder = ForwarderProcess(config.forwards, self.loop) if config.forwards \
+            else None
         self._claims: list = []
         # Scratch: room to cut a super-packet into segments, or to join a whole batch.
         # A device read may be a 64 KB super-packet; a datagram is no larger than the
@@ -123,6 +129,8 @@ class Router:
         try:
             self.netlink = self.system.netlink()
             problems = self._preflight()
+            if self.forwarder is not None:
+                problems += self.forwarder.start()
             if problems:
                 raise StartError(problems)
             self._start()
@@ -192,7 +200,11 @@ class Router:
                 self.control.open()
             except SystemProblem as problem:
                 raise StartError([("control-socket", problem.message)]) from None
-        log.info("started %d tunnel(s): %s", len(self.tunnels), ", ".join(self.tunnels))
+        if self.tunnels:
+            log.info("started %d tunnel(s): %s", len(self.tunnels), ", ".join(self.tunnels))
+        if self.forwarder is not None:
+            log.info("started %d forward(s): %s", len(self.config.forwards),
+                     ", ".join(self.config.forwards))
 
     def _open_underlay(self, config: TunnelConfig, end: tuple) -> UnderlaySocket:
         kind, local, number = end
@@ -224,6 +236,8 @@ class Router:
         if self.control is not None:
             self.control.close()
             self.control = None
+        if self.forwarder is not None:
+            self.forwarder.close()
         for tunnel in self.tunnels.values():
             if tunnel.device is not None:
                 self.loop.forget(tunnel.device.fd)
@@ -292,6 +306,8 @@ class Router:
                 self._restore(tunnel, now)
         if self.control is not None:
             self.control.tick(now)
+        if self.forwarder is not None:
+            self.forwarder.tick(now)
         if self.links is not None and self.links.overflowed:
             self.links.overflowed = False
             self._check_links()
@@ -521,7 +537,7 @@ class Router:
             state = "up" if tunnel.device is not None and tunnel.up else \
                 "down" if tunnel.device is not None else "gone (being made again)"
             tunnels[name] = tunnel.endpoint.status(now) | {"device": state}
-        return {
+        status = {
             "uptime": round(now - self.started, 1),
             "internal_errors": self.loop.faults,
             "unattributed": unattributed.drops_by_label(),
@@ -529,3 +545,7 @@ class Router:
                                            for demux in self.demuxes.values()),
             "tunnels": tunnels,
         }
+        if self.forwarder is not None:
+            status["internal_errors"] += self.forwarder.faults
+            status["forwards"] = self.forwarder.status()
+        return status

@@ -340,3 +340,57 @@ def test_show_reads_a_running_routers_status(tmp_path, capsys):
     assert [line for line in out.splitlines() if line.startswith("tunnel: ")] == [
         "tunnel: gre1", "tunnel: vx1", "tunnel: ipip1", "tunnel: six1"]
     assert "  mtu: 1464 (carries 1464 now)" in out and "  device: up" in out
+
+
+# -- forwards ---------------------------------------------------------------------------
+
+FORWARDS = {"web": {"listen": "0.0.0.0:8080", "to": "10.2.1.10:80"},
+            "dns": {"listen": "[::]:53", "protocol": "udp", "to": "[fd02::10]:53"}}
+
+
+def test_check_of_a_router_with_only_forwards_lists_them(tmp_path, capsys):
+    path = tmp_path / "forwards.yaml"
+    path.write_text(json.dumps({"forwards": FORWARDS}))
+    assert main(["check", str(path)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "forward web: tcp 0.0.0.0:8080 -> 10.2.1.10:80",
+        "forward dns: udp [::]:53 -> [fd02::10]:53",
+        f"{path}: 0 tunnel(s), 2 forward(s), configuration is valid"]
+
+
+def forwards_status() -> dict:
+    return status() | {"forwards": {
+        name: {"protocol": body.get("protocol", "tcp"), "listen": body["listen"],
+               "to": body["to"], "state": "listening"} for name, body in FORWARDS.items()}}
+
+
+def test_show_one_forward_prints_only_that_one(tmp_path, capsys):
+    path = tmp_path / "control.sock"
+    with daemon(path, json.dumps(forwards_status()).encode()):
+        assert main(["show", "dns", "--socket", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("forward: dns\n  udp [::]:53 -> [fd02::10]:53 (listening)\n")
+    assert "tunnel: " not in out and "forward: web" not in out
+
+
+def test_show_of_a_name_that_is_neither_names_both_kinds(tmp_path, capsys):
+    path = tmp_path / "control.sock"
+    with daemon(path, json.dumps(forwards_status()).encode()):
+        assert main(["show", "mail", "--socket", str(path)]) == 1
+    assert capsys.readouterr().err == ("tunnelrouter show: no tunnel or forward 'mail'; there "
+                                       "are: gre1, vx1, web, dns\n")
+
+
+def test_run_of_a_router_with_only_forwards_asks_for_no_capability(tmp_path, capsys,
+                                                                  monkeypatch):
+    monkeypatch.setattr(cli, "missing_capabilities", lambda: ["CAP_NET_ADMIN", "CAP_NET_RAW"])
+    path = tmp_path / "forwards.yaml"
+    socket_path = tmp_path / "control.sock"
+    # A listen address this host does not have: the start fails, past the capability check.
+    path.write_text(json.dumps({"control-socket": str(socket_path), "forwards": {
+        "web": {"listen": "192.0.2.99:8080", "to": "10.2.1.10:80"}}}))
+    assert main(["run", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "CAP_NET" not in err
+    assert f"{path}: cannot start: forwards.web.listen: cannot listen on 192.0.2.99:8080 (tcp): " \
+           f"Cannot assign requested address (192.0.2.99 is not an address of this host" in err

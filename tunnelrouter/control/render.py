@@ -7,6 +7,8 @@ _TUNNEL_FIELDS = {"mode": str, "local": str, "peers": list, "mtu": int, "effecti
                   "mss_clamp": (str, dict), "path_mtu": dict, "counters": dict}
 _COUNTER_FIELDS = {"rx_packets": int, "rx_bytes": int, "tx_packets": int, "tx_bytes": int,
                    "drops": dict}
+# What every forward's status holds (its counters come once the forwarder has reported).
+_FORWARD_FIELDS = {"protocol": str, "listen": str, "to": str, "state": str}
 
 
 def is_status(status) -> bool:
@@ -14,9 +16,13 @@ def is_status(status) -> bool:
     def has(mapping, fields) -> bool:
         return isinstance(mapping, dict) and all(
             isinstance(mapping.get(key), kind) for key, kind in fields.items())
-    return has(status, {"tunnels": dict, "unattributed": dict}) and bool(status["tunnels"]) \
+    if not has(status, {"tunnels": dict, "unattributed": dict}):
+        return False
+    forwards = status.get("forwards", {})
+    return isinstance(forwards, dict) and bool(status["tunnels"] or forwards) \
         and all(has(tunnel, _TUNNEL_FIELDS) and has(tunnel["counters"], _COUNTER_FIELDS)
-                for tunnel in status["tunnels"].values())
+                for tunnel in status["tunnels"].values()) \
+        and all(has(forward, _FORWARD_FIELDS) for forward in forwards.values())
 
 
 def render_status(status: dict) -> str:
@@ -55,6 +61,8 @@ def render_status(status: dict) -> str:
                 age = "static" if entry["static"] else f"expires in {entry['expires_in']} s"
                 lines.append(f"  fdb {entry['mac']} -> {entry['remote']} ({age})")
         lines.append("")
+    for name, forward in status.get("forwards", {}).items():
+        lines += _forward_lines(name, forward) + [""]
     for reason, count in status["unattributed"].items():
         lines.append(f"dropped before any tunnel, {reason}: {count}")
     if status.get("unattributed_wan_errors"):
@@ -62,3 +70,22 @@ def render_status(status: dict) -> str:
     if status.get("internal_errors"):
         lines.append(f"internal errors: {status['internal_errors']} (see the log)")
     return "\n".join(lines)
+
+
+def _forward_lines(name: str, forward: dict) -> list[str]:
+    lines = [f"forward: {name}",
+             f"  {forward['protocol']} {forward['listen']} -> {forward['to']} ({forward['state']})"]
+    what = "connections" if forward["protocol"] == "tcp" else "sessions"
+    if f"{what}_open" in forward:
+        lines.append(f"  {what}: {forward[f'{what}_open']} open, {forward[f'{what}_total']} in all")
+    if "datagrams_to_backend" in forward:
+        lines.append(f"  datagrams: {forward['datagrams_to_backend']} to the backend, "
+                     f"{forward['datagrams_to_client']} to clients")
+    if "bytes_to_backend" in forward:
+        lines.append(f"  bytes: {forward['bytes_to_backend']} to the backend, "
+                     f"{forward['bytes_to_client']} to clients")
+    for group, verb in (("refused", "refused"), ("ended", "ended by"), ("dropped", "dropped")):
+        for reason, count in forward.get(group, {}).items():
+            if count:
+                lines.append(f"  {verb} {reason}: {count}")
+    return lines

@@ -1,7 +1,9 @@
 """What ``tunnelrouter show`` prints for a status: golden text, line by line."""
 
+import pytest
+
 from tunnelrouter.config import parse_config
-from tunnelrouter.control.render import render_status
+from tunnelrouter.control.render import is_status, render_status
 from tunnelrouter.router import Router
 from tunnelrouter.tunnel.counters import Counters
 
@@ -102,3 +104,69 @@ def test_a_running_routers_status_renders_every_tunnel():
     assert lines.count("  device: up") == 5
     assert "  mss clamp: ipv6 1420" in lines                    # sit carries IPv6 only
     assert "  sequence epochs" not in text and "  fdb: 0 entries" in lines
+
+
+WEB = {"protocol": "tcp", "listen": "0.0.0.0:8080", "to": "10.2.1.10:80", "state": "listening",
+       "connections_open": 3, "connections_total": 120, "bytes_to_backend": 5000,
+       "bytes_to_client": 90000,
+       "refused": {"denied": 2, "rate": 0, "max_connections": 1, "connect_timeout": 0,
+                   "connect_refused": 4, "connect_failed": 0},
+       "ended": {"idle_timeout": 7, "max_lifetime": 0, "reset": 1},
+       "dropped": {"accept_failed": 0}}
+DNS = {"protocol": "udp", "listen": "[::]:53", "to": "[fd02::10]:53",
+       "state": "draining (removed or changed by a reload)", "sessions_open": 1,
+       "sessions_total": 9, "datagrams_to_backend": 30, "datagrams_to_client": 29,
+       "bytes_to_backend": 1500, "bytes_to_client": 9000,
+       "refused": {"denied": 0, "rate": 3, "max_connections": 0, "connect_failed": 0},
+       "ended": {"idle_timeout": 8, "max_lifetime": 0},
+       "dropped": {"send_failed": 0, "backend_unreachable": 2}}
+
+
+def forwards_status(forwards: dict, tunnels: dict | None = None) -> dict:
+    return {"uptime": 1.0, "internal_errors": 0, "unattributed": {},
+            "unattributed_wan_errors": 0, "tunnels": tunnels or {}, "forwards": forwards}
+
+
+def test_forwards_with_everything_there_is_to_show():
+    assert render_status(forwards_status({"web": WEB, "dns": DNS})).split("\n") == [
+        "forward: web",
+        "  tcp 0.0.0.0:8080 -> 10.2.1.10:80 (listening)",
+        "  connections: 3 open, 120 in all",
+        "  bytes: 5000 to the backend, 90000 to clients",
+        "  refused denied: 2",
+        "  refused max_connections: 1",
+        "  refused connect_refused: 4",
+        "  ended by idle_timeout: 7",
+        "  ended by reset: 1",
+        "",
+        "forward: dns",
+        "  udp [::]:53 -> [fd02::10]:53 (draining (removed or changed by a reload))",
+        "  sessions: 1 open, 9 in all",
+        "  datagrams: 30 to the backend, 29 to clients",
+        "  bytes: 1500 to the backend, 9000 to clients",
+        "  refused rate: 3",
+        "  ended by idle_timeout: 8",
+        "  dropped backend_unreachable: 2",
+        "",
+    ]
+
+
+def test_a_forward_whose_process_has_not_reported_yet_shows_its_ends():
+    starting = {key: WEB[key] for key in ("protocol", "listen", "to")} | {"state": "starting"}
+    assert render_status(forwards_status({"web": starting})).split("\n")[:2] == [
+        "forward: web", "  tcp 0.0.0.0:8080 -> 10.2.1.10:80 (starting)"]
+
+
+def test_a_status_of_forwards_only_or_of_tunnels_and_forwards_is_a_status():
+    assert is_status(forwards_status({"web": WEB}))
+    assert is_status(forwards_status({"web": WEB}, {"gre1": GRE}))
+
+
+@pytest.mark.parametrize("status", [
+    forwards_status({}),                                   # neither tunnels nor forwards
+    forwards_status([WEB]),
+    forwards_status({"web": {"protocol": "tcp"}}),         # a forward without its ends
+    forwards_status({"web": WEB | {"state": 3}}),
+])
+def test_what_is_not_a_status_with_forwards_is_refused(status):
+    assert not is_status(status)
