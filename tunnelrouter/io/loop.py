@@ -37,6 +37,9 @@ class Loop:
         self._previous_wakeup = -1
         self._next_tick = 0.0
         self.faults = 0
+        # Descriptors forgotten during this round of events: an event still to come for
+        # one is the old descriptor's, even if its number is already watched anew.
+        self._forgotten: set[int] = set()
 
     def watch(self, fd: int, handler: Callable[[int], None], writable: bool = False) -> None:
         """Call ``handler(epoll events)`` whenever ``fd`` is readable (or writable) or has
@@ -50,6 +53,7 @@ class Loop:
 
     def forget(self, fd: int) -> None:
         """Stop watching ``fd`` (before closing it)."""
+        self._forgotten.add(fd)
         if self._handlers.pop(fd, None) is not None:
             try:
                 self._epoll.unregister(fd)
@@ -88,10 +92,11 @@ class Loop:
 
     def run_once(self, tick: Callable[[float], None], interval: float, timeout: float) -> None:
         """One round: wait at most ``timeout`` s for events, dispatch them, tick if due."""
-        handlers = self._handlers
+        handlers, forgotten = self._handlers, self._forgotten
+        forgotten.clear()
         for fd, events in self._epoll.poll(timeout):
             handler = handlers.get(fd)
-            if handler is None:
+            if handler is None or fd in forgotten:
                 continue  # forgotten by an earlier handler of this round
             try:
                 handler(events)

@@ -129,6 +129,30 @@ def test_a_descriptor_forgotten_by_a_handler_is_not_served_in_the_same_round(loo
     assert len(ran) == 2 and ran[0] is ran[1]
 
 
+def test_an_event_for_a_closed_descriptor_never_reaches_the_new_one_with_its_number(loop,
+                                                                                  pairs):
+    first, second = readable(pairs), readable(pairs)
+    calls = []
+
+    def closes_the_other(mine: socket.socket, theirs: socket.socket):
+        def handler(_events):
+            calls.append("old")
+            number = theirs.fileno()
+            loop.forget(number)
+            theirs.close()
+            # A descriptor made now takes the freed number, and is watched anew.
+            reused, spare = socket.socketpair()
+            os.dup2(reused.fileno(), number)
+            loop.watch(number, lambda _events: calls.append("new"))
+            reused.close()
+            spare.close()
+        return handler
+    loop.watch(first.fileno(), closes_the_other(first, second))
+    loop.watch(second.fileno(), closes_the_other(second, first))
+    loop.run_once(never, 1.0, 0.0)
+    assert calls == ["old"]
+
+
 def test_forgetting_twice_or_after_close_is_harmless(loop, pairs):
     watched, _ = pairs()
     loop.watch(watched.fileno(), lambda _events: None)
