@@ -144,6 +144,8 @@ build_topology() {  # build_topology MIDDLE_MTU
   done
   ip -n $PREFIX-hosta -6 route add fd02::/64 via fd01::fe
   ip -n $PREFIX-hostb -6 route add fd01::/64 via fd02::fe
+  # M1's port forwards reach hostB from M1's gre1 address: the answers go back through M2.
+  ip -n $PREFIX-hostb route add 192.168.101.0/30 via 10.2.1.254
 }
 
 start_router() {  # start_router m1|m2
@@ -221,6 +223,31 @@ transfer() {  # transfer SRC DST [-R]: $TRANSFER bytes cross within $TRANSFER_TI
 
 ROW='%-6s | %-5s | %-21s | %-8s | %-8s | %-6s | %-7s | %-7s | %s'
 
+# M1's port forwards (m1.yaml): hostA asks M1's LAN address, hostB's services answer
+# (services.py) through gre1.
+test_forwards() {
+  local page="forwarded by tunnelrouter $$" web udp
+  mkdir -p "$RUN/www"
+  echo "$page" >"$RUN/www/hello.txt"
+  in_ns hostb python3 "$LAB_DIR/services.py" 10.2.1.1 8000 5353 "$RUN/www" \
+    >"$RUN/services.log" 2>&1 &
+  local services=$!
+  sleep 0.5
+  web=$(in_ns hosta python3 -c 'import sys, urllib.request
+print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode().strip())' \
+    http://10.1.1.254:8080/hello.txt 2>&1) || true
+  udp=$(in_ns hosta python3 -c 'import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(5)
+s.sendto(b"ping", ("10.1.1.254", 5353)); print(s.recv(100).decode())' 2>&1) || true
+  kill "$services" 2>/dev/null || true
+  local failed=0
+  if [[ $web == "$page" ]]; then echo "forward web  tcp 10.1.1.254:8080 -> 10.2.1.1:8000  ok"
+  else echo "forward web  tcp 10.1.1.254:8080 -> 10.2.1.1:8000  FAIL: $web"; failed=1; fi
+  if [[ $udp == PING ]]; then echo "forward echo udp 10.1.1.254:5353 -> 10.2.1.1:5353  ok"
+  else echo "forward echo udp 10.1.1.254:5353 -> 10.2.1.1:5353  FAIL: $udp"; failed=1; fi
+  return $failed
+}
+
 run_tests() {
   if ! [[ -S $RUN/m1.sock && -S $RUN/m2.sock ]]; then
     echo "the lab is not running (no control sockets in $RUN); run: $0 up" >&2
@@ -271,6 +298,8 @@ print("%.1f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] /
   printf "$ROW\n" mode dev path ping "rtt avg" Mbit/s "$TRANSFER ->" "$TRANSFER <-" "DF ping (middle MTU $middle)"
   printf '%s\n' "-------+-------+-----------------------+----------+----------+--------+---------+---------+-----------------"
   printf '%s\n' "${rows[@]}"
+  echo
+  test_forwards || failed=1
   echo
   return $failed
 }
