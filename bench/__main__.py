@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import report
+from bench import report, stats
 from bench.lab import Interrupted, Lab, signals_raise
 from bench.measure import TESTS, Meter, Settings
 from bench.rows import (BASELINE, DEFAULT_ROWS, ROW_KINDS, Row, ScaleTunnelrouter, make_rows)
@@ -207,8 +207,10 @@ def progress(cell: dict) -> str:
         cpu = "/".join(f"{v['cpu']:.0f}" for v in u["processes"].values())
         parts.append(f"UDP {u['pps'] / 1e3:5.0f} of {u['offered_pps'] / 1e3:.0f} kpps"
                      + (f" cpu {cpu} %" if cpu else "") + f" host {u['host_busy']:.0f} %")
-    if cell["fragments"]:
-        parts.append(f"FRAGMENTS {cell['fragments']}")
+    if stats.fragmented(cell["fragments"]):
+        parts.append(f"OUTER FRAGMENTS {stats.fragmented(cell['fragments'])}: {cell['fragments']}")
+    elif cell["fragments"]:
+        parts.append(f"(IP counters: {cell['fragments']})")
     if cell["errors"]:
         parts.append("ERRORS: " + "; ".join(cell["errors"]))
     return "  ".join(parts)
@@ -260,7 +262,7 @@ def main(argv: list[str]) -> int:
     try:
         run = measure(p, rows, workdir)
     except (KeyboardInterrupt, Interrupted) as stop:
-        say(f"stopped ({stop or 'Ctrl-C'}); the namespaces are removed")
+        say(f"stopped ({str(stop) or 'Ctrl-C'}); the namespaces are removed")
         return 130
     finally:
         if not args.keep_workdir:

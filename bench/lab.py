@@ -47,11 +47,20 @@ class Interrupted(BaseException):
 
 
 def signals_raise() -> None:
-    """SIGTERM and SIGHUP raise :class:`Interrupted`, so ``finally`` blocks clean up."""
+    """SIGTERM and SIGHUP raise :class:`Interrupted` and SIGINT KeyboardInterrupt, so
+    ``finally`` blocks clean up. SIGINT even when the shell started us with it ignored
+    (a background job): ``kill -INT`` must still stop the run cleanly. A SIGHUP that
+    nohup ignores stays ignored."""
     def handler(signum, _frame):
         raise Interrupted(signal.Signals(signum).name)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, handler)
+
+    def interrupt(_signum, _frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, interrupt)
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, handler)
 
 
 @dataclass

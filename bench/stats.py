@@ -127,5 +127,7 @@ FRAGMENTING = ("FragCreates", "ReasmReqds")
 
 
 def fragmented(delta: dict) -> int:
-    """How many outer fragments were made or reassembled (0: none crossed the WAN)."""
-    return sum(counters.get(c, 0) for counters in delta.values() for c in FRAGMENTING)
+    """How many fragments crossed the WAN namespaces (0: none): those made (FragCreates,
+    by a tunnel end or a WAN router) or, if more, those that arrived to be reassembled
+    (ReasmReqds); one fragment usually counts in both, at each of its ends."""
+    return max(sum(counters.get(c, 0) for counters in delta.values()) for c in FRAGMENTING)

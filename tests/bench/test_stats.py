@@ -113,3 +113,6 @@ def test_fragment_counters_only_report_increases():
     assert delta == {"m1": {"FragCreates": 4, "FragOKs": 2}}
     assert stats.fragmented(delta) == 4
     assert stats.fragmented({}) == 0
+    # A fragment made on M1 and reassembled on M2 is one fragment, not two.
+    assert stats.fragmented({"m1": {"FragCreates": 6}, "m2": {"ReasmReqds": 6}}) == 6
+    assert stats.fragmented({"m2": {"ReasmReqds": 2}}) == 2
