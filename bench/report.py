@@ -211,7 +211,9 @@ def markdown_scale(results: dict) -> str:
         lines.append(f"| {s['wire']} | {titles.get(s['row'], s['row'])} | {_num(s['tcp1_gbps'])} | "
                      f"{_ratio(s['tcp1_gbps_ratio'])} | {_cpu_cell(s['cpu']['tcp1'])} | "
                      f"{_memory_cell(s['memory_kib'])} |")
-    return "\n".join(lines) + "\n"
+    failed = [f"- {r['id']}: did not start: {r['failed']}" for r in results["meta"]["rows"]
+              if r.get("failed")]
+    return "\n".join(lines) + "\n" + ("\nProblems:\n\n" + "\n".join(failed) + "\n" if failed else "")
 
 
 def splice(text: str, begin: str, end: str, body: str) -> str:

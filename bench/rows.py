@@ -32,9 +32,11 @@ from bench.lab import run
 from bench.topology import Slot, Topology
 
 WAN_MTU = 1500
-# Bytes each userspace tunnel adds to an inner packet over IPv4 (20) + UDP (8). Found by
-# the largest DF ping that crosses and by reading the datagrams (bench/README in the main
-# README says how); the MTU of each device is WAN_MTU minus it.
+# Bytes each userspace tunnel adds to an inner packet over IPv4 (20) + UDP (8); the MTU of
+# each device is WAN_MTU minus it. Checked in this lab: at these MTUs no outer packet is
+# fragmented, and with one byte more OpenVPN's, fastd's and socat's are (M1 FragCreates);
+# tinc never fragments outer packets (what exceeds the path MTU it discovers for itself
+# it does not send as one datagram), and a capture shows its largest datagrams at 1500.
 UDP_OVERHEAD = {
     "openvpn": 28 + 0,   # no TLS, no crypto, no compression framing: the bare packet
     "tinc": 28 + 4 + 14,  # tinc 1.0: 4-byte sequence number, the packet with its Ethernet header
@@ -152,7 +154,9 @@ def scale_config(mode: str, count: int, slot: Slot, side: int) -> tuple[dict, st
     carries ``slot``'s traffic. Returns it and that last tunnel's device name."""
     far = 3 - side
     tunnels = {}
-    spare = ipaddress.ip_network("100.64.0.0/10").subnets(new_prefix=30)
+    # Each slot its own /16 of 100.64.0.0/10, cut into /30s: rows run side by side in
+    # the same namespaces, so their unused tunnels must not share addresses or routes.
+    spare = ipaddress.ip_network(f"100.{64 + slot.k}.0.0/16").subnets(new_prefix=30)
     for i in range(1, count + 1):
         name = f"{'g' if mode == 'gre' else 'v'}{slot.k}x{i}"
         link = next(spare)  # this tunnel's /30: .1 on M1, .2 on M2

@@ -68,6 +68,18 @@ def test_scale_configurations_are_valid_and_carry_the_traffic_in_the_last_tunnel
         assert last["routes"] == ["10.2.3.0/24"]
 
 
+def test_scale_rows_side_by_side_share_no_address_or_route():
+    # Several scale rows run at once in the same namespaces: put two rows' tunnels in one
+    # file (keys renumbered, one local address) and let the router's own checks look for
+    # overlapping routes.
+    tunnels = {}
+    for k in (2, 3):
+        tunnels |= scale_config("gre", 100, Slot(k), 1)[0]["tunnels"]
+    for key, tunnel in enumerate(tunnels.values(), start=1):
+        tunnel |= {"local": "10.99.1.2", "key": key}
+    assert len(parse_config({"tunnels": tunnels}).tunnels) == 200
+
+
 def test_only_namespaces_of_dead_runs_are_stale():
     names = ["trt-bench-100-m1", "trt-bench-200-hosta", "trt-lab-m1", "trt-m1-abc",
              "trt-bench-probe", "trt-bench-100"]
