@@ -22,7 +22,7 @@ bench-codec: deps bench-deps
 	$(PY) scripts/bench_codec.py
 
 # Tunnels side by side in a namespace lab (README "Benchmarks: tunnels side by side").
-# With no knobs: every row, all three wires, 3 repetitions of 2-second tests (~12 min);
+# With no knobs: every row, all three wires, 3 repetitions of 2-second tests (~11 min);
 # it writes bench/results/latest.{json,md,png} and the README's table. Any knob makes a
 # custom run, written to bench/results/run.* (git-ignored). Knobs:
 #   QUICK=1                 NIC-like wire only, 2 repetitions, 1-second tests (~2 min)
@@ -47,7 +47,7 @@ bench: deps bench-deps
 	$(PY) -m bench $(bench-args)
 
 # One TCP stream through a router configured with 1, 10, 100 and 1000 tunnels (GRE keys,
-# VXLAN VNIs), traffic through the last; the same knobs, and SCALE_COUNTS=1,1000,
+# VXLAN VNIs), traffic through the last (~3 min); the same knobs, and SCALE_COUNTS=1,1000,
 # SCALE_MODES=gre. Writes bench/results/scale.{json,md} and the README's scale table.
 bench-scale: deps bench-deps
 	$(PY) -m bench --scale $(if $(SCALE_COUNTS),--scale-counts $(SCALE_COUNTS)) \

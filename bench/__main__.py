@@ -92,16 +92,18 @@ def build_info(binary: str) -> dict:
     """Which tree a tunnelrouter command runs (its venv's import of ``tunnelrouter``),
     and that tree's commit: so before/after results say what they measured."""
     info = {"command": binary}
-    python = Path(binary).parent / "python"
+    path = Path(shutil.which(binary) or binary).resolve()
     try:
-        where = subprocess.run([str(python), "-c", "import tunnelrouter; print(tunnelrouter.__file__)"],
+        where = subprocess.run([str(path.parent / "python"), "-c",
+                                "import tunnelrouter; print(tunnelrouter.__file__)"],
                                capture_output=True, text=True, timeout=20).stdout.strip()
-        tree = Path(where).parent.parent
-        info["tree"] = str(tree)
-        head = subprocess.run(["git", "-C", str(tree), "describe", "--always", "--dirty"],
-                              capture_output=True, text=True, timeout=5).stdout.strip()
-        if head:
-            info["commit"] = head
+        if where:
+            tree = Path(where).parent.parent
+            info["tree"] = str(tree)
+            head = subprocess.run(["git", "-C", str(tree), "describe", "--always", "--dirty"],
+                                  capture_output=True, text=True, timeout=5).stdout.strip()
+            if head:
+                info["commit"] = head
     except (OSError, subprocess.TimeoutExpired):
         pass
     return info
@@ -137,8 +139,10 @@ def plan(args: argparse.Namespace) -> dict:
 
 def scale_rows(p: dict) -> list[Row]:
     rows: list[Row] = make_rows([BASELINE], p["builds"])
-    for mode in p["modes"]:
-        for count in p["counts"]:
+    # Smallest first: a router's memory grows with every device in its namespace, its own
+    # or not (the link dump at its start), so the small ones start before the big ones.
+    for count in sorted(p["counts"]):
+        for mode in p["modes"]:
             for label, binary in p["builds"].items():
                 name = f"tr-{mode}-x{count}" + (f"@{label}" if len(p["builds"]) > 1 else "")
                 what = "keys" if mode == "gre" else "VNIs"
@@ -318,8 +322,8 @@ def write(results: dict, p: dict, args) -> None:
         marker = "bench-scale" if args.scale else "bench-results"
         report.update_readme(REPO / "README.md", marker, readme_body(results, args.scale))
         say(f"README.md updated ({marker})")
-    say(f"results: {out.with_suffix('.json')} (.md, .png); "
-        f"{results['meta']['runtime_seconds']} s of measuring")
+    say(f"results: {out.with_suffix('.json')} (.md{'' if args.scale else ', .png'}); "
+        f"{results['meta']['runtime_seconds']} s from the first namespace to the last")
 
 
 def readme_body(results: dict, scale: bool) -> str:
@@ -327,8 +331,8 @@ def readme_body(results: dict, scale: bool) -> str:
     s = meta["settings"]
     head = (f"One run of `{'make bench-scale' if scale else 'make bench'}` on {meta['date']} "
             f"({meta['machine']['cpus']} cores, kernel {meta['machine']['kernel']}): medians of "
-            f"{s['repetitions']} interleaved repetitions of {s['seconds']:g}-second tests, "
-            f"{meta['runtime_seconds']} s of measuring.\n\n")
+            f"{s['repetitions']} interleaved repetitions of {s['seconds']:g}-second tests; "
+            f"{meta['runtime_seconds']} s from setting up the lab to tearing it down.\n\n")
     return head + (report.markdown_scale(results) if scale else report.markdown_report(results))
 
 
