@@ -81,7 +81,7 @@ def tool_versions() -> dict[str, str]:
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=5)
             text = (out.stdout or out.stderr).strip().splitlines()
-            line = next((l for l in text if "version" in l.lower() or name in l.lower()), text[0])
+            line = next((l for l in text if "version" in l.lower()), text[0])
             versions[name] = line.strip()
         except (OSError, IndexError, StopIteration, subprocess.TimeoutExpired):
             versions[name] = "missing"
