@@ -3,11 +3,16 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 DEBIAN_PACKAGES := tshark nftables iproute2 iputils-ping ethtool tcpdump iperf3 python3-venv haproxy
+# Only `make bench` and `make bench-scale` install these (the tunnels compared with
+# tunnelrouter); `make test` never needs them.
+BENCH_DEBIAN_PACKAGES := iperf3 iproute2 iputils-ping ethtool procps openvpn tinc fastd socat
 # What only `make bench-forward` needs beside them: the forwarders compared, the load.
 BENCH_FORWARD_PACKAGES := socat wrk
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: test test-unit bench-codec bench-forward churn-forward lab lab-down deps debian-deps clean
+.PHONY: test test-unit bench bench-scale bench-codec bench-forward churn-forward lab lab-down \
+	deps bench-deps debian-deps bench-debian-deps clean
 
 test: deps
 	$(PY) -m pytest -q
@@ -15,7 +20,7 @@ test: deps
 test-unit: deps
 	$(PY) -m pytest -q -m "not netns"
 
-bench-codec: deps
+bench-codec: deps bench-deps
 	$(PY) scripts/bench_codec.py
 
 # Port forwards side by side with socat, HAProxy and nftables DNAT (root: namespaces).
@@ -27,6 +32,38 @@ bench-forward: deps
 churn-forward: deps
 	$(PY) scripts/churn_forward.py
 
+# Tunnels side by side in a namespace lab (README "Benchmarks: tunnels side by side").
+# With no knobs: every row, all three wires, 3 repetitions of 2-second tests (~11 min);
+# it writes bench/results/latest.{json,md,png} and the README's table. Any knob makes a
+# custom run, written to bench/results/run.* (git-ignored). Knobs:
+#   QUICK=1                 NIC-like wire only, 2 repetitions, 1-second tests (~2 min)
+#   ROWS=kernel-vxlan,tr-vxlan   rows (plain kernel-vxlan tr-gre tr-ipip tr-sit tr-vxlan
+#                           tr-gretap openvpn tinc fastd socat); kernel-vxlan always runs
+#   WIRES=nic               wires (veth nic bare)
+#   REPS=5  DURATION=3      repetitions, seconds each test runs
+#   TESTS=tcp1,udp          tests (tcp1 tcp4 udp)
+#   TUNNELROUTER=/path/to/tunnelrouter     the build to measure (default .venv/bin/tunnelrouter)
+#   TUNNELROUTER_B=/path/to/tunnelrouter   a second build: every tr-* row runs with both,
+#                           interleaved, and a table gives B/A  (LABEL_A=before LABEL_B=after)
+#   OUT=/tmp/mine           results path without suffix
+#   BENCH_ARGS='...'        anything else `python -m bench --help` lists
+bench-args = $(if $(QUICK),--quick) $(if $(ROWS),--rows $(ROWS)) $(if $(WIRES),--wires $(WIRES)) \
+	$(if $(REPS),--reps $(REPS)) $(if $(DURATION),--seconds $(DURATION)) \
+	$(if $(TESTS),--tests $(TESTS)) $(if $(TUNNELROUTER),--tunnelrouter $(TUNNELROUTER)) \
+	$(if $(TUNNELROUTER_B),--tunnelrouter-b $(TUNNELROUTER_B)) \
+	$(if $(LABEL_A),--label-a $(LABEL_A)) $(if $(LABEL_B),--label-b $(LABEL_B)) \
+	$(if $(OUT),--out $(OUT)) $(BENCH_ARGS)
+
+bench: deps bench-deps
+	$(PY) -m bench $(bench-args)
+
+# One TCP stream through a router configured with 1, 10, 100 and 1000 tunnels (GRE keys,
+# VXLAN VNIs), traffic through the last (~3 min); the same knobs, and SCALE_COUNTS=1,1000,
+# SCALE_MODES=gre. Writes bench/results/scale.{json,md} and the README's scale table.
+bench-scale: deps bench-deps
+	$(PY) -m bench --scale $(if $(SCALE_COUNTS),--scale-counts $(SCALE_COUNTS)) \
+	  $(if $(SCALE_MODES),--scale-modes $(SCALE_MODES)) $(bench-args)
+
 # The namespace lab (netns-lab/README.md): tears down any old lab, builds and tests a new one.
 # WAN_MTU=1400 (or 1280) narrows the link in the middle of the WAN: the path-MTU variant.
 WAN_MTU ?= 1500
@@ -37,21 +74,33 @@ lab-down:
 	bash netns-lab/lab.sh down
 
 deps: debian-deps $(STAMP)
+bench-deps: bench-debian-deps $(BENCH_STAMP)
 
 # Root installs what is missing (CI and the lab are root); anyone else gets told.
-debian-deps:
-	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+define apt-install
+	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages: $$missing (run as root, or apt-get install them)"; exit 1; fi; \
 	  echo "installing Debian packages: $$missing"; \
 	  echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+endef
+
+debian-deps:
+	$(call apt-install,$(DEBIAN_PACKAGES))
+
+bench-debian-deps:
+	$(call apt-install,$(BENCH_DEBIAN_PACKAGES))
 
 $(STAMP): pyproject.toml setup.py encap/_gso.c tunnelrouter/io/_mmsg.c
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,bench]'
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(PY) -m pip install -q -e '.[bench]'
 	touch $@
 
 clean:
