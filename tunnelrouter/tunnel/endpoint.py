@@ -14,6 +14,7 @@ rule; a packet larger than the learnt path MTU takes the slow path
 (``_too_big``): fragments of a non-DF IPv4 packet, ICMP too-big otherwise.
 """
 
+import struct
 from collections.abc import Hashable
 
 from encap.ecn import (DROP, ECN_MASK, UNUSED_COMBINATIONS, decapsulated_ecn, outer_ecn,
@@ -43,6 +44,8 @@ FDB_SHOWN = 100    # status lists at most this many FDB entries (and counts them
 _ETHERTYPE_IPV4 = b"\x08\x00"
 _ETHERTYPE_IPV6 = b"\x86\xdd"
 _NOWHERE: tuple = ()
+# An IPv4 header's first byte, TOS, flags byte and TTL; of IPv6, the first two bytes.
+_IPV4_OUTER_FIELDS = struct.Struct("!BB4xBxB")
 
 
 def inner_ip(packet: memoryview, ethernet: bool) -> memoryview | None:
@@ -52,15 +55,6 @@ def inner_ip(packet: memoryview, ethernet: bool) -> memoryview | None:
     ethertype = packet[12:14]
     if ethertype == _ETHERTYPE_IPV4 or ethertype == _ETHERTYPE_IPV6:
         return packet[ETHERNET_HEADER_LENGTH:]
-    return None
-
-
-def inner_header_fields(packet: memoryview) -> tuple[int, int, bool] | None:
-    """``(ttl or hop limit, tos or traffic class, may be fragmented)`` of an IP packet."""
-    if len(packet) >= 20 and packet[0] >> 4 == 4:
-        return packet[8], packet[1], not packet[6] & 0x40
-    if len(packet) >= 40 and packet[0] >> 4 == 6:
-        return packet[7], ((packet[0] & 0x0F) << 4) | (packet[1] >> 4), False
     return None
 
 
@@ -146,10 +140,16 @@ class Endpoint:
         """Outer TTL, TOS and whether the outer packet may be fragmented, for the inner IP
         packet (ttl, dscp and ecn settings; an IPv4 packet's own DF, RFC 2003 §3.1).
         TTL 0: drop."""
-        fields = inner_header_fields(inner) if inner is not None else None
-        if fields is None:
+        try:
+            first, tos, flags, ttl = _IPV4_OUTER_FIELDS.unpack_from(inner)
+        except (struct.error, TypeError):   # shorter than an IPv4 header, or no IP at all
+            first = 0
+        if first >> 4 == 4:
+            fragmentable = not flags & 0x40
+        elif first >> 4 == 6 and len(inner) >= 40:
+            ttl, tos, fragmentable = inner[7], ((first & 0x0F) << 4) | (tos >> 4), False
+        else:
             return self.default_ttl, self.tos_fixed, False
-        ttl, tos, fragmentable = fields
         return (ttl if self.inherit_ttl else self.default_ttl if ttl else 0), \
             (tos & self.tos_inherited) | self.tos_fixed, fragmentable
 
@@ -430,7 +430,7 @@ class RawEndpoint(Endpoint):
                 continue
             inner = inner_ip(packet, True) if ethernet else packet
             if mss is not None and inner is not None:
-                clamp_mss(inner, *mss)
+                clamp_mss(inner, mss[0], mss[1])
             ttl, outer.tos, inner_fragmentable = outer_fields(inner)
             if not ttl:
                 self._time_exceeded(packet, now)
@@ -504,7 +504,7 @@ class UdpEndpoint(Endpoint):
                 continue
             inner = inner_ip(frame, True)
             if mss is not None and inner is not None:
-                clamp_mss(inner, *mss)
+                clamp_mss(inner, mss[0], mss[1])
             ttl, tos, _ = outer_fields(inner)  # DF is the socket's: RFC 7348 §4.3
             if not ttl:
                 ttl = default_ttl  # bridged frames are not routed: their TTL is not ours
