@@ -1,4 +1,4 @@
-/* encap._gso: encap/gso.py's segment_tcp, coalesce_tcp and finish_checksum in C.
+/* encap._gso: encap/gso.py's segment_tcp, coalesce and finish_checksum in C.
  *
  * The same operations with the same results, byte for byte (tests/encap/test_gso.py
  * holds them to it); only faster: the checksum sums 64 bits at a time, and the
@@ -11,6 +11,8 @@
 #include <string.h>
 
 #define PROTO_TCP 6
+#define PROTO_UDP 17
+#define MAX_UDP_SEGMENTS 64
 #define TCP_FIN 0x01
 #define TCP_PSH 0x08
 #define TCP_ACK 0x10
@@ -62,11 +64,15 @@ static uint32_t ones_sum(const uint8_t *p, size_t n, uint32_t initial) {
     return total;
 }
 
-static uint32_t pseudo_sum(const uint8_t *ip, int version, uint32_t tcp_length) {
-    uint32_t sum = PROTO_TCP + (tcp_length & 0xFFFF) + (tcp_length >> 16);
+static uint32_t pseudo_sum_of(const uint8_t *ip, int version, uint32_t length, int protocol) {
+    uint32_t sum = (uint32_t)protocol + (length & 0xFFFF) + (length >> 16);
     if (version == 4)
         return ones_sum(ip + 12, 8, sum);
     return ones_sum(ip + 8, 32, sum);
+}
+
+static uint32_t pseudo_sum(const uint8_t *ip, int version, uint32_t tcp_length) {
+    return pseudo_sum_of(ip, version, tcp_length, PROTO_TCP);
 }
 
 static void set_ipv4_length(uint8_t *ip, uint16_t total_length, uint16_t identification) {
@@ -182,40 +188,56 @@ static PyObject *finish_checksum(PyObject *self, PyObject *args) {
 /* -- coalescing ------------------------------------------------------------------------ */
 
 typedef struct {
-    int version;
+    int version, protocol;
     Py_ssize_t transport, header_end;
     uint32_t sequence;
     uint8_t flags;
 } Segment;
 
 static int joinable(const uint8_t *p, Py_ssize_t length, Py_ssize_t l2, Segment *s) {
-    if (length < l2 + 40)
+    if (length < l2 + 28)
         return 0;
     const uint8_t *ip = p + l2;
     int version = ip[0] >> 4;
     if (version == 4) {
-        if (ip[0] != 0x45 || ip[9] != PROTO_TCP || (ip[6] & 0x3F) || ip[7] ||
-            get16(ip + 2) != length - l2)
+        s->protocol = ip[9];
+        if (ip[0] != 0x45 || (ip[6] & 0x3F) || ip[7] || get16(ip + 2) != length - l2)
             return 0;
         s->transport = l2 + 20;
     } else if (version == 6) {
-        if (length < l2 + 60 || ip[6] != PROTO_TCP || get16(ip + 4) != length - l2 - 40)
+        s->protocol = ip[6];
+        if (length < l2 + 48 || get16(ip + 4) != length - l2 - 40)
             return 0;
         s->transport = l2 + 40;
     } else {
         return 0;
     }
-    const uint8_t *tcp = p + s->transport;
-    s->header_end = s->transport + (tcp[12] >> 4) * 4;
-    s->flags = tcp[13];
-    if (s->header_end < s->transport + 20 || s->header_end >= length ||
-        (s->flags & ~TCP_PSH) != TCP_ACK)
+    const uint8_t *header = p + s->transport;
+    int unchecked = 0;
+    if (s->protocol == PROTO_TCP) {
+        if (length < s->transport + 20)
+            return 0;
+        s->header_end = s->transport + (header[12] >> 4) * 4;
+        s->flags = header[13];
+        if (s->header_end < s->transport + 20 || s->header_end >= length ||
+            (s->flags & ~TCP_PSH) != TCP_ACK)
+            return 0;
+        s->sequence = get32(header + 4);
+    } else if (s->protocol == PROTO_UDP) {
+        s->header_end = s->transport + 8;
+        s->flags = 0;
+        s->sequence = 0;
+        if (s->header_end >= length || get16(header + 4) != length - s->transport)
+            return 0;
+        unchecked = version == 4 && get16(header + 6) == 0;
+    } else {
         return 0;
-    uint32_t tcp_length = (uint32_t)(length - s->transport);
-    if (ones_sum(tcp, tcp_length, pseudo_sum(ip, version, tcp_length)) != 0xFFFF)
+    }
+    uint32_t transport_length = (uint32_t)(length - s->transport);
+    if (!unchecked && ones_sum(header, transport_length,
+                               pseudo_sum_of(ip, version, transport_length, s->protocol)) != 0xFFFF)
         return 0;
     s->version = version;
-    s->sequence = get32(tcp + 4);
     return 1;
 }
 
@@ -225,22 +247,28 @@ static int same_range(const uint8_t *a, const uint8_t *b, Py_ssize_t start, Py_s
 
 static int same_stream(const uint8_t *first, const Segment *f, const uint8_t *packet,
                        const Segment *s, Py_ssize_t l2) {
-    if (s->version != f->version || s->header_end != f->header_end || !same_range(first, packet, 0, l2))
+    if (s->version != f->version || s->protocol != f->protocol ||
+        s->header_end != f->header_end || !same_range(first, packet, 0, l2))
         return 0;
     if (s->version == 4) {
-        if (!same_range(first, packet, l2 + 1, l2 + 2) || !same_range(first, packet, l2 + 6, l2 + 10) ||
+        if (!same_range(first, packet, l2 + 1, l2 + 2) ||
+            !same_range(first, packet, l2 + 6, l2 + 10) ||
             !same_range(first, packet, l2 + 12, l2 + 20))
             return 0;
-    } else if (!same_range(first, packet, l2, l2 + 4) || !same_range(first, packet, l2 + 6, l2 + 40)) {
+    } else if (!same_range(first, packet, l2, l2 + 4) ||
+               !same_range(first, packet, l2 + 6, l2 + 40)) {
         return 0;
     }
     Py_ssize_t t = s->transport;
-    return same_range(first, packet, t, t + 4) && same_range(first, packet, t + 8, t + 13) &&
-           same_range(first, packet, t + 14, t + 16) &&
+    if (!same_range(first, packet, t, t + 4))
+        return 0;
+    if (s->protocol == PROTO_UDP)
+        return 1;
+    return same_range(first, packet, t + 8, t + 13) && same_range(first, packet, t + 14, t + 16) &&
            same_range(first, packet, t + 20, s->header_end);
 }
 
-static PyObject *coalesce_tcp(PyObject *self, PyObject *args) {
+static PyObject *coalesce(PyObject *self, PyObject *args) {
     PyObject *packets;
     Py_ssize_t count, l2, headroom;
     Py_buffer arena;
@@ -290,13 +318,14 @@ static PyObject *coalesce_tcp(PyObject *self, PyObject *args) {
             uint32_t next_sequence = f.sequence + (uint32_t)size;
             uint8_t flags = f.flags;
             Py_ssize_t limit = MAX_COALESCED + (f.version == 6 ? 40 : 0);
-            while (i < count && !(flags & TCP_PSH)) {
+            int tcp = f.protocol == PROTO_TCP;
+            while (i < count && !(flags & TCP_PSH) && (tcp || joined < MAX_UDP_SEGMENTS)) {
                 const uint8_t *packet = views[i].buf;
                 Py_ssize_t length = views[i].len;
                 if (!joinable(packet, length, l2, &s))
                     break;
                 Py_ssize_t added = length - f.header_end;
-                if (s.sequence != next_sequence || added > size ||
+                if ((tcp && s.sequence != next_sequence) || added > size ||
                     end + added - start - l2 > limit || end + added > arena.len ||
                     !same_stream(first, &f, packet, &s, l2))
                     break;
@@ -316,10 +345,16 @@ static PyObject *coalesce_tcp(PyObject *self, PyObject *args) {
                     set_ipv4_length(ip, (uint16_t)(end - start - l2), get16(ip + 4));
                 else
                     put16(ip + 4, (uint16_t)(end - start - l2 - 40));
-                uint8_t *tcp = out + start + f.transport;
-                tcp[13] = flags;
-                put16(tcp + 16, (uint16_t)pseudo_sum(ip, f.version,
-                                                     (uint32_t)(end - start - f.transport)));
+                uint8_t *header = out + start + f.transport;
+                uint32_t whole = (uint32_t)(end - start - f.transport);
+                uint16_t pseudo = (uint16_t)pseudo_sum_of(ip, f.version, whole, f.protocol);
+                if (tcp) {
+                    header[13] = flags;
+                    put16(header + 16, pseudo);
+                } else {
+                    put16(header + 4, (uint16_t)whole);
+                    put16(header + 6, pseudo);
+                }
                 transport = f.transport;
             }
         }
@@ -351,8 +386,8 @@ static PyMethodDef methods[] = {
      "(count, stride, last_length), or None if the packet does not parse"},
     {"finish_checksum", finish_checksum, METH_VARARGS,
      "finish_checksum(packet, start, offset) -> False if the offsets do not fit"},
-    {"coalesce_tcp", coalesce_tcp, METH_VARARGS,
-     "coalesce_tcp(packets, count, l2, arena, headroom) -> "
+    {"coalesce", coalesce, METH_VARARGS,
+     "coalesce(packets, count, l2, arena, headroom) -> "
      "[(start, end, gso_size, transport, joined)]"},
     {NULL, NULL, 0, NULL},
 };

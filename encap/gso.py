@@ -10,9 +10,9 @@ one TCP stream that arrive one after the other are joined into one super-packet
 for the device, so that the kernel routes one packet instead of dozens.
 
 ``segment_tcp`` writes the segments one after the other at a fixed stride, the
-layout a UDP socket's GSO (``UDP_SEGMENT``) and ``sendmmsg`` both take;
-``coalesce_tcp`` joins what may be joined (the rules of Linux's ``tcp_gro_receive``)
-and copies the rest as it is. ``finish_checksum`` completes a checksum the sender
+layout a UDP socket's GSO (``UDP_SEGMENT``) and ``sendmmsg`` both take; ``coalesce``
+joins what may be joined (TCP as Linux's ``tcp_gro_receive``, UDP as its
+``udp_gro_receive``) and copies the rest as it is. ``finish_checksum`` completes a checksum the sender
 left partial (``CHECKSUM_PARTIAL``). The module ``encap._gso`` (C, built by
 ``make`` where a compiler is found) does the same faster; this file is the
 reference it is tested against, and the fallback where it is missing.
@@ -29,10 +29,12 @@ from encap.wire import IpProto
 TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK, TCP_URG, TCP_ECE, TCP_CWR = (
     0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80)
 MAX_COALESCED = 0xFFFF       # an IPv4 total length, an IPv6 payload length
+MAX_UDP_SEGMENTS = 64        # the most datagrams Linux's UDP GRO and GSO take in one
 _IPV4_LENGTH_ID = struct.Struct("!HH")
 _IPV4_CHECKSUM_AT = 10
 _TCP_SEQUENCE = struct.Struct("!I")
 _TCP_CHECKSUM_AT = 16
+_UDP_CHECKSUM_AT = 6
 _U16 = struct.Struct("!H")
 # What two segments of one stream share, compared as bytes: IPv4 TOS, flags and
 # fragment offset, TTL, protocol, addresses (not length, identification, checksum);
@@ -67,12 +69,13 @@ def _inner_layout(packet, inner_ip: int, transport: int) -> tuple[int, int]:
     return version, header_end
 
 
-def _pseudo_sum(packet, inner_ip: int, version: int, tcp_length: int) -> int:
+def _pseudo_sum(packet, inner_ip: int, version: int, length: int,
+                protocol: int = IpProto.TCP) -> int:
     if version == 4:
         return pseudo_header_sum(packet[inner_ip + 12:inner_ip + 16],
-                                 packet[inner_ip + 16:inner_ip + 20], IpProto.TCP, tcp_length)
+                                 packet[inner_ip + 16:inner_ip + 20], protocol, length)
     return pseudo_header_sum(packet[inner_ip + 8:inner_ip + 24],
-                             packet[inner_ip + 24:inner_ip + 40], IpProto.TCP, tcp_length)
+                             packet[inner_ip + 24:inner_ip + 40], protocol, length)
 
 
 def _set_ipv4_length(buf, at: int, total_length: int, identification: int) -> None:
@@ -160,50 +163,66 @@ def finish_checksum(packet, checksum_start: int, checksum_offset: int) -> None:
 # -- coalescing ---------------------------------------------------------------------------
 
 class _Segment:
-    """What coalescing needs of one packet: None fields when it cannot take part."""
+    """What joining needs of one TCP segment or UDP datagram."""
 
-    __slots__ = ("version", "transport", "header_end", "sequence", "flags")
+    __slots__ = ("version", "protocol", "transport", "header_end", "sequence", "flags")
 
 
 def _joinable(packet, l2: int) -> _Segment | None:
-    """The layout of ``packet`` if it is a TCP segment that may be joined to others: a data
-    segment (ACK, maybe PSH), no IPv4 options or fragments, no IPv6 extension headers,
-    exact lengths and a valid checksum."""
+    """The layout of ``packet`` if it may be joined to others: a TCP data segment (ACK,
+    maybe PSH) or a UDP datagram with data, no IPv4 options or fragments, no IPv6
+    extension headers, exact lengths and a valid checksum (an IPv4 UDP datagram may
+    have none)."""
     length = len(packet)
-    if length < l2 + 40:
+    if length < l2 + 28:
         return None
     version = packet[l2] >> 4
     if version == 4:
-        if packet[l2] != 0x45 or packet[l2 + 9] != IpProto.TCP or packet[l2 + 6] & 0x3F or \
-                packet[l2 + 7] or _U16.unpack_from(packet, l2 + 2)[0] != length - l2:
+        protocol = packet[l2 + 9]
+        if packet[l2] != 0x45 or packet[l2 + 6] & 0x3F or packet[l2 + 7] or \
+                _U16.unpack_from(packet, l2 + 2)[0] != length - l2:
             return None
         transport = l2 + 20
-        tcp_length = length - transport
     elif version == 6:
-        if length < l2 + 60 or packet[l2 + 6] != IpProto.TCP or \
-                _U16.unpack_from(packet, l2 + 4)[0] != length - l2 - 40:
+        protocol = packet[l2 + 6]
+        if length < l2 + 48 or _U16.unpack_from(packet, l2 + 4)[0] != length - l2 - 40:
             return None
         transport = l2 + 40
-        tcp_length = length - transport
     else:
         return None
-    header_end = transport + (packet[transport + 12] >> 4) * 4
-    flags = packet[transport + 13]
-    if header_end < transport + 20 or header_end >= length or flags & ~TCP_PSH != TCP_ACK:
-        return None
-    if ones_complement_sum(packet[transport:], _pseudo_sum(packet, l2, version, tcp_length)) \
-            != 0xFFFF:
-        return None
     segment = _Segment()
-    segment.version, segment.transport, segment.header_end, segment.flags = \
-        version, transport, header_end, flags
-    segment.sequence = _TCP_SEQUENCE.unpack_from(packet, transport + 4)[0]
+    if protocol == IpProto.TCP:
+        if length < transport + 20:
+            return None
+        header_end = transport + (packet[transport + 12] >> 4) * 4
+        flags = packet[transport + 13]
+        if header_end < transport + 20 or header_end >= length or flags & ~TCP_PSH != TCP_ACK:
+            return None
+        segment.sequence = _TCP_SEQUENCE.unpack_from(packet, transport + 4)[0]
+    elif protocol == IpProto.UDP:
+        header_end, flags = transport + 8, 0
+        if header_end >= length or _U16.unpack_from(packet, transport + 4)[0] != length - transport:
+            return None
+        segment.sequence = 0
+    else:
+        return None
+    # An IPv4 UDP datagram may come without a checksum (0): the joined one gets one. IPv6
+    # UDP must have one (RFC 8200 §8.1), and every other must be right.
+    unchecked = protocol == IpProto.UDP and version == 4 and \
+        _U16.unpack_from(packet, transport + 6)[0] == 0
+    if not unchecked and ones_complement_sum(
+            packet[transport:], _pseudo_sum(packet, l2, version, length - transport,
+                                             protocol)) != 0xFFFF:
+        return None
+    segment.version, segment.protocol, segment.transport, segment.header_end, segment.flags = \
+        version, protocol, transport, header_end, flags
     return segment
 
 
 def _same_stream(first, first_segment: _Segment, packet, segment: _Segment, l2: int) -> bool:
     """Whether ``packet`` has every header field of ``first`` that a super-packet keeps."""
     if segment.version != first_segment.version or \
+            segment.protocol != first_segment.protocol or \
             segment.header_end != first_segment.header_end or \
             first[:l2] != packet[:l2]:
         return False
@@ -211,25 +230,31 @@ def _same_stream(first, first_segment: _Segment, packet, segment: _Segment, l2: 
         if first[l2 + start:l2 + end] != packet[l2 + start:l2 + end]:
             return False
     transport = segment.transport
-    # Ports; then acknowledgement, data offset and window; then the options: all equal.
-    return first[transport:transport + 4] == packet[transport:transport + 4] and \
-        first[transport + 8:transport + 13] == packet[transport + 8:transport + 13] and \
+    if first[transport:transport + 4] != packet[transport:transport + 4]:
+        return False   # the ports
+    if segment.protocol == IpProto.UDP:
+        return True
+    # Then acknowledgement, data offset and window; then the options: all equal.
+    return first[transport + 8:transport + 13] == packet[transport + 8:transport + 13] and \
         first[transport + 14:transport + 16] == packet[transport + 14:transport + 16] and \
         first[transport + 20:segment.header_end] == packet[transport + 20:segment.header_end]
 
 
-def coalesce_tcp(packets, count: int, l2: int, arena,
-                 headroom: int) -> list[tuple[int, int, int, int, int]]:
+def coalesce(packets, count: int, l2: int, arena,
+             headroom: int) -> list[tuple[int, int, int, int, int]]:
     """Copy ``packets[:count]`` into ``arena``, joining consecutive segments of one TCP
-    stream into super-packets, with ``headroom`` bytes left free before each.
+    stream, and consecutive datagrams of one UDP flow, into super-packets, with
+    ``headroom`` bytes left free before each.
 
     ``l2`` is the length of the link header in front of each IP packet (14 on TAP).
     Returns one ``(start, end, gso_size, transport, joined)`` per packet written: a
-    super-packet has the gso_size of its segments (every one but the last that
-    size), the length of the whole in its IP header, and in its TCP checksum field
-    the pseudo-header sum to complete (``CHECKSUM_PARTIAL`` at ``transport``, offset
-    16), and says how many packets it joined; anything else is copied as it was,
-    with gso_size 0.
+    super-packet has the gso_size of its parts (every one but the last that size),
+    the length of the whole in its IP (and UDP) header, and in its checksum field the
+    pseudo-header sum to complete (``CHECKSUM_PARTIAL`` at ``transport``), and says how
+    many packets it joined; anything else is copied as it was, with gso_size 0.
+    TCP is joined as Linux's ``tcp_gro_receive`` joins it (consecutive sequence
+    numbers, the same flags but PSH, which ends a super-packet, the same options); UDP
+    as ``udp_gro_receive`` does, at most 64 datagrams.
     """
     runs: list[tuple[int, int, int, int, int]] = []
     at = 0
@@ -245,16 +270,17 @@ def coalesce_tcp(packets, count: int, l2: int, arena,
         if first_segment is None:
             runs.append((start, end, 0, 0, 1))
             continue
+        tcp = first_segment.protocol == IpProto.TCP
         size = len(first) - first_segment.header_end
         next_sequence = (first_segment.sequence + size) & 0xFFFFFFFF
         flags = first_segment.flags
         joined = 1
-        while i < count and not flags & TCP_PSH:
+        while i < count and not flags & TCP_PSH and (tcp or joined < MAX_UDP_SEGMENTS):
             packet = packets[i]
             segment = _joinable(packet, l2)
             added = len(packet) - first_segment.header_end if segment is not None else 0
-            if segment is None or segment.sequence != next_sequence or added > size or \
-                    end + added - start - l2 > MAX_COALESCED + (
+            if segment is None or (tcp and segment.sequence != next_sequence) or \
+                    added > size or end + added - start - l2 > MAX_COALESCED + (
                         40 if first_segment.version == 6 else 0) or \
                     not _same_stream(first, first_segment, packet, segment, l2):
                 break
@@ -266,7 +292,7 @@ def coalesce_tcp(packets, count: int, l2: int, arena,
             joined += 1
             i += 1
             if added < size:
-                break  # a short segment ends the super-packet, as it ends a burst
+                break  # a short one ends the super-packet, as it ends a burst
         if joined == 1:
             runs.append((start, end, 0, 0, 1))
             continue
@@ -276,17 +302,22 @@ def coalesce_tcp(packets, count: int, l2: int, arena,
                              _IPV4_LENGTH_ID.unpack_from(arena, start + l2 + 2)[1])
         else:
             _U16.pack_into(arena, start + l2 + 4, end - start - l2 - 40)
-        arena[transport + 13] = flags
         # CHECKSUM_PARTIAL: the field holds the pseudo-header sum, folded, not inverted.
-        _U16.pack_into(arena, transport + _TCP_CHECKSUM_AT, _pseudo_sum(
-            arena, start + l2, first_segment.version, end - transport))
+        pseudo = _pseudo_sum(arena, start + l2, first_segment.version, end - transport,
+                             first_segment.protocol)
+        if tcp:
+            arena[transport + 13] = flags
+            _U16.pack_into(arena, transport + _TCP_CHECKSUM_AT, pseudo)
+        else:
+            _U16.pack_into(arena, transport + 4, end - transport)
+            _U16.pack_into(arena, transport + _UDP_CHECKSUM_AT, pseudo)
         runs.append((start, end, size, first_segment.transport, joined))
     return runs
 
 
 # -- the accelerator ----------------------------------------------------------------------
 
-PYTHON = (segment_tcp, finish_checksum, coalesce_tcp)   # the reference, kept for the tests
+PYTHON = (segment_tcp, finish_checksum, coalesce)   # the reference, kept for the tests
 
 try:
     from encap import _gso
@@ -306,4 +337,4 @@ if _gso is not None:
         if not _gso.finish_checksum(packet, checksum_start, checksum_offset):
             raise _malformed()
 
-    coalesce_tcp = _gso.coalesce_tcp  # noqa: F811
+    coalesce = _gso.coalesce  # noqa: F811

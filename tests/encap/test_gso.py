@@ -5,7 +5,7 @@ accelerator gives the reference's bytes and verdicts for any input."""
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from scapy.layers.inet import GRE, IP, TCP
+from scapy.layers.inet import GRE, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
@@ -19,7 +19,7 @@ from encap.wire import IpProto
 from tests.encap.strategies import mutated
 
 IMPLEMENTATIONS = [pytest.param(gso.PYTHON, id="python")] + (
-    [pytest.param((gso.segment_tcp, gso.finish_checksum, gso.coalesce_tcp), id="c")]
+    [pytest.param((gso.segment_tcp, gso.finish_checksum, gso.coalesce), id="c")]
     if gso.ACCELERATED else [])
 TIMESTAMPS = [("NOP", None), ("NOP", None), ("Timestamp", (1000, 2000))]
 PROPERTY = settings(max_examples=150, deadline=None,
@@ -236,7 +236,7 @@ def test_on_tap_the_ethernet_header_is_kept_and_must_match(implementation):
     ("a larger second segment", stream(4, [100, 200])),
     ("a pure ACK", stream(4, [100]) + [tcp_packet(4, b"", seq=1100)]),
     ("another TOS", stream(4, [100]) + [tcp_packet(4, b"y" * 100, seq=1100, tos=3)]),
-    ("not TCP", [bytes(IP(src="10.1.1.1", dst="10.2.1.1", proto=17) / bytes(100))] * 2),
+    ("neither TCP nor UDP", [bytes(IP(src="10.1.1.1", dst="10.2.1.1", proto=1) / bytes(100))] * 2),
 ])
 def test_what_may_not_be_joined_is_copied_as_it_came(implementation, why, packets):
     assert join(implementation, packets) == [(packet, 0, 0) for packet in packets]
@@ -257,6 +257,65 @@ def test_psh_and_a_short_segment_each_end_a_super_packet(implementation):
     runs = join(implementation, stream(4, [500, 500, 500, 300, 500, 500], {1: "PA"}, seq=0))
     assert [(size, len(parsed(packet)[TCP].payload)) for packet, size, _ in runs] == [
         (500, 1000), (500, 800), (500, 1000)]
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def datagrams(version: int, sizes, sport: int = 5000, zero_checksum: bool = False) -> list[bytes]:
+    """UDP datagrams of one flow, as a sender sends them one by one."""
+    made = []
+    for k, size in enumerate(sizes):
+        udp = UDP(sport=sport, dport=53, chksum=0 if zero_checksum else None) / (bytes([k]) * size)
+        ip = IP(src="10.1.1.1", dst="10.2.1.1", id=k) if version == 4 else \
+            IPv6(src="fd01::1", dst="fd02::1")
+        made.append(bytes(ip / udp))
+    return made
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("version", [4, 6])
+def test_datagrams_of_one_udp_flow_become_one_udp_super_packet(implementation, version):
+    sent = datagrams(version, [64] * 5 + [30])
+    [(joined, size, transport)] = join(implementation, sent)
+    assert (size, transport) == (64, 20 if version == 4 else 40)
+    layer = parsed(joined)
+    assert layer[UDP].len == len(joined) - transport
+    assert bytes(layer[UDP].payload) == b"".join(bytes(parsed(d)[UDP].payload) for d in sent)
+    finished = bytearray(joined)
+    implementation[1](finished, transport, 6)
+    rebuilt = parsed(bytes(finished))
+    del rebuilt[UDP].chksum
+    assert parsed(bytes(finished))[UDP].chksum == parsed(bytes(rebuilt))[UDP].chksum
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_ipv4_datagrams_without_a_checksum_are_joined_and_ipv6_ones_are_not(implementation):
+    assert [size for _, size, _ in join(implementation, datagrams(4, [50] * 3,
+                                                                  zero_checksum=True))] == [50]
+    unchecked = []
+    for datagram in datagrams(6, [50] * 3):
+        zeroed = bytearray(datagram)
+        zeroed[46:48] = b"\0\0"
+        unchecked.append(bytes(zeroed))
+    assert [size for _, size, _ in join(implementation, unchecked)] == [0, 0, 0]
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_udp_datagrams_of_other_flows_or_bad_checksums_or_growing_sizes_stay_apart(
+        implementation):
+    other_port = datagrams(4, [50]) + datagrams(4, [50], sport=5001)
+    bad = datagrams(4, [50, 50])
+    corrupted = bytearray(bad[1])
+    corrupted[-1] ^= 1
+    growing = datagrams(4, [50, 60])
+    for packets in (other_port, [bad[0], bytes(corrupted)], growing):
+        assert [size for _, size, _ in join(implementation, packets)] == [0, 0]
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_at_most_64_datagrams_make_one_udp_super_packet(implementation):
+    assert [joined_count for joined_count in
+            (len(parsed(packet)[UDP].payload) // 10
+             for packet, _, _ in join(implementation, datagrams(4, [10] * 100)))] == [64, 36]
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
@@ -323,11 +382,14 @@ def test_c_and_the_reference_agree_on_any_bytes(datagram, inner_ip, transport, g
 def test_c_joins_exactly_as_the_reference(data):
     version = data.draw(st.sampled_from([4, 6]))
     sizes = data.draw(st.lists(st.integers(1, 1500), min_size=1, max_size=12))
-    packets = stream(version, sizes, {k: data.draw(st.sampled_from(["A", "PA", "FA", "SA"]))
-                                      for k in range(len(sizes))})
+    if data.draw(st.booleans()):
+        packets = stream(version, sizes, {k: data.draw(st.sampled_from(["A", "PA", "FA", "SA"]))
+                                          for k in range(len(sizes))})
+    else:
+        packets = datagrams(version, sizes, zero_checksum=data.draw(st.booleans()))
     packets = [data.draw(st.one_of(st.just(p), mutated(st.just(p)))) for p in packets]
     assume(all(packets))
-    assert join(gso.PYTHON, packets) == join((None, None, gso.coalesce_tcp), packets)
+    assert join(gso.PYTHON, packets) == join((None, None, gso.coalesce), packets)
 
 
 @needs_accelerator

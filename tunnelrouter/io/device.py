@@ -12,7 +12,8 @@ IPv4 and IPv6, checksum offload): one read is then up to 64 KB of one TCP
 stream, which the tunnel core handles as one packet and the socket cuts into
 segments (``encap.gso``); a packet whose checksum the sender left to be done is
 finished here. On the way out, consecutive segments of one TCP stream are joined
-into one super-packet (``encap.gso.coalesce_tcp``), so the kernel forwards one
+into one super-packet (``encap.gso.coalesce``; UDP datagrams of one flow too, as a
+UDP GSO packet), so the kernel forwards one
 packet where dozens arrived.
 """
 
@@ -24,7 +25,7 @@ import struct
 import pytun
 
 from encap.errors import DecodeError, DropReason
-from encap.gso import coalesce_tcp, finish_checksum
+from encap.gso import coalesce, finish_checksum
 from encap.wire import ETHERNET_HEADER_LENGTH
 
 from tunnelrouter.io.errors import SystemProblem
@@ -42,8 +43,10 @@ SUPER_PACKET_OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
 # virtio_net_hdr: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset (little-endian).
 VNET_HEADER = struct.Struct("<BBHHHH")
 NEEDS_CSUM = 0x01
-GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_ECN = 0x00, 0x01, 0x04, 0x80
+GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, GSO_ECN = 0x00, 0x01, 0x04, 0x05, 0x80
 _TCP_CHECKSUM_OFFSET = 16
+_UDP_CHECKSUM_OFFSET = 6
+_PROTOCOL_TCP = 6
 _NO_OFFLOAD = bytes(VNET_HEADER_LENGTH)
 
 
@@ -140,19 +143,26 @@ class TunTapDevice:
             counters.rx_bytes += len(packet)
 
     def write_batch(self, packets: list, counters: Counters, scratch: bytearray) -> None:
-        """Deliver ``packets``, joining TCP segments into super-packets in ``scratch``
-        (large enough for all of them, each behind a virtio-net header)."""
-        runs = coalesce_tcp(packets, len(packets), self._link_header, scratch,
-                            VNET_HEADER_LENGTH)
+        """Deliver ``packets``, joining TCP segments and UDP datagrams into super-packets in
+        ``scratch`` (large enough for all of them, each behind a virtio-net header)."""
+        link = self._link_header
+        runs = coalesce(packets, len(packets), link, scratch, VNET_HEADER_LENGTH)
         view = memoryview(scratch)
         pack = VNET_HEADER.pack_into
         for start, end, gso_size, transport, joined in runs:
             header = start - VNET_HEADER_LENGTH
             if gso_size:
-                version = scratch[start + self._link_header] >> 4
-                header_end = transport + (scratch[start + transport + 12] >> 4) * 4
-                pack(scratch, header, NEEDS_CSUM, GSO_TCPV4 if version == 4 else GSO_TCPV6,
-                     header_end, gso_size, transport, _TCP_CHECKSUM_OFFSET)
+                ip = start + link
+                protocol = scratch[ip + 9] if scratch[ip] >> 4 == 4 else scratch[ip + 6]
+                if protocol == _PROTOCOL_TCP:
+                    header_end = transport + (scratch[start + transport + 12] >> 4) * 4
+                    gso_type = GSO_TCPV4 if scratch[ip] >> 4 == 4 else GSO_TCPV6
+                    checksum_offset = _TCP_CHECKSUM_OFFSET
+                else:
+                    header_end, gso_type, checksum_offset = transport + 8, GSO_UDP_L4, \
+                        _UDP_CHECKSUM_OFFSET
+                pack(scratch, header, NEEDS_CSUM, gso_type, header_end, gso_size, transport,
+                     checksum_offset)
                 length = end - start + (joined - 1) * header_end
             else:
                 scratch[header:start] = _NO_OFFLOAD

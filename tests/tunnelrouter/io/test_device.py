@@ -16,12 +16,12 @@ from scapy.layers.l2 import Ether
 from encap.checksum import pseudo_header_sum
 from encap.gso import finish_checksum
 from encap.wire import HEADROOM
-from tunnelrouter.io.device import (GSO_TCPV4, GSO_TCPV6, NEEDS_CSUM, VNET_HEADER,
-                                    TunTapDevice)
+from tunnelrouter.io.device import (GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, NEEDS_CSUM,
+                                    VNET_HEADER, TunTapDevice)
 from tunnelrouter.tunnel.batch import BATCH_SIZE, BUFFER_SIZE, VNET_HEADER_LENGTH, Batch
 from tunnelrouter.tunnel.counters import Counters
 
-from tests.encap.test_gso import checksums_valid, stream, tcp_packet
+from tests.encap.test_gso import checksums_valid, datagrams, stream, tcp_packet
 from tests.tunnelrouter.doubles import NO_OFFLOAD, DeviceHost
 
 SCRATCH = BATCH_SIZE * (BUFFER_SIZE + VNET_HEADER_LENGTH)
@@ -175,6 +175,16 @@ def test_segments_of_one_stream_are_written_as_one_super_packet_counted_as_they_
     assert checksums_valid(bytes(finished))
     with pytest.raises(BlockingIOError):
         host.receive()
+
+
+def test_datagrams_of_one_udp_flow_are_written_as_one_udp_gso_packet(device):
+    device, host = device
+    sent = datagrams(4, [64] * 10)
+    counters = Counters()
+    device.write_batch(sent, counters, bytearray(SCRATCH))
+    header, packet = host.receive()
+    assert header == (NEEDS_CSUM, GSO_UDP_L4, 28, 64, 20, 6)
+    assert len(packet) == 28 + 640 and (counters.rx_packets, counters.rx_bytes) == (10, 920)
 
 
 def test_what_cannot_be_joined_is_written_one_by_one_in_order(device):
