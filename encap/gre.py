@@ -93,6 +93,12 @@ class Gre(Codec):
         self._behind_next = 0         # ... and the number that would continue their run
         self.epochs = 0               # how often the receiver followed the sender to new numbers
 
+    def take_over_sequence(self, other: "Gre") -> None:
+        """Number on from where ``other`` (the same tunnel, reconfigured) left off, both ways."""
+        self.next_sequence, self.expected_sequence = other.next_sequence, other.expected_sequence
+        self._behind_run, self._behind_next = other._behind_run, other._behind_next
+        self.epochs = other.epochs
+
     def encap_into(self, buf, start: int, end: int) -> int:
         fixed = header_for_inner(self.header_by_version, self.minimum_inner, buf, start, end)
         header_start = start - self.overhead

@@ -23,6 +23,7 @@ EXIT_CONFIG = 2
 EXIT_UNAVAILABLE = 69   # EX_UNAVAILABLE: the daemon or a privilege is not there
 EXIT_FAILURE = 1
 SHOW_TIMEOUT = 5.0
+RELOAD_TIMEOUT = 60.0   # a reload that adds many tunnels takes its time
 SHOW_MAX_BYTES = 64 << 20
 
 # Capability bits (linux/capability.h) the router needs: devices and routes, raw sockets.
@@ -54,7 +55,8 @@ def command_run(args) -> int:
         print(f"tunnelrouter run: missing {' and '.join(missing)}: run as root, or grant them "
               "(systemd AmbientCapabilities=, or setcap on the interpreter)", file=sys.stderr)
         return EXIT_UNAVAILABLE
-    router = Router(config, args.control_socket or config.control_path(args.config))
+    router = Router(config, args.control_socket or config.control_path(args.config),
+                    config_path=args.config)
     router.handle_signals()
     try:
         router.start()
@@ -67,29 +69,49 @@ def command_run(args) -> int:
     return 0
 
 
-def command_show(args) -> int:
+class _NoAnswer(Exception):
+    """The daemon did not answer, or not with JSON; the message says which."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+def _ask(command: str, path: str, request: str, timeout: float = SHOW_TIMEOUT) -> dict:
+    """Send ``request`` to the daemon's control socket; its answer, a JSON mapping."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as control:
-            control.settimeout(SHOW_TIMEOUT)
-            _connect(control, args.socket)
-            control.sendall(b"show\n")
+            control.settimeout(timeout)
+            _connect(control, path)
+            control.sendall(request.encode() + b"\n")
             reply = b""
             while len(reply) <= SHOW_MAX_BYTES and (chunk := control.recv(1 << 16)):
                 reply += chunk
     except OSError as error:
-        print(f"tunnelrouter show: no daemon answers on {args.socket}: "
-              f"{error.strerror or error or 'it timed out'}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
+        raise _NoAnswer(f"tunnelrouter {command}: no daemon answers on {path}: "
+                        f"{error.strerror or error or 'it timed out'}", EXIT_UNAVAILABLE) from None
     try:
-        status = json.loads(reply)
+        answer = json.loads(reply)
     except ValueError:
-        status = None
-    if isinstance(status, dict) and isinstance(status.get("error"), str):
-        print(f"tunnelrouter show: the daemon says: {status['error']}", file=sys.stderr)
-        return EXIT_FAILURE
+        answer = None
+    if isinstance(answer, dict) and isinstance(answer.get("error"), str):
+        raise _NoAnswer(f"tunnelrouter {command}: the daemon says: {answer['error']}",
+                        EXIT_FAILURE)
+    if not isinstance(answer, dict):
+        raise _NoAnswer(f"tunnelrouter {command}: the daemon on {path} sent {len(reply)} "
+                        f"bytes that are not its status", EXIT_FAILURE)
+    return answer
+
+
+def command_show(args) -> int:
+    try:
+        status = _ask("show", args.socket, "show")
+    except _NoAnswer as error:
+        print(error, file=sys.stderr)
+        return error.code
     if not is_status(status):
-        print(f"tunnelrouter show: the daemon on {args.socket} sent {len(reply)} bytes that "
-              f"are not its status", file=sys.stderr)
+        print(f"tunnelrouter show: the daemon on {args.socket} sent {len(json.dumps(status))} "
+              f"bytes that are not its status", file=sys.stderr)
         return EXIT_FAILURE
     tunnels, forwards = status["tunnels"], status.get("forwards", {})
     if args.tunnel:
@@ -104,6 +126,31 @@ def command_show(args) -> int:
                          if name == args.tunnel}}
     print(json.dumps(status, indent=2) if args.json else render_status(status))
     return 0
+
+
+def command_reload(args) -> int:
+    """Ask the daemon to read its configuration again (``--dry-run``: only say what that
+    would change); print what it did. Exit 0 when applied or unchanged, 2 when the file
+    was refused, 1 when part of it could not be applied."""
+    request = "reload --dry-run" if args.dry_run else "reload"
+    try:
+        report = _ask("reload", args.socket, request, timeout=RELOAD_TIMEOUT)
+    except _NoAnswer as error:
+        print(error, file=sys.stderr)
+        return error.code
+    return _print_report(report)
+
+
+def _print_report(report: dict) -> int:
+    result = report.get("result", "?")
+    for line in report.get("changes", []):
+        print(line)
+    for line in report.get("problems", []):
+        print(line, file=sys.stderr)
+    generation = f", generation {report['generation']}" if "generation" in report else ""
+    print(f"{result}{generation}" + (f", sha256 {report['sha256']}" if report.get("sha256")
+                                      else ""))
+    return {"refused": EXIT_CONFIG, "applied with failures": EXIT_FAILURE}.get(result, 0)
 
 
 def _connect(control: socket.socket, path: str) -> None:
@@ -142,6 +189,15 @@ def command_check(args) -> int:
         print(f"forward {name}: {forward.protocol} {forward.listen} -> {forward.to}")
     forwards = f", {len(config.forwards)} forward(s)" if config.forwards else ""
     print(f"{args.config}: {len(config.tunnels)} tunnel(s){forwards}, configuration is valid")
+    if args.against_running:
+        try:
+            report = _ask("check", args.socket, f"reload --dry-run {Path(args.config).resolve()}",
+                          timeout=RELOAD_TIMEOUT)
+        except _NoAnswer as error:
+            print(error, file=sys.stderr)
+            return error.code
+        print(f"against the running router ({args.socket}):")
+        return _print_report(report)
     return 0
 
 
@@ -204,7 +260,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="validate a configuration; print MTU and MSS")
     check.add_argument("config", help="the YAML configuration file")
+    check.add_argument("--against-running", action="store_true",
+                       help="also say what a reload to this file would change in the running "
+                            "router")
+    check.add_argument("--socket", default=None, metavar="PATH",
+                       help="the running router's control socket (default: the only one in "
+                            "/run/tunnelrouter)")
     check.set_defaults(handler=command_check)
+
+    reload = commands.add_parser("reload", help="apply the configuration file again, "
+                                                "changing only what changed")
+    reload.add_argument("--dry-run", action="store_true",
+                        help="only say what a reload would change")
+    reload.add_argument("--socket", default=None, metavar="PATH",
+                        help="the daemon's control socket (default: the only one in "
+                             "/run/tunnelrouter)")
+    reload.set_defaults(handler=command_reload)
 
     mtu = commands.add_parser("mtu", help="the overhead, MTU and MSS of an encapsulation")
     mtu.add_argument("mode", choices=list(MODES))
@@ -223,10 +294,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    if args.command == "show" and args.socket is None:
+    talks_to_the_daemon = args.command in ("show", "reload") or (
+        args.command == "check" and args.against_running)
+    if talks_to_the_daemon and args.socket is None:
         args.socket = default_control_socket()
         if args.socket is None:
-            print(f"tunnelrouter show: give --socket: not exactly one socket in "
+            print(f"tunnelrouter {args.command}: give --socket: not exactly one socket in "
                   f"{DEFAULT_CONTROL_DIR}", file=sys.stderr)
             return EXIT_UNAVAILABLE
     try:

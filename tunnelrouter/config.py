@@ -20,6 +20,8 @@ nesting and alias expansion are bounded, and the route checks take n log n.
 from __future__ import annotations
 
 import bisect
+import dataclasses
+import hashlib
 import ipaddress
 import os
 import re
@@ -67,6 +69,7 @@ class RouterConfig:
     tunnels: dict[str, TunnelConfig]
     control_socket: str | None = None
     forwards: dict[str, ForwardConfig] = field(default_factory=dict)
+    sha256: str = ""   # of the file it was read from: which configuration runs
 
     def control_path(self, config_path: str | os.PathLike) -> str:
         if self.control_socket:
@@ -90,7 +93,8 @@ def load_config(path: str | os.PathLike) -> RouterConfig:
         raise ConfigError([Problem("", f"not UTF-8 text: byte {raw[error.start]:#04x} at "
                                        f"offset {error.start}", line)]) from None
     data, lines, problems = read_yaml(text)
-    return parse_config(data, lines, problems)
+    config = parse_config(data, lines, problems)
+    return dataclasses.replace(config, sha256=hashlib.sha256(raw).hexdigest())
 
 
 # -- YAML -------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from encap.errors import DropReason
 from encap.wire import HEADROOM
 
-from tunnelrouter.config import RouterConfig
+from tunnelrouter.config import ConfigError, RouterConfig, load_config, render
 from tunnelrouter.control.server import ControlServer
 from tunnelrouter.forward.process import ForwarderProcess
 from tunnelrouter.io.device import TunTapDevice
@@ -38,6 +38,7 @@ from tunnelrouter.io.loop import EPOLLERR, Loop
 from tunnelrouter.io.system import System
 from tunnelrouter.io.underlay import UnderlaySocket
 from tunnelrouter.modes import TunnelConfig, Underlay
+from tunnelrouter.reload import plan as reload_plan
 from tunnelrouter.tunnel.batch import BATCH_SIZE, VNET_HEADER_LENGTH, Batch
 from tunnelrouter.tunnel.counters import Counters
 from tunnelrouter.tunnel.endpoint import Demux, Endpoint, endpoint_for
@@ -58,6 +59,12 @@ class StartError(Exception):
         self.problems = problems
         super().__init__("\n".join(f"{path}: {message}" if path else message
                                    for path, message in problems))
+
+
+def _claim_names(config: TunnelConfig) -> list[str]:
+    """The names under which the router claims a tunnel's ends (see System.claim)."""
+    mode = config.kind
+    return [f"{mode.underlay_end(config)}:{key!r}" for key in mode.keys(config)]
 
 
 def _key_path(tunnel: TunnelConfig, path: tuple = ()) -> str:
@@ -86,9 +93,13 @@ class _Tunnel:
 
 class Router:
     def __init__(self, config: RouterConfig, control_path: str | None = None,
-                 system: System | None = None):
+                 system: System | None = None, config_path: str | None = None):
         self.config = config
         self.control_path = control_path
+        self.config_path = config_path       # what SIGHUP and `reload` read again
+        self.generation = 1
+        self.loaded = time.time()
+        self.last_reload: dict | None = None
         self.system = system or System()
         self.loop = Loop()
         self.tunnels: dict[str, _Tunnel] = {}
@@ -100,7 +111,7 @@ class Router:
         self.control: ControlServer | None = None
         self.forwarder = ForwarderProcess(config.forwards, self.loop) if config.forwards \
             else None
-        self._claims: list = []
+        self._claims: dict[str, object] = {}   # claim name -> the socket that holds it
         # Scratch: room to cut a super-packet into segments, or to join a whole batch.
         # A device read may be a 64 KB super-packet; a datagram is no larger than the
         # underlay's MTU (a larger one, reassembled from a peer's fragments, is cut short
@@ -144,26 +155,33 @@ class Router:
     def _preflight(self) -> list[tuple[str, str]]:
         """What would stop the start, all of it, before anything is made: devices that exist,
         routes another device holds, tunnel ends another router serves."""
+        return self._check_new(list(self.config.tunnels.values()), {})
+
+    def _check_new(self, configs: list[TunnelConfig], ours: dict[int, str]) -> list[tuple[str, str]]:
+        """What keeps ``configs`` (tunnels to make, or to change) from being made: a device
+        of theirs that exists and is not ours, a route held by a device that is not ``ours``
+        (index -> name), a tunnel end another router serves. The ends are claimed here."""
         problems = []
         routes = self.netlink.routes_by_prefix()
-        for config in self.config.tunnels.values():
-            if self.netlink.index(config.name) is not None:
+        for config in configs:
+            if config.name not in self.tunnels and self.netlink.index(config.name) is not None:
                 problems.append((_key_path(config), f"a device named {config.name} already "
                                  f"exists (another tunnelrouter has it, or remove it: ip link "
                                  f"del {config.name})"))
             for position, prefix in enumerate(config.routes):
                 family = 2 if prefix.version == 4 else 10
                 index = routes.get((family, str(prefix.network_address), prefix.prefixlen))
-                if index is not None:
+                if index is not None and index not in ours:
                     problems.append((_key_path(config, ("routes", position)),
                                      f"{prefix} is already routed through "
                                      f"{self.netlink.name_of(index)}, which this router does "
                                      f"not own (another tunnelrouter?)"))
             mode = config.kind
-            for key in mode.keys(config):
-                name = f"{mode.underlay_end(config)}:{key!r}"
+            for name in _claim_names(config):
+                if name in self._claims:
+                    continue
                 try:
-                    self._claims.append(self.system.claim(name))
+                    self._claims[name] = self.system.claim(name)
                 except SystemProblem as problem:
                     # A UDP port serves one process whatever the VNI: another port helps,
                     # another VNI would not.
@@ -173,19 +191,9 @@ class Router:
         return problems
 
     def _start(self) -> None:
-        for name, config in self.config.tunnels.items():
-            mode = config.kind
-            end = mode.underlay_end(config)
-            if end not in self.underlays:
-                self.underlays[end] = self._open_underlay(config, end)
-                self.demuxes[end] = Demux(mode)
-                self.loop.watch(self.underlays[end].fd, self._wire_handler(end))
-            endpoint = endpoint_for(config)
-            self.demuxes[end].add(endpoint)
-            tunnel = self.tunnels[name] = _Tunnel(config, endpoint, self.underlays[end])
-            self.devices[name] = None
+        for config in self.config.tunnels.values():
             try:
-                self._make_device(tunnel)
+                self._add_tunnel(config)
             except SystemProblem as problem:
                 raise StartError([(_key_path(config, problem.path), problem.message)]) from None
         try:
@@ -206,15 +214,92 @@ class Router:
             log.info("started %d forward(s): %s", len(self.config.forwards),
                      ", ".join(self.config.forwards))
 
-    def _open_underlay(self, config: TunnelConfig, end: tuple) -> UnderlaySocket:
-        kind, local, number = end
-        try:
-            if kind is Underlay.RAW:
-                return self.system.raw_socket(local, number)
-            return self.system.udp_socket(local, number, config.pmtu_discovery)
-        except SystemProblem as problem:
-            key = "port" if "port" in problem.message and kind is Underlay.UDP else "local"
-            raise StartError([(_key_path(config, (key,)), problem.message)]) from None
+    def _add_tunnel(self, config: TunnelConfig) -> _Tunnel:
+        """Make a tunnel: its endpoint on its underlay socket (opened if it is the first
+        there), its device. SystemProblem names the key that failed."""
+        endpoint = endpoint_for(config)
+        underlay = self._underlay_for(config)
+        self.demuxes[config.kind.underlay_end(config)].add(endpoint)
+        tunnel = self.tunnels[config.name] = _Tunnel(config, endpoint, underlay)
+        self.devices[config.name] = None
+        self._make_device(tunnel)
+        return tunnel
+
+    def _underlay_for(self, config: TunnelConfig) -> UnderlaySocket:
+        end = config.kind.underlay_end(config)
+        if end not in self.underlays:
+            kind, local, number = end
+            try:
+                if kind is Underlay.RAW:
+                    underlay = self.system.raw_socket(local, number)
+                else:
+                    underlay = self.system.udp_socket(local, number, config.pmtu_discovery)
+            except SystemProblem as problem:
+                key = "port" if "port" in problem.message and kind is Underlay.UDP else "local"
+                raise SystemProblem(problem.message, (key,)) from None
+            self.underlays[end] = underlay
+            self.demuxes[end] = Demux(config.kind)
+            self.loop.watch(underlay.fd, self._wire_handler(end))
+        return self.underlays[end]
+
+    def _remove_tunnel(self, name: str) -> None:
+        """Take a tunnel down: its device goes (with its addresses and routes), its end is
+        released, and its socket closed if no other tunnel uses it."""
+        tunnel = self.tunnels.pop(name)
+        self.devices.pop(name, None)
+        if tunnel.device is not None:
+            self.loop.forget(tunnel.device.fd)
+            tunnel.device.close()
+            tunnel.device = None
+        config = tunnel.config
+        self.demuxes[config.kind.underlay_end(config)].remove(tunnel.endpoint)
+        self._release(_claim_names(config))
+        self._close_unused_underlays()
+
+    def _release(self, names) -> None:
+        held = {claim for tunnel in self.tunnels.values() for claim in _claim_names(tunnel.config)}
+        for name in names:
+            if name not in held and name in self._claims:
+                self._claims.pop(name).close()
+
+    def _close_unused_underlays(self) -> None:
+        used = {tunnel.config.kind.underlay_end(tunnel.config) for tunnel in self.tunnels.values()}
+        for end in [end for end in self.underlays if end not in used]:
+            underlay = self.underlays.pop(end)
+            del self.demuxes[end]
+            self.loop.forget(underlay.fd)
+            underlay.close()
+
+    def _change_tunnel(self, config: TunnelConfig) -> None:
+        """Apply a changed configuration to a running tunnel, keeping its device (and so its
+        ifindex) and what it learnt: a new endpoint takes over from the old one, on the
+        socket of its (maybe new) end; MTU, addresses and routes are set anew, and what the
+        new configuration left out is taken off the device."""
+        tunnel = self.tunnels[config.name]
+        old = tunnel.config
+        endpoint = endpoint_for(config)
+        endpoint.take_over(tunnel.endpoint)
+        underlay = self._underlay_for(config)
+        self.demuxes[old.kind.underlay_end(old)].remove(tunnel.endpoint)
+        self.demuxes[config.kind.underlay_end(config)].add(endpoint)
+        tunnel.config, tunnel.endpoint, tunnel.underlay = config, endpoint, underlay
+        self._release(_claim_names(old))
+        self._close_unused_underlays()
+        device = tunnel.device
+        if device is None:
+            return   # made anew, as configured now, when it is restored
+        self.loop.forget(device.fd)
+        if device.super_packets != endpoint.super_packets:
+            self._netlink(tunnel, "change its offloads",
+                          lambda: device.set_super_packets(endpoint.super_packets))
+        self.loop.watch(device.fd, self._device_handler(tunnel))
+        if tunnel.up:
+            self._netlink(tunnel, "apply its new configuration", lambda: (
+                self.netlink.program_device(config),
+                self.netlink.withdraw(config, set(old.addresses) - set(config.addresses),
+                                      set(old.routes) - set(config.routes))))
+            if endpoint.effective_mtu != config.device_mtu:
+                self._set_route_mtu(tunnel)
 
     def _make_device(self, tunnel: _Tunnel) -> None:
         """Create the tunnel's device, program it, and watch it."""
@@ -254,7 +339,7 @@ class Router:
         if self.netlink is not None:
             self.netlink.close()
             self.netlink = None
-        for claim in self._claims:
+        for claim in self._claims.values():
             claim.close()
         self._claims.clear()
         self.loop.close()
@@ -293,8 +378,107 @@ class Router:
         self.loop.stop()
 
     def _reload_requested(self) -> None:
-        log.warning("SIGHUP: reloading the configuration is not supported yet; the router "
-                    "carries on with the configuration it started with")
+        self.reload()
+
+    # -- reload ---------------------------------------------------------------------------
+
+    def reload(self, dry_run: bool = False, path: str | None = None) -> dict:
+        """Read the configuration file again and apply what changed, nothing else. A file
+        that is not valid, or that the system cannot take (a device or route of another's,
+        a port in use), is refused whole and the running configuration goes on untouched.
+        Returns what was done, for the operator (``tunnelrouter reload``). ``path``, with
+        ``dry_run``: what a reload to another file would do (``check --against-running``)."""
+        path = path if dry_run and path else self.config_path
+        if path is None:
+            return self._reloaded(dry_run, "refused", problems=[
+                "this router was not started from a file: there is nothing to read again"])
+        if not dry_run:
+            self.notifier.reloading()
+        try:
+            new = load_config(path)
+        except ConfigError as error:
+            return self._reloaded(dry_run, "refused",
+                                  problems=[render(problem, path) for problem in error.problems])
+        changes = reload_plan(self.config, new)
+        if dry_run or not changes:
+            return self._reloaded(dry_run, "unchanged" if not changes else "dry run", changes, new)
+        ours = {tunnel.index: name for name, tunnel in self.tunnels.items()
+                if tunnel.index is not None}
+        claimed_before = set(self._claims)
+        try:
+            problems = self._check_new([new.tunnels[name] for name in changes.added] +
+                                       [new.tunnels[change.name] for change in changes.changed],
+                                       ours)
+        except SystemProblem as problem:
+            problems = [("", problem.message)]
+        if problems:
+            self._release(set(self._claims) - claimed_before)
+            return self._reloaded(False, "refused", changes, problems=[
+                f"{self.config_path}: cannot apply: {path + ': ' if path else ''}{message}"
+                for path, message in problems])
+        failures = self._apply(changes, new)
+        return self._reloaded(False, "applied" if not failures else "applied with failures",
+                              changes, new, failures)
+
+    def _apply(self, changes, new: RouterConfig) -> list[str]:
+        failures = []
+        for name in changes.removed:
+            self._remove_tunnel(name)
+        for change in changes.changed:
+            if change.recreate:
+                self._remove_tunnel(change.name)
+                changes.added.append(change.name)
+            else:
+                self._change_tunnel(new.tunnels[change.name])
+        for name in changes.added:
+            try:
+                self._add_tunnel(new.tunnels[name])
+            except SystemProblem as problem:
+                failures.append(f"tunnels.{name}: {problem.message}")
+                if name in self.tunnels:
+                    self._remove_tunnel(name)
+        if changes.forwards_added or changes.forwards_removed or changes.forwards_changed:
+            failures += self._apply_forwards(new)
+        self.config = RouterConfig(tunnels={name: new.tunnels[name] for name in new.tunnels
+                                            if name in self.tunnels},
+                                   control_socket=self.config.control_socket,
+                                   forwards=new.forwards, sha256=new.sha256)
+        return failures
+
+    def _apply_forwards(self, new: RouterConfig) -> list[str]:
+        if not new.forwards:
+            if self.forwarder is not None:
+                self.forwarder.close()
+                self.forwarder = None
+            return []
+        if self.forwarder is None:
+            self.forwarder = ForwarderProcess(new.forwards, self.loop)
+            return [f"{path}: {message}" for path, message in self.forwarder.start()]
+        return [f"{path}: {message}" for path, message in self.forwarder.apply(new.forwards)]
+
+    def _reloaded(self, dry_run: bool, result: str, changes=None, new=None, failures=(),
+                  problems=()) -> dict:
+        """Say what a reload did: to the log, to systemd, and back to who asked."""
+        lines = changes.lines() if changes is not None else []
+        report = {"result": result, "changes": lines, "problems": list(problems) + list(failures)}
+        if new is not None:
+            report["sha256"] = new.sha256
+        if dry_run:
+            return report
+        if result.startswith("applied"):
+            self.generation += 1
+            self.loaded = time.time()
+            log.info("reload: generation %d, sha256 %s: %s", self.generation, new.sha256,
+                     "; ".join(lines))
+        elif result == "unchanged":
+            log.info("reload: %s is unchanged (sha256 %s)", self.config_path, new.sha256)
+        for line in report["problems"]:
+            log.warning("reload %s: %s", "refused" if result == "refused" else "failed", line)
+        report["generation"] = self.generation
+        self.last_reload = report | {"at": time.time()}
+        self.notifier.ready(f"{self._summary()}; configuration generation {self.generation}"
+                            + (" (the last reload was refused)" if result == "refused" else ""))
+        return report
 
     def tick(self, now: float) -> None:
         for tunnel in self.tunnels.values():
@@ -524,7 +708,15 @@ class Router:
     def answer(self, request: str) -> dict:
         if request in ("show", ""):
             return self.status()
-        return {"error": f"unknown request {request[:40]!r}; this router answers: show"}
+        if request == "reload":
+            return self.reload()
+        if request.startswith("reload --dry-run"):
+            return self.reload(dry_run=True, path=request.removeprefix("reload --dry-run").strip())
+        if request == "config":
+            return {"path": self.config_path, "sha256": self.config.sha256,
+                    "generation": self.generation}
+        return {"error": f"unknown request {request[:40]!r}; this router answers: show, "
+                         f"reload, reload --dry-run, config"}
 
     def status(self) -> dict:
         now = time.monotonic()
@@ -544,6 +736,9 @@ class Router:
             "unattributed_wan_errors": sum(demux.counters.wan_errors
                                            for demux in self.demuxes.values()),
             "tunnels": tunnels,
+            "config": {"path": self.config_path, "generation": self.generation,
+                       "sha256": self.config.sha256, "loaded": round(self.loaded, 3),
+                       "last_reload": self.last_reload},
         }
         if self.forwarder is not None:
             status["internal_errors"] += self.forwarder.faults

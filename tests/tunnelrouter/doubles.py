@@ -196,12 +196,22 @@ class MemoryNetlink:
         link = self.system.links[tunnel.name]
         link["mtu"] = tunnel.device_mtu
         link["up"] = link["up"] or up
-        link["routes"] = {str(prefix): None for prefix in tunnel.routes}
+        link["addresses"] = link.get("addresses", set()) | {str(a) for a in tunnel.addresses}
+        link["routes"].update({str(prefix): None for prefix in tunnel.routes})
+
+    def withdraw(self, tunnel, addresses, routes) -> None:
+        self.calls.append(("withdraw", tunnel.name))
+        self._maybe_fail("withdraw")
+        link = self.system.links[tunnel.name]
+        link["addresses"] -= {str(address) for address in addresses}
+        for prefix in routes:
+            link["routes"].pop(str(prefix), None)
 
     def program_routes(self, tunnel, mtu: int | None = None) -> None:
         self.calls.append(("program_routes", tunnel.name, mtu))
         self._maybe_fail("program_routes", ("routes", 0))
-        self.system.links[tunnel.name]["routes"] = {str(prefix): mtu for prefix in tunnel.routes}
+        self.system.links[tunnel.name]["routes"].update({str(prefix): mtu
+                                                          for prefix in tunnel.routes})
 
     def routes_by_prefix(self):
         return dict(self.foreign_routes)
@@ -260,6 +270,13 @@ class _DeviceFile:
                                                True))
 
 
+class MemoryDevice(TunTapDevice):
+    """A device whose offloads are what ``links[name]["super_packets"]`` says."""
+
+    def set_super_packets(self, super_packets: bool) -> None:
+        self._owner.link["super_packets"] = self.super_packets = super_packets
+
+
 class MemorySystem(System):
     def __init__(self, wire: Wire | None = None, claims: str | None = None):
         self.wire = wire or Wire()
@@ -281,8 +298,8 @@ class MemorySystem(System):
         self._next_index += 1
         self.links[name] = {"index": self._next_index, "up": False, "mtu": 1500, "routes": {},
                             "super_packets": super_packets}
-        return TunTapDevice(name, router_end.fileno(), _DeviceFile(self, name, router_end),
-                            ethernet)
+        return MemoryDevice(name, router_end.fileno(), _DeviceFile(self, name, router_end),
+                            ethernet, super_packets)
 
     def delete(self, name: str) -> None:
         """What `ip link del` does: the device goes, and the link monitor says so."""

@@ -394,3 +394,65 @@ def test_run_of_a_router_with_only_forwards_asks_for_no_capability(tmp_path, cap
     assert "CAP_NET" not in err
     assert f"{path}: cannot start: forwards.web.listen: cannot listen on 192.0.2.99:8080 (tcp): " \
            f"Cannot assign requested address (192.0.2.99 is not an address of this host" in err
+
+
+# -- reload -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flags, request_sent", [([], b"reload\n"),
+                                                 (["--dry-run"], b"reload --dry-run\n")])
+def test_reload_asks_the_daemon_and_prints_what_it_changed(tmp_path, capsys, flags, request_sent):
+    path = tmp_path / "control.sock"
+    report = {"result": "applied", "changes": ["add tunnel ipip1"], "problems": [],
+              "generation": 3, "sha256": "ab" * 32}
+    with daemon(path, json.dumps(report).encode()) as asked:
+        assert main(["reload", "--socket", str(path), *flags]) == 0
+    assert asked == [request_sent]
+    assert capsys.readouterr().out == f"add tunnel ipip1\napplied, generation 3, sha256 {'ab' * 32}\n"
+
+
+@pytest.mark.parametrize("result, code", [("refused", 2), ("applied with failures", 1),
+                                          ("unchanged", 0), ("dry run", 0)])
+def test_reload_exits_by_what_the_daemon_did(tmp_path, capsys, result, code):
+    path = tmp_path / "control.sock"
+    report = {"result": result, "changes": [], "problems": ["site.yaml:3: tunnels.t.ttl: 0"]}
+    with daemon(path, json.dumps(report).encode()):
+        assert main(["reload", "--socket", str(path)]) == code
+    assert capsys.readouterr().err == "site.yaml:3: tunnels.t.ttl: 0\n"
+
+
+def test_check_against_the_running_router_asks_for_a_dry_run_of_this_file(tmp_path, capsys):
+    path = tmp_path / "control.sock"
+    report = {"result": "dry run", "changes": ["remove tunnel vx1"], "problems": []}
+    with daemon(path, json.dumps(report).encode()) as asked:
+        assert main(["check", str(EXAMPLE), "--against-running", "--socket", str(path)]) == 0
+    assert asked == [f"reload --dry-run {EXAMPLE.resolve()}\n".encode()[:64]]
+    assert capsys.readouterr().out.endswith("against the running router ("
+                                            f"{path}):\nremove tunnel vx1\ndry run\n")
+
+
+def test_reload_of_a_router_in_memory_end_to_end(tmp_path, capsys):
+    config_file = tmp_path / "site.yaml"
+    config_file.write_text(EXAMPLE.read_text())
+    router = Router(load_config(config_file), str(tmp_path / "control.sock"), MemorySystem(),
+                    config_path=str(config_file))
+    router.start()
+    stop = threading.Event()
+
+    def run():
+        while not stop.is_set():
+            router.run_once(0.05)
+    loop = threading.Thread(target=run)
+    loop.start()
+    try:
+        config_file.write_text(EXAMPLE.read_text().replace("    key: 42\n",
+                                                           "    key: 42\n    mtu: 1300\n", 1))
+        dry = main(["reload", "--dry-run", "--socket", str(tmp_path / "control.sock")])
+        applied = main(["reload", "--socket", str(tmp_path / "control.sock")])
+    finally:
+        stop.set()
+        loop.join(30)
+        router.close()
+    out = capsys.readouterr().out
+    assert (dry, applied) == (0, 0)
+    assert out.count("change in place tunnel gre1: mtu\n") == 2
+    assert "dry run" in out and "applied, generation 2" in out

@@ -605,7 +605,7 @@ def test_sigterm_ends_run_which_removes_everything_the_router_made(make_router, 
         tick(now)
         ticks.append(now)
         if len(ticks) == 1:
-            os.kill(os.getpid(), signal.SIGHUP)     # not supported: said, and carried on
+            os.kill(os.getpid(), signal.SIGHUP)     # a reload, refused: said, and carried on
         elif len(ticks) == 2:
             os.kill(os.getpid(), signal.SIGTERM)
         elif len(ticks) > 1000:
@@ -613,7 +613,7 @@ def test_sigterm_ends_run_which_removes_everything_the_router_made(make_router, 
     router.tick = tick_and_signal
     router.run()
     assert len(ticks) < 100
-    assert messages(caplog, "SIGHUP: reloading the configuration is not supported yet")
+    assert messages(caplog, "reload refused: this router was not started from a file")
     assert system.links == {} and system.hosts == {}
     assert all(wire_socket.sock.fileno() == -1 for wire_socket in system.sockets.values())
     assert {number: signal.getsignal(number) for number in handlers} == handlers
@@ -659,8 +659,9 @@ def test_the_control_socket_answers_show_with_the_status_and_anything_else_with_
     status = json.loads(ask(path, b"show\n", router.run_once))
     assert list(status["tunnels"]) == list(every_mode(A, [B], 1))
     assert status["tunnels"]["gre1"]["device"] == "up"
-    assert json.loads(ask(path, b"reload\n", router.run_once)) == {
-        "error": "unknown request 'reload'; this router answers: show"}
+    assert json.loads(ask(path, b"restart\n", router.run_once)) == {
+        "error": "unknown request 'restart'; this router answers: show, reload, "
+                 "reload --dry-run, config"}
     router.close()
     assert not os.path.exists(path)
 

@@ -69,7 +69,22 @@ def render_status(status: dict) -> str:
         lines.append(f"WAN errors about no tunnel's datagram: {status['unattributed_wan_errors']}")
     if status.get("internal_errors"):
         lines.append(f"internal errors: {status['internal_errors']} (see the log)")
+    lines += _config_lines(status.get("config"))
     return "\n".join(lines)
+
+
+def _config_lines(config) -> list[str]:
+    """Which configuration runs: with the file in git, its hash is the audit trail."""
+    if not isinstance(config, dict) or "generation" not in config:
+        return []
+    lines = [f"configuration: generation {config['generation']}"
+             + (f", sha256 {config['sha256'][:16]}" if config.get("sha256") else "")
+             + (f", from {config['path']}" if config.get("path") else "")]
+    last = config.get("last_reload")
+    if isinstance(last, dict):
+        lines.append(f"last reload: {last.get('result')}"
+                     + "".join(f"\n  {problem}" for problem in last.get("problems", [])))
+    return lines
 
 
 def _forward_lines(name: str, forward: dict) -> list[str]:

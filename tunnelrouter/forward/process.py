@@ -61,6 +61,19 @@ class ForwarderProcess:
         self.loop.watch(self.channel.fileno(), self._on_channel)
         return problems
 
+    def apply(self, forwards: dict[str, ForwardConfig]) -> list[tuple[str, str]]:
+        """A reload's new ``forwards:``: the process applies the difference (see
+        Forwarder.apply); ``(key path, message)`` for each forward it could not start. A
+        process being started again takes the new section when it starts."""
+        self.forwards = forwards
+        if self.channel is None or self.channel.closed:
+            return []
+        self.channel.send(("apply", forwards))
+        problems = self._wait_applied()
+        if problems is None:
+            return [("forwards", "the forwarder process did not answer the new forwards")]
+        return problems
+
     def _wait_applied(self) -> list | None:
         deadline = time.monotonic() + START_TIMEOUT
         while (left := deadline - time.monotonic()) > 0:

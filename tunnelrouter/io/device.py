@@ -57,12 +57,14 @@ class TunTapDevice:
     (deleted under us); the router then closes it and makes it again.
     """
 
-    def __init__(self, name: str, fd: int, owner=None, ethernet: bool = False):
+    def __init__(self, name: str, fd: int, owner=None, ethernet: bool = False,
+                 super_packets: bool = False):
         """Wrap ``fd``, the device's open file (``owner`` keeps it open; closing it or the
         fd removes the device)."""
         self.name = name
         self.fd = fd
         self.failed = 0
+        self.super_packets = super_packets
         self._owner = owner
         self._link_header = ETHERNET_HEADER_LENGTH if ethernet else 0
         os.set_blocking(fd, False)
@@ -75,13 +77,22 @@ class TunTapDevice:
             device = pytun.TunTapDevice(name=name, flags=flags)
         except pytun.Error as error:
             raise SystemProblem(_explain(name, error)) from None
+        made = cls(device.name, device.fileno(), device, ethernet)
         try:
-            fcntl.ioctl(device.fileno(), TUNSETOFFLOAD,
-                        SUPER_PACKET_OFFLOADS if super_packets else 0)
-        except OSError as error:
+            made.set_super_packets(super_packets)
+        except SystemProblem:
             device.close()
-            raise SystemProblem(f"cannot set the offloads of {name}: {error.strerror}") from None
-        return cls(device.name, device.fileno(), device, ethernet)
+            raise
+        return made
+
+    def set_super_packets(self, super_packets: bool) -> None:
+        """Ask the kernel for TCP super-packets (TSO) on reads, or for segments."""
+        try:
+            fcntl.ioctl(self.fd, TUNSETOFFLOAD, SUPER_PACKET_OFFLOADS if super_packets else 0)
+        except OSError as error:
+            raise SystemProblem(f"cannot set the offloads of {self.name}: "
+                                f"{error.strerror}") from None
+        self.super_packets = super_packets
 
     def read_batch(self, batch: Batch, counters: Counters) -> int:
         """Read packets into ``batch`` until none waits or it is full; return how many.

@@ -99,6 +99,21 @@ class Netlink:
             self._call(("routes", position), f"route {prefix} into {tunnel.name}", ipr.route,
                        "replace", dst=str(prefix), oif=index, **extra)
 
+    def withdraw(self, tunnel: TunnelConfig, addresses, routes) -> None:
+        """Take ``addresses`` (interfaces) and ``routes`` (prefixes) off the tunnel's device:
+        what a reload left out. What is already gone is no error."""
+        index = self.index(tunnel.name)
+        if index is None:
+            return
+        ipr = self._route()
+        for prefix in routes:
+            self._call(("routes",), f"remove the route {prefix} from {tunnel.name}", _absent_ok,
+                       ipr.route, "del", dst=str(prefix), oif=index)
+        for interface in addresses:
+            self._call(("addresses",), f"remove {interface} from {tunnel.name}", _absent_ok,
+                       ipr.addr, "del", index=index, address=str(interface.ip),
+                       prefixlen=interface.network.prefixlen)
+
     def routes_by_prefix(self) -> dict[tuple[int, str, int], int]:
         """Every route of the main table: ``(family, destination, length) -> device index``."""
         found = {}
@@ -130,6 +145,15 @@ class Netlink:
         if self._ipr is not None:
             self._ipr.close()
             self._ipr = None
+
+
+def _absent_ok(function, *args, **kwargs) -> None:
+    """``function(*args, **kwargs)``, where "there is no such thing" means it is done."""
+    try:
+        function(*args, **kwargs)
+    except NetlinkError as error:
+        if error.code not in (errno.ESRCH, errno.ENOENT, errno.EADDRNOTAVAIL, errno.ENODEV):
+            raise
 
 
 def _reason(error: Exception) -> str:

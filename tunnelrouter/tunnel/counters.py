@@ -22,6 +22,12 @@ class Counters:
             setattr(self, event, 0)
         self.drops = [0] * (max(DropReason) + 1)
 
+    def take_over(self, other: "Counters") -> None:
+        """Carry on from ``other``'s counts (a tunnel changed in place keeps its history)."""
+        for name in self.__slots__:
+            value = getattr(other, name)
+            setattr(self, name, list(value) if name == "drops" else value)
+
     def as_dict(self) -> dict:
         return {
             "rx_packets": self.rx_packets, "rx_bytes": self.rx_bytes,

@@ -115,6 +115,14 @@ class Endpoint:
                             config.local.version) if config.pmtu_discovery else None
         self._apply_mtu(config.device_mtu)
 
+    def take_over(self, old: "Endpoint") -> None:
+        """This endpoint replaces ``old`` for the same tunnel (a reload changed it in place):
+        carry on with its counters, and what it learnt that still holds."""
+        self.counters.take_over(old.counters)
+        if self.pmtu is not None and old.pmtu is not None:
+            self.pmtu.take_over(old.pmtu, self.peers)
+            self._apply_mtu(self.pmtu.effective)
+
     # -- MTU ------------------------------------------------------------------------------
 
     def _apply_mtu(self, mtu: int) -> None:
@@ -458,6 +466,13 @@ class RawEndpoint(Endpoint):
     def _send_outer_fragmented(self, packet: memoryview, now: float) -> None:
         self._send_one(packet, now, fragmentable=True)
 
+    def take_over(self, old: Endpoint) -> None:
+        super().take_over(old)
+        # The GRE receive window and send numbering go on, if both number their packets.
+        header, previous = self.header, getattr(old, "header", None)
+        if getattr(header, "sequence", False) and getattr(previous, "sequence", False):
+            header.take_over_sequence(previous)
+
     def status(self, now: float) -> dict:
         return super().status(now) | self.mode.codec_status(self.header)
 
@@ -542,6 +557,11 @@ class UdpEndpoint(Endpoint):
                 else:
                     self.counters.fdb_full += 1
         return True
+
+    def take_over(self, old: Endpoint) -> None:
+        super().take_over(old)
+        if isinstance(old, UdpEndpoint):
+            self.fdb.take_over(old.fdb, self.destinations)
 
     def tick(self, now: float) -> None:
         super().tick(now)

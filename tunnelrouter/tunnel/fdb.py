@@ -40,6 +40,16 @@ class Fdb:
             self.entries[mac] = (remote, now + self.ageing)
         return True
 
+    def take_over(self, other: "Fdb", destinations: dict[str, tuple]) -> None:
+        """Keep what ``other`` learnt of MACs behind remotes that are still ``destinations``
+        (by address), as far as the limit allows; static entries are this table's own."""
+        for mac, (remote, expires) in other.entries.items():
+            if expires == STATIC or mac in self.entries:
+                continue
+            destination = destinations.get(remote[0][0])
+            if destination is not None and len(self.entries) - self.static < self.limit:
+                self.entries[mac] = (destination, expires)
+
     def lookup(self, mac: bytes, now: float) -> tuple | None:
         entry = self.entries.get(mac)
         if entry is None or entry[1] < now:

@@ -55,6 +55,11 @@ class PathMtu:
         self.effective = effective
         return changed
 
+    def take_over(self, other: "PathMtu", peers) -> None:
+        """Keep what ``other`` learnt of the paths to ``peers`` (a reload that left them)."""
+        self.learnt = {peer: learnt for peer, learnt in other.learnt.items() if peer in peers}
+        self._recompute()
+
     def status(self, now: float) -> dict:
         return {peer: {"mtu": path_mtu, "expires_in": round(max(expiry - now, 0.0), 1)}
                 for peer, (path_mtu, expiry) in self.learnt.items()}

@@ -1,0 +1,254 @@
+"""Reload: the difference is applied and nothing else. What a plan says (tunnelrouter/reload.py),
+and a router in memory reloading its file: added tunnels come up, removed ones go, changed ones
+change in place (the same device), unchanged ones are not touched, and a file that is wrong,
+or that the system cannot take, is refused whole with the running configuration untouched."""
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tunnelrouter.config import load_config, parse_config
+from tunnelrouter.reload import plan
+from tunnelrouter.router import Router
+
+from tests.tunnelrouter.doubles import MemorySystem, Wire, drive, host_packets
+from tests.tunnelrouter.test_router import A, B, C, every_mode, ipv4
+
+GRE = {"mode": "gre", "local": A, "remote": B, "key": 1,
+       "addresses": ["192.168.9.1/24"], "routes": ["192.168.21.0/24"]}
+IPIP = {"mode": "ipip", "local": A, "remote": B, "addresses": ["192.168.10.1/24"]}
+VXLAN = {"mode": "vxlan", "local": A, "remotes": [B, C], "id": 7}
+
+
+def config(tunnels: dict, forwards: dict | None = None):
+    return parse_config({"tunnels": tunnels} | ({"forwards": forwards} if forwards else {}))
+
+
+# -- the plan ---------------------------------------------------------------------------------
+
+def test_a_plan_names_what_is_added_removed_and_changed_by_key_path():
+    running = config({"gre1": GRE, "ipip1": IPIP})
+    new = config({"gre1": GRE | {"mtu": 1400, "routes": ["192.168.21.0/24", "10.9.0.0/16"]},
+                  "vx1": VXLAN})
+    changes = plan(running, new)
+    assert (changes.added, changes.removed) == (["vx1"], ["ipip1"])
+    [change] = changes.changed
+    assert (change.name, change.keys, change.recreate) == ("gre1", ["mtu", "routes[1]"], False)
+    assert changes.lines() == ["add tunnel vx1", "remove tunnel ipip1",
+                               "change in place tunnel gre1: mtu, routes[1]"]
+
+
+def test_a_new_mode_remakes_the_device_and_the_same_file_changes_nothing():
+    running = config({"t": GRE})
+    assert plan(running, config({"t": GRE | {"mode": "gretap"}})).changed[0].recreate
+    unchanged = plan(running, config({"t": GRE}))
+    assert not unchanged and unchanged.lines() == ["nothing changes"]
+
+
+def test_forwards_are_planned_by_name():
+    web = {"listen": "127.0.0.1:8080", "to": "10.2.1.1:80"}
+    running = config({"t": GRE}, {"web": web, "old": web | {"listen": "127.0.0.1:8081"}})
+    new = config({"t": GRE}, {"web": web | {"to": "10.2.1.2:80"},
+                              "dns": web | {"listen": "127.0.0.1:53", "protocol": "udp"}})
+    changes = plan(running, new)
+    assert (changes.forwards_added, changes.forwards_removed, changes.forwards_changed) == (
+        ["dns"], ["old"], ["web"])
+
+
+# -- a router reloading its file --------------------------------------------------------------
+
+class Site:
+    """A router started from a file the test rewrites."""
+
+    def __init__(self, path: Path, tunnels: dict, system: MemorySystem):
+        self.path = path
+        self.write(tunnels)
+        self.router = Router(load_config(path), None, system, config_path=str(path))
+        self.router.start()
+
+    def write(self, tunnels: dict) -> None:
+        self.path.write_text(yaml.safe_dump({"tunnels": tunnels}))
+
+    def reload(self, tunnels: dict | None = None, dry_run: bool = False) -> dict:
+        if tunnels is not None:
+            self.write(tunnels)
+        return self.router.reload(dry_run=dry_run)
+
+    @property
+    def links(self) -> dict:
+        return self.router.system.links
+
+
+@pytest.fixture
+def site(tmp_path):
+    made = []
+
+    def make(tunnels: dict, system: MemorySystem | None = None, name: str = "site") -> Site:
+        made.append(Site(tmp_path / f"{name}.yaml", tunnels, system or MemorySystem()))
+        return made[-1]
+    yield make
+    for each in made:
+        each.router.close()
+
+
+def test_an_added_tunnel_comes_up_and_the_others_are_not_touched(site):
+    a = site({"gre1": GRE})
+    endpoint, device = a.router.tunnels["gre1"].endpoint, a.router.tunnels["gre1"].device
+    a.router.tunnels["gre1"].endpoint.counters.tx_packets = 7
+    report = a.reload({"gre1": GRE, "ipip1": IPIP})
+    assert report["result"] == "applied" and report["changes"] == ["add tunnel ipip1"]
+    assert set(a.links) == {"gre1", "ipip1"} and a.links["ipip1"]["up"]
+    assert a.router.tunnels["gre1"].endpoint is endpoint
+    assert a.router.tunnels["gre1"].device is device
+    assert a.router.status()["tunnels"]["gre1"]["counters"]["tx_packets"] == 7
+
+
+def test_a_removed_tunnel_goes_with_its_device_socket_and_claim(site):
+    a = site({"gre1": GRE, "ipip1": IPIP})
+    a.reload({"gre1": GRE})
+    assert set(a.links) == {"gre1"} and set(a.router.tunnels) == {"gre1"}
+    assert not any(end[2] == 4 for end in a.router.underlays)   # the IP-in-IP socket closed
+    # Its end is free: another router on this host may take it now.
+    other = Router(config({"ipip1": IPIP}), None, MemorySystem(claims=a.router.system.claims))
+    other.start()
+    other.close()
+
+
+def test_a_changed_mtu_keeps_the_device_its_index_and_its_counters(site):
+    a = site({"gre1": GRE})
+    tunnel = a.router.tunnels["gre1"]
+    index, device = a.links["gre1"]["index"], tunnel.device
+    tunnel.endpoint.counters.rx_packets = 5
+    report = a.reload({"gre1": GRE | {"mtu": 1300}})
+    assert report["changes"] == ["change in place tunnel gre1: mtu"]
+    assert a.links["gre1"]["index"] == index and a.router.tunnels["gre1"].device is device
+    assert a.links["gre1"]["mtu"] == 1300
+    status = a.router.status()["tunnels"]["gre1"]
+    assert status["mtu"] == 1300 and status["counters"]["rx_packets"] == 5
+
+
+def test_addresses_and_routes_the_new_file_leaves_out_are_taken_off_the_device(site):
+    a = site({"gre1": GRE | {"addresses": ["192.168.9.1/24", "fd09::1/64"],
+                             "routes": ["192.168.21.0/24", "192.168.22.0/24"]}})
+    a.reload({"gre1": GRE})
+    assert a.links["gre1"]["addresses"] == {"192.168.9.1/24"}
+    assert set(a.links["gre1"]["routes"]) == {"192.168.21.0/24"}
+
+
+def test_a_changed_key_is_claimed_anew_and_traffic_flows_with_it_after_both_ends_reload(site):
+    wire = Wire()
+    a = site({"gre1": GRE}, MemorySystem(wire), "a")
+    b = site({"gre1": GRE | {"local": B, "remote": A}}, MemorySystem(wire), "b")
+    a.reload({"gre1": GRE | {"key": 99}})
+    b.reload({"gre1": GRE | {"local": B, "remote": A, "key": 99}})
+    a.router.system.hosts["gre1"].send(ipv4())
+    drive(a.router, b.router)
+    assert host_packets(b.router.system.hosts["gre1"]) == [ipv4()]
+    assert not any(":1" in name for name in a.router._claims)
+
+
+def test_a_file_that_is_not_valid_is_refused_and_the_running_tunnels_go_on(site):
+    a = site({"gre1": GRE})
+    a.path.write_text("tunnels:\n  gre1:\n    mode: gre\n    ttl: 0\n")
+    report = a.reload()
+    assert report["result"] == "refused" and report["changes"] == []
+    assert any("ttl" in problem for problem in report["problems"])
+    assert set(a.links) == {"gre1"} and a.router.generation == 1
+    assert a.router.status()["config"]["last_reload"]["result"] == "refused"
+
+
+def test_a_file_the_system_cannot_take_is_refused_whole(site):
+    held = MemorySystem()
+    a = site({"gre1": GRE}, held)
+    rival = Router(config({"x": IPIP}), None, MemorySystem(claims=held.claims))
+    rival.start()                      # another router holds IP-in-IP from A to B
+    try:
+        report = a.reload({"gre1": GRE | {"mtu": 1300}, "ipip1": IPIP})
+    finally:
+        rival.close()
+    assert report["result"] == "refused"
+    assert any("held by another tunnelrouter" in problem for problem in report["problems"])
+    assert set(a.links) == {"gre1"} and a.links["gre1"]["mtu"] != 1300
+
+
+def test_a_dry_run_says_what_would_change_and_changes_nothing(site):
+    a = site({"gre1": GRE})
+    report = a.reload({"ipip1": IPIP}, dry_run=True)
+    assert report["result"] == "dry run"
+    assert report["changes"] == ["add tunnel ipip1", "remove tunnel gre1"]
+    assert set(a.links) == {"gre1"} and a.router.generation == 1
+
+
+def test_a_new_mode_remakes_the_device(site):
+    a = site({"t1": GRE})
+    index = a.links["t1"]["index"]
+    a.reload({"t1": GRE | {"mode": "gretap"}})
+    assert a.links["t1"]["index"] != index and a.router.tunnels["t1"].config.mode == "gretap"
+
+
+def test_every_reload_is_a_generation_with_the_files_sha256(site, caplog):
+    caplog.set_level(logging.INFO, "tunnelrouter")
+    a = site({"gre1": GRE})
+    first = a.router.status()["config"]
+    a.reload({"gre1": GRE, "ipip1": IPIP})
+    second = a.router.status()["config"]
+    assert (first["generation"], second["generation"]) == (1, 2)
+    assert second["sha256"] != first["sha256"] and len(second["sha256"]) == 64
+    assert any(f"reload: generation 2, sha256 {second['sha256']}: add tunnel ipip1" in
+               record.getMessage() for record in caplog.records)
+    assert a.reload()["result"] == "unchanged" and a.router.generation == 2
+
+
+def test_a_vxlan_tunnel_changed_in_place_keeps_what_it_learnt_of_remotes_it_still_has(site):
+    a = site({"vx1": VXLAN})
+    endpoint = a.router.tunnels["vx1"].endpoint
+    destinations = endpoint.destinations
+    endpoint.fdb.learn(b"\x02\0\0\0\0\x0b", destinations[B], 100.0)
+    endpoint.fdb.learn(b"\x02\0\0\0\0\x0c", destinations[C], 100.0)
+    a.reload({"vx1": VXLAN | {"remotes": [B], "ageing": 600}})
+    fdb = a.router.tunnels["vx1"].endpoint.fdb
+    assert list(fdb.entries) == [b"\x02\0\0\0\0\x0b"]
+
+
+def test_twenty_reloads_of_other_tunnels_leave_an_unchanged_one_forwarding(site):
+    wire = Wire()
+    a = site({"gre1": GRE}, MemorySystem(wire), "a")
+    b = site({"gre1": GRE | {"local": B, "remote": A}}, MemorySystem(wire), "b")
+    endpoint = a.router.tunnels["gre1"].endpoint
+    for round_ in range(1, 21):   # each round differs from the one before
+        extra = {"ipip1": IPIP | {"mtu": 1300 + round_}} if round_ % 3 else {}
+        if round_ % 4 == 1:
+            extra["vx1"] = VXLAN
+        a.reload({"gre1": GRE} | extra)
+        a.router.system.hosts["gre1"].send(ipv4())
+        drive(a.router, b.router)
+        assert host_packets(b.router.system.hosts["gre1"]) == [ipv4()], round_
+    assert a.router.tunnels["gre1"].endpoint is endpoint
+    used = {tunnel.config.kind.underlay_end(tunnel.config) for tunnel in a.router.tunnels.values()}
+    assert set(a.router.underlays) == used   # no socket left behind by a removed tunnel
+    assert json.loads(json.dumps(a.router.status()))["config"]["generation"] == 21
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_forwards_come_and_go_with_reloads_the_forwarder_process_with_them(site, tmp_path):
+    a = site({"gre1": GRE})
+    web = {"listen": f"127.0.0.1:{free_port()}", "to": "127.0.0.1:9"}
+    a.path.write_text(yaml.safe_dump({"tunnels": {"gre1": GRE}, "forwards": {"web": web}}))
+    assert a.router.reload()["changes"] == ["add forward web"]
+    assert a.router.forwarder is not None and list(a.router.status()["forwards"]) == ["web"]
+    dns = {"listen": f"127.0.0.1:{free_port()}", "protocol": "udp", "to": "127.0.0.1:53"}
+    a.path.write_text(yaml.safe_dump({"tunnels": {"gre1": GRE},
+                                      "forwards": {"web": web, "dns": dns}}))
+    report = a.router.reload()
+    assert report["result"] == "applied" and report["changes"] == ["add forward dns"]
+    assert a.reload({"gre1": GRE})["result"] == "applied"
+    assert a.router.forwarder is None and "forwards" not in a.router.status()
