@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
 .PHONY: test test-unit bench bench-scale bench-codec bench-forward churn-forward lab lab-down \
-	deps bench-deps debian-deps bench-debian-deps clean
+	deps bench-deps debian-deps bench-debian-deps install clean
 
 test: deps
 	$(PY) -m pytest -q
@@ -102,6 +102,21 @@ $(STAMP): pyproject.toml setup.py encap/_gso.c tunnelrouter/io/_mmsg.c
 $(BENCH_STAMP): pyproject.toml $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'
 	touch $@
+
+# The systemd unit, the command and a sample configuration (README "Running under systemd").
+# The command is this checkout's virtualenv, linked: keep the checkout where it is.
+PREFIX ?= /usr/local
+install: deps
+	install -d $(DESTDIR)/etc/tunnelrouter $(DESTDIR)/etc/systemd/system \
+	  $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/doc/tunnelrouter
+	ln -sfn $(abspath $(VENV))/bin/tunnelrouter $(DESTDIR)$(PREFIX)/bin/tunnelrouter
+	sed 's|/usr/local|$(PREFIX)|g' systemd/tunnelrouter@.service \
+	  > $(DESTDIR)/etc/systemd/system/tunnelrouter@.service
+	install -m 644 README.md $(DESTDIR)$(PREFIX)/share/doc/tunnelrouter/README.md
+	test -e $(DESTDIR)/etc/tunnelrouter/example.yaml || \
+	  install -m 600 examples/site-a.yaml $(DESTDIR)/etc/tunnelrouter/example.yaml
+	@echo "installed; now: systemctl daemon-reload && systemctl enable --now tunnelrouter@NAME" \
+	  "(for /etc/tunnelrouter/NAME.yaml)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info encap/*.so tunnelrouter/io/*.so
