@@ -1,16 +1,11 @@
-"""The daemon: a configuration made real, wiring the tunnel core to the I/O room.
+"""The daemon: a configuration made real, and kept so for as long as the process runs.
 
-For every tunnel an endpoint (``tunnel/``) and a TUN/TAP device; for every
-underlay end (local address and protocol or port) one socket and one
-demultiplexer shared by the tunnels on it. The event loop calls:
-
-- a device's handler: read a batch, the endpoint encapsulates it, the socket sends it;
-- a socket's handler: read a batch, the demultiplexer hands each datagram to its
-  endpoint, which decapsulates it, and the endpoint's device takes it; errors on
-  the socket's error queue go to the endpoint they are about;
-- the link monitor's handler: a device deleted is made again, one set up again
-  gets its addresses and routes back;
-- the control server's handlers (``show``), and a tick each second.
+The router owns the process's parts: the event loop and its signals, the tunnels
+(``tunnels.py``: their devices, sockets and the datapath between them), the kernel's
+link events, the control socket (``show``, ``reload``), the forwards' process, systemd's
+notify socket, and a tick each second. It starts them all or none, reloads the
+configuration by applying only what changed (``reload.py`` says what), answers the
+operator, and stops.
 
 The forwards (``forwards:``) run in a process of their own (``forward/``): the
 router starts it, asks it for its status, and starts it again if it dies.
@@ -26,30 +21,19 @@ import signal
 import time
 from collections.abc import Callable
 
-from encap.errors import DropReason
-from encap.wire import HEADROOM
-
 from tunnelrouter.config import ConfigError, RouterConfig, load_config, render
 from tunnelrouter.control.server import ControlServer
 from tunnelrouter.forward.process import ForwarderProcess
-from tunnelrouter.io.device import TunTapDevice
 from tunnelrouter.io.errors import SystemProblem
-from tunnelrouter.io.loop import EPOLLERR, Loop
+from tunnelrouter.io.loop import Loop
 from tunnelrouter.io.system import System
-from tunnelrouter.io.underlay import UnderlaySocket
-from tunnelrouter.modes import TunnelConfig, Underlay
 from tunnelrouter.reload import plan as reload_plan
-from tunnelrouter.tunnel.batch import BATCH_SIZE, VNET_HEADER_LENGTH, Batch
-from tunnelrouter.tunnel.counters import Counters
-from tunnelrouter.tunnel.endpoint import Demux, Endpoint, endpoint_for
+from tunnelrouter.tunnel.endpoint import Endpoint
+from tunnelrouter.tunnels import TunnelSet, key_path
 
 log = logging.getLogger("tunnelrouter")
 
 TICK = 1.0
-# Segments cut from one 64 KB super-packet, each with its own headers, at an MSS of 48.
-SEGMENTS_SCRATCH = 512 << 10
-WIRE_DATAGRAM = 9216   # the largest datagram read from the underlay, at least: a jumbo frame
-RESTORE_FIRST, RESTORE_LONGEST = 1.0, 30.0   # seconds between attempts to remake a device
 
 
 class StartError(Exception):
@@ -59,36 +43,6 @@ class StartError(Exception):
         self.problems = problems
         super().__init__("\n".join(f"{path}: {message}" if path else message
                                    for path, message in problems))
-
-
-def _claim_names(config: TunnelConfig) -> list[str]:
-    """The names under which the router claims a tunnel's ends (see System.claim)."""
-    mode = config.kind
-    return [f"{mode.underlay_end(config)}:{key!r}" for key in mode.keys(config)]
-
-
-def _key_path(tunnel: TunnelConfig, path: tuple = ()) -> str:
-    text = f"tunnels.{tunnel.name}"
-    for part in path:
-        text += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return text
-
-
-class _Tunnel:
-    """What the router holds for one tunnel besides its endpoint: its device and socket."""
-
-    __slots__ = ("config", "endpoint", "underlay", "device", "index", "up", "restore_at",
-                 "restore_delay")
-
-    def __init__(self, config: TunnelConfig, endpoint: Endpoint, underlay: UnderlaySocket):
-        self.config = config
-        self.endpoint = endpoint
-        self.underlay = underlay
-        self.device: TunTapDevice | None = None
-        self.index: int | None = None
-        self.up = False
-        self.restore_at = 0.0
-        self.restore_delay = RESTORE_FIRST
 
 
 class Router:
@@ -102,27 +56,15 @@ class Router:
         self.last_reload: dict | None = None
         self.system = system or System()
         self.loop = Loop()
-        self.tunnels: dict[str, _Tunnel] = {}
-        self.devices: dict[str, TunTapDevice | None] = {}   # by tunnel name, for the rx path
-        self.demuxes: dict[tuple, Demux] = {}
-        self.underlays: dict[tuple, UnderlaySocket] = {}
+        self.tunnel_set = TunnelSet(self.system, self.loop, max(
+            [tunnel.underlay_mtu for tunnel in config.tunnels.values()], default=0))
+        # The tunnels by name, each with its endpoint, device and socket (tunnels.py).
+        self.tunnels = self.tunnel_set.tunnels
         self.netlink = None
         self.links = None
         self.control: ControlServer | None = None
         self.forwarder = ForwarderProcess(config.forwards, self.loop) if config.forwards \
             else None
-        self._claims: dict[str, object] = {}   # claim name -> the socket that holds it
-        # Scratch: room to cut a super-packet into segments, or to join a whole batch.
-        # A device read may be a 64 KB super-packet; a datagram is no larger than the
-        # underlay's MTU (a larger one, reassembled from a peer's fragments, is cut short
-        # and dropped: its IP length says so).
-        self._device_batch = Batch(scratch_size=SEGMENTS_SCRATCH)
-        datagram = HEADROOM + max([WIRE_DATAGRAM] + [tunnel.underlay_mtu for tunnel in
-                                                      config.tunnels.values()])
-        self._wire_batch = Batch(buffer_size=datagram,
-                                 scratch_size=BATCH_SIZE * (datagram + VNET_HEADER_LENGTH))
-        self._delivery: list = []   # the packets of one wire batch for one device
-        self._warned: set[tuple] = set()
         self.started = time.monotonic()
         self.notifier = self.system.notifier()
         self._watchdog_at = 0.0
@@ -131,6 +73,10 @@ class Router:
     def endpoints(self) -> dict[str, Endpoint]:
         return {name: tunnel.endpoint for name, tunnel in self.tunnels.items()}
 
+    @property
+    def underlays(self) -> dict:
+        return self.tunnel_set.underlays
+
     # -- start and stop -------------------------------------------------------------------
 
     def start(self) -> None:
@@ -138,7 +84,7 @@ class Router:
         StartError naming every problem found before anything was made, or the one
         that stopped the making."""
         try:
-            self.netlink = self.system.netlink()
+            self.netlink = self.tunnel_set.netlink = self.system.netlink()
             problems = self._preflight()
             if self.forwarder is not None:
                 problems += self.forwarder.start()
@@ -155,47 +101,14 @@ class Router:
     def _preflight(self) -> list[tuple[str, str]]:
         """What would stop the start, all of it, before anything is made: devices that exist,
         routes another device holds, tunnel ends another router serves."""
-        return self._check_new(list(self.config.tunnels.values()), {})
-
-    def _check_new(self, configs: list[TunnelConfig], ours: dict[int, str]) -> list[tuple[str, str]]:
-        """What keeps ``configs`` (tunnels to make, or to change) from being made: a device
-        of theirs that exists and is not ours, a route held by a device that is not ``ours``
-        (index -> name), a tunnel end another router serves. The ends are claimed here."""
-        problems = []
-        routes = self.netlink.routes_by_prefix()
-        for config in configs:
-            if config.name not in self.tunnels and self.netlink.index(config.name) is not None:
-                problems.append((_key_path(config), f"a device named {config.name} already "
-                                 f"exists (another tunnelrouter has it, or remove it: ip link "
-                                 f"del {config.name})"))
-            for position, prefix in enumerate(config.routes):
-                family = 2 if prefix.version == 4 else 10
-                index = routes.get((family, str(prefix.network_address), prefix.prefixlen))
-                if index is not None and index not in ours:
-                    problems.append((_key_path(config, ("routes", position)),
-                                     f"{prefix} is already routed through "
-                                     f"{self.netlink.name_of(index)}, which this router does "
-                                     f"not own (another tunnelrouter?)"))
-            mode = config.kind
-            for name in _claim_names(config):
-                if name in self._claims:
-                    continue
-                try:
-                    self._claims[name] = self.system.claim(name)
-                except SystemProblem as problem:
-                    # A UDP port serves one process whatever the VNI: another port helps,
-                    # another VNI would not.
-                    key = "port" if mode.underlay is Underlay.UDP else mode.distinguished_by
-                    problems.append((_key_path(config, (key,)),
-                                     f"{mode.describe(config)}: {problem.message}"))
-        return problems
+        return self.tunnel_set.check_new(list(self.config.tunnels.values()), {})
 
     def _start(self) -> None:
         for config in self.config.tunnels.values():
             try:
-                self._add_tunnel(config)
+                self.tunnel_set.add(config)
             except SystemProblem as problem:
-                raise StartError([(_key_path(config, problem.path), problem.message)]) from None
+                raise StartError([(key_path(config, problem.path), problem.message)]) from None
         try:
             self.links = self.system.link_monitor()
         except SystemProblem as problem:
@@ -214,108 +127,6 @@ class Router:
             log.info("started %d forward(s): %s", len(self.config.forwards),
                      ", ".join(self.config.forwards))
 
-    def _add_tunnel(self, config: TunnelConfig) -> _Tunnel:
-        """Make a tunnel: its endpoint on its underlay socket (opened if it is the first
-        there), its device. SystemProblem names the key that failed."""
-        endpoint = endpoint_for(config)
-        underlay = self._underlay_for(config)
-        self.demuxes[config.kind.underlay_end(config)].add(endpoint)
-        tunnel = self.tunnels[config.name] = _Tunnel(config, endpoint, underlay)
-        self.devices[config.name] = None
-        self._make_device(tunnel)
-        return tunnel
-
-    def _underlay_for(self, config: TunnelConfig) -> UnderlaySocket:
-        end = config.kind.underlay_end(config)
-        if end not in self.underlays:
-            kind, local, number = end
-            try:
-                if kind is Underlay.RAW:
-                    underlay = self.system.raw_socket(local, number)
-                else:
-                    underlay = self.system.udp_socket(local, number, config.pmtu_discovery)
-            except SystemProblem as problem:
-                key = "port" if "port" in problem.message and kind is Underlay.UDP else "local"
-                raise SystemProblem(problem.message, (key,)) from None
-            self.underlays[end] = underlay
-            self.demuxes[end] = Demux(config.kind)
-            self.loop.watch(underlay.fd, self._wire_handler(end))
-        return self.underlays[end]
-
-    def _remove_tunnel(self, name: str) -> None:
-        """Take a tunnel down: its device goes (with its addresses and routes), its end is
-        released, and its socket closed if no other tunnel uses it."""
-        tunnel = self.tunnels.pop(name)
-        self.devices.pop(name, None)
-        if tunnel.device is not None:
-            self.loop.forget(tunnel.device.fd)
-            tunnel.device.close()
-            tunnel.device = None
-        config = tunnel.config
-        self.demuxes[config.kind.underlay_end(config)].remove(tunnel.endpoint)
-        self._release(_claim_names(config))
-        self._close_unused_underlays()
-
-    def _release(self, names) -> None:
-        held = {claim for tunnel in self.tunnels.values() for claim in _claim_names(tunnel.config)}
-        for name in names:
-            if name not in held and name in self._claims:
-                self._claims.pop(name).close()
-
-    def _close_unused_underlays(self) -> None:
-        used = {tunnel.config.kind.underlay_end(tunnel.config) for tunnel in self.tunnels.values()}
-        for end in [end for end in self.underlays if end not in used]:
-            underlay = self.underlays.pop(end)
-            del self.demuxes[end]
-            self.loop.forget(underlay.fd)
-            underlay.close()
-
-    def _change_tunnel(self, config: TunnelConfig) -> None:
-        """Apply a changed configuration to a running tunnel, keeping its device (and so its
-        ifindex) and what it learnt: a new endpoint takes over from the old one, on the
-        socket of its (maybe new) end; MTU, addresses and routes are set anew, and what the
-        new configuration left out is taken off the device."""
-        tunnel = self.tunnels[config.name]
-        old = tunnel.config
-        endpoint = endpoint_for(config)
-        endpoint.take_over(tunnel.endpoint)
-        underlay = self._underlay_for(config)
-        self.demuxes[old.kind.underlay_end(old)].remove(tunnel.endpoint)
-        self.demuxes[config.kind.underlay_end(config)].add(endpoint)
-        tunnel.config, tunnel.endpoint, tunnel.underlay = config, endpoint, underlay
-        self._release(_claim_names(old))
-        self._close_unused_underlays()
-        device = tunnel.device
-        if device is None:
-            return   # made anew, as configured now, when it is restored
-        self.loop.forget(device.fd)
-        if device.super_packets != endpoint.super_packets:
-            self._netlink(tunnel, "change its offloads",
-                          lambda: device.set_super_packets(endpoint.super_packets))
-        self.loop.watch(device.fd, self._device_handler(tunnel))
-        if tunnel.up:
-            self._netlink(tunnel, "apply its new configuration", lambda: (
-                self.netlink.program_device(config),
-                self.netlink.withdraw(config, set(old.addresses) - set(config.addresses),
-                                      set(old.routes) - set(config.routes))))
-            if endpoint.effective_mtu != config.device_mtu:
-                self._set_route_mtu(tunnel)
-
-    def _make_device(self, tunnel: _Tunnel) -> None:
-        """Create the tunnel's device, program it, and watch it."""
-        config = tunnel.config
-        device = self.system.device(config.name, config.kind.ethernet,
-                                    tunnel.endpoint.super_packets)
-        try:
-            self.netlink.program_device(config)
-            tunnel.index = self.netlink.index(config.name)
-        except BaseException:
-            device.close()
-            raise
-        tunnel.device = self.devices[config.name] = device
-        tunnel.up = True
-        self.loop.watch(device.fd, self._device_handler(tunnel))
-
     def close(self) -> None:
         """Remove everything the router made: devices (with their routes), sockets."""
         if self.control is not None:
@@ -323,25 +134,14 @@ class Router:
             self.control = None
         if self.forwarder is not None:
             self.forwarder.close()
-        for tunnel in self.tunnels.values():
-            if tunnel.device is not None:
-                self.loop.forget(tunnel.device.fd)
-                tunnel.device.close()
-                tunnel.device = None
-        for underlay in self.underlays.values():
-            self.loop.forget(underlay.fd)
-            underlay.close()
-        self.underlays.clear()
+        self.tunnel_set.close()
         if self.links is not None:
             self.loop.forget(self.links.fd)
             self.links.close()
             self.links = None
         if self.netlink is not None:
             self.netlink.close()
-            self.netlink = None
-        for claim in self._claims.values():
-            claim.close()
-        self._claims.clear()
+            self.netlink = self.tunnel_set.netlink = None
         self.loop.close()
 
     # -- the loop -------------------------------------------------------------------------
@@ -367,8 +167,7 @@ class Router:
 
     def _summary(self) -> str:
         """One line for ``systemctl status``."""
-        up = sum(1 for tunnel in self.tunnels.values() if tunnel.device is not None and tunnel.up)
-        return f"{len(self.tunnels)} tunnel(s), {up} up"
+        return f"{len(self.tunnels)} tunnel(s), {self.tunnel_set.up()} up"
 
     def run_once(self, timeout: float = 0.0) -> None:
         """One round of the loop (tests drive two routers in one thread with this)."""
@@ -404,15 +203,15 @@ class Router:
             return self._reloaded(dry_run, "unchanged" if not changes else "dry run", changes, new)
         ours = {tunnel.index: name for name, tunnel in self.tunnels.items()
                 if tunnel.index is not None}
-        claimed_before = set(self._claims)
+        claimed_before = self.tunnel_set.claims
         try:
-            problems = self._check_new([new.tunnels[name] for name in changes.added] +
+            problems = self.tunnel_set.check_new([new.tunnels[name] for name in changes.added] +
                                        [new.tunnels[change.name] for change in changes.changed],
                                        ours)
         except SystemProblem as problem:
             problems = [("", problem.message)]
         if problems:
-            self._release(set(self._claims) - claimed_before)
+            self.tunnel_set.release(self.tunnel_set.claims - claimed_before)
             return self._reloaded(False, "refused", changes, problems=[
                 f"{self.config_path}: cannot apply: {path + ': ' if path else ''}{message}"
                 for path, message in problems])
@@ -422,21 +221,23 @@ class Router:
 
     def _apply(self, changes, new: RouterConfig) -> list[str]:
         failures = []
+        tunnels = self.tunnel_set
         for name in changes.removed:
-            self._remove_tunnel(name)
+            tunnels.remove(name)
         for change in changes.changed:
             if change.recreate:
-                self._remove_tunnel(change.name)
+                tunnels.remove(change.name)
                 changes.added.append(change.name)
             else:
-                self._change_tunnel(new.tunnels[change.name])
+                tunnels.change(new.tunnels[change.name])
         for name in changes.added:
             try:
-                self._add_tunnel(new.tunnels[name])
+                tunnels.add(new.tunnels[name])
             except SystemProblem as problem:
-                failures.append(f"tunnels.{name}: {problem.message}")
+                failures.append(f"{key_path(new.tunnels[name], problem.path)}: "
+                                f"{problem.message}")
                 if name in self.tunnels:
-                    self._remove_tunnel(name)
+                    tunnels.remove(name)
         if changes.forwards_added or changes.forwards_removed or changes.forwards_changed:
             failures += self._apply_forwards(new)
         self.config = RouterConfig(tunnels={name: new.tunnels[name] for name in new.tunnels
@@ -481,227 +282,22 @@ class Router:
         return report
 
     def tick(self, now: float) -> None:
-        for tunnel in self.tunnels.values():
-            endpoint = tunnel.endpoint
-            endpoint.tick(now)
-            if endpoint.outbox:
-                self._flush(tunnel)
-            if tunnel.device is None and now >= tunnel.restore_at:
-                self._restore(tunnel, now)
+        self.tunnel_set.tick(now)
         if self.control is not None:
             self.control.tick(now)
         if self.forwarder is not None:
             self.forwarder.tick(now)
         if self.links is not None and self.links.overflowed:
             self.links.overflowed = False
-            self._check_links()
+            self.tunnel_set.check_links()
         # Fed from the loop itself: a loop that hangs stops feeding and systemd restarts it.
         watchdog = self.notifier.watchdog_interval
         if watchdog is not None and now >= self._watchdog_at:
             self.notifier.watchdog()
             self._watchdog_at = now + min(watchdog, TICK)
 
-    # -- the datapath ---------------------------------------------------------------------
-
-    def _device_handler(self, tunnel: _Tunnel) -> Callable[[int], None]:
-        batch, endpoint, underlay = self._device_batch, tunnel.endpoint, tunnel.underlay
-        device = tunnel.device
-        encapsulate, send_batch, counters = endpoint.encapsulate, underlay.send_batch, \
-            endpoint.counters
-
-        def on_device(_events: int) -> None:
-            if device.read_batch(batch, counters):
-                encapsulate(batch, time.monotonic())
-                send_batch(batch, counters)
-                if endpoint.outbox:
-                    self._flush(tunnel)
-            if device.failed:
-                self._device_lost(tunnel, f"reading it failed with errno {device.failed}")
-        on_device.__qualname__ = f"device {tunnel.config.name}"
-        return on_device
-
-    def _wire_handler(self, end: tuple) -> Callable[[int], None]:
-        batch, underlay, demux = self._wire_batch, self.underlays[end], self.demuxes[end]
-
-        def on_wire(events: int) -> None:
-            if events & EPOLLERR:
-                self._wan_errors(underlay, demux)
-            while underlay.read_batch(batch):
-                demux.decapsulate(batch, time.monotonic())
-                self._deliver(batch)
-                if not underlay.backlog:
-                    break
-            if underlay.errors_pending:
-                self._wan_errors(underlay, demux)
-        on_wire.__qualname__ = f"underlay {end[1]} {end[2]}"
-        return on_wire
-
-    def _deliver(self, batch: Batch) -> None:
-        """Write what the demultiplexer left in ``batch`` into the tunnels' devices, a run of
-        packets for one device at a time, so that the device can join TCP segments."""
-        packets, targets, devices, run = batch.packets, batch.endpoints, self.devices, \
-            self._delivery
-        receiver = None
-        for i in range(batch.count):
-            endpoint = targets[i]
-            if endpoint is None:
-                continue
-            if endpoint is not receiver:
-                if run:
-                    self._write_run(receiver, run, batch.scratch)
-                receiver = endpoint
-            run.append(packets[i])
-        if run:
-            self._write_run(receiver, run, batch.scratch)
-
-    def _write_run(self, endpoint: Endpoint, run: list, scratch: bytearray) -> None:
-        device = self.devices[endpoint.name]
-        if device is None:
-            endpoint.counters.drops[DropReason.DEVICE_DOWN] += len(run)
-        else:
-            device.write_batch(run, endpoint.counters, scratch)
-        run.clear()
-
-    def _wan_errors(self, underlay: UnderlaySocket, demux: Demux) -> None:
-        now = time.monotonic()
-        for error in underlay.read_errors():
-            demux.wan_error(error, now)
-        # One error may concern several tunnels (a local EMSGSIZE: every one to its peer).
-        for tunnel in self.tunnels.values():
-            if tunnel.endpoint.outbox:
-                self._flush(tunnel)
-
-    def _flush(self, tunnel: _Tunnel) -> None:
-        """Carry out what the endpoint asked for besides its batches."""
-        outbox, counters = tunnel.endpoint.outbox, tunnel.endpoint.counters
-        device = tunnel.device
-        for packet in outbox.device_packets:
-            if device is not None:
-                device.write(packet, counters)
-            else:
-                counters.drops[DropReason.DEVICE_DOWN] += 1
-        for datagram, destinations, marking, inner_length in outbox.datagrams:
-            tunnel.underlay.send(datagram, destinations, marking, inner_length, counters)
-        outbox.device_packets.clear()
-        outbox.datagrams.clear()
-        if outbox.mtu_changed:
-            outbox.mtu_changed = False
-            self._set_route_mtu(tunnel)
-
-    def _set_route_mtu(self, tunnel: _Tunnel) -> None:
-        """The effective MTU moved: the kernel's routes into the tunnel follow it, so that
-        it answers senders itself (and fragments what may be fragmented) before the
-        packets reach us."""
-        endpoint = tunnel.endpoint
-        mtu = endpoint.effective_mtu
-        lowered = mtu < tunnel.config.device_mtu
-        log.info("tunnel %s: path MTU %s, now carries %d-byte packets", endpoint.name,
-                 endpoint.pmtu.status(time.monotonic()) or "back to the link's", mtu)
-        if tunnel.device is None or not tunnel.up:
-            return  # the routes come back with the device, with this MTU
-        self._netlink(tunnel, "set the route MTU", lambda: self.netlink.program_routes(
-            tunnel.config, mtu if lowered else None))
-
-    def _netlink(self, tunnel: _Tunnel, what: str, call: Callable[[], None]) -> bool:
-        """Make a netlink call at run time: a failure is counted and logged once (until the
-        same call works again), never raised."""
-        try:
-            call()
-        except SystemProblem as problem:
-            tunnel.endpoint.counters.netlink_errors += 1
-            self._warn_once((tunnel.config.name, what),
-                            f"tunnel {tunnel.config.name}: cannot {what}: "
-                            f"{_key_path(tunnel.config, problem.path)}: {problem.message}")
-            return False
-        self._warned.discard((tunnel.config.name, what))
-        return True
-
-    def _warn_once(self, key: tuple, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            log.warning("%s (logged once until it works again)", message)
-
-    # -- devices that go away or down ----------------------------------------------------
-
-    def _device_lost(self, tunnel: _Tunnel, why: str) -> None:
-        device = tunnel.device
-        if device is None:
-            return
-        self.loop.forget(device.fd)
-        device.close()
-        tunnel.device = self.devices[tunnel.config.name] = None
-        tunnel.index = None
-        tunnel.endpoint.counters.device_lost += 1
-        tunnel.restore_delay = RESTORE_FIRST
-        tunnel.restore_at = time.monotonic() + RESTORE_FIRST
-        log.warning("tunnel %s: its device is gone (%s); the other tunnels carry on, and "
-                    "the device is made again in %.0f s", tunnel.config.name, why,
-                    RESTORE_FIRST)
-
-    def _restore(self, tunnel: _Tunnel, now: float) -> None:
-        name = tunnel.config.name
-        try:
-            self._make_device(tunnel)
-        except SystemProblem as problem:
-            tunnel.restore_delay = min(tunnel.restore_delay * 2, RESTORE_LONGEST)
-            tunnel.restore_at = now + tunnel.restore_delay
-            self._warn_once((name, "make its device again"),
-                            f"tunnel {name}: cannot make its device again: {problem.message}; "
-                            f"trying again every {RESTORE_LONGEST:.0f} s at most")
-            return
-        self._warned.discard((name, "make its device again"))
-        log.info("tunnel %s: device made again, with its addresses and routes", name)
-        if tunnel.endpoint.effective_mtu != tunnel.config.device_mtu:
-            self._set_route_mtu(tunnel)
-
     def _on_links(self, _events: int) -> None:
-        by_index = {tunnel.index: tunnel for tunnel in self.tunnels.values()
-                    if tunnel.index is not None}
-        changed = {}
-        for event in self.links.read_events():
-            tunnel = by_index.get(event.index)
-            if tunnel is not None:
-                changed[tunnel.config.name] = event.deleted or changed.get(tunnel.config.name,
-                                                                           False)
-        for name, deleted in changed.items():
-            if deleted:
-                self._device_lost(self.tunnels[name], "deleted")
-            else:
-                self._reconcile(self.tunnels[name])
-
-    def _check_links(self) -> None:
-        """Link events were lost: look at every device instead."""
-        for tunnel in self.tunnels.values():
-            if tunnel.index is not None:
-                self._reconcile(tunnel)
-
-    def _reconcile(self, tunnel: _Tunnel) -> None:
-        """Something changed on the tunnel's device: compare its state now (an event may
-        be stale, and our own set-up makes events too) with what the router wants."""
-        name = tunnel.config.name
-        state = self.netlink.link_state(tunnel.index)
-        if state is None:
-            self._device_lost(tunnel, "deleted")
-            return
-        up, mtu = state
-        if not up:
-            if tunnel.up:
-                tunnel.up = False
-                log.warning("tunnel %s: its device was set down; its routes are gone until "
-                            "it is up again", name)
-            return
-        if not tunnel.up:
-            tunnel.up = True
-            if self._netlink(tunnel, "restore its addresses and routes",
-                             lambda: self.netlink.program_device(tunnel.config)):
-                log.info("tunnel %s: device up again; addresses and routes restored", name)
-                if tunnel.endpoint.effective_mtu != tunnel.config.device_mtu:
-                    self._set_route_mtu(tunnel)
-        elif mtu is not None and mtu != tunnel.config.device_mtu:
-            log.warning("tunnel %s: its device's MTU was changed to %d; setting it back to %d",
-                        name, mtu, tunnel.config.device_mtu)
-            self._netlink(tunnel, "set its MTU back",
-                          lambda: self.netlink.program_device(tunnel.config))
+        self.tunnel_set.link_events(self.links.read_events())
 
     # -- what the operator sees -----------------------------------------------------------
 
@@ -720,22 +316,10 @@ class Router:
 
     def status(self) -> dict:
         now = time.monotonic()
-        unattributed = Counters()
-        for demux in self.demuxes.values():
-            for reason, count in enumerate(demux.counters.drops):
-                unattributed.drops[reason] += count
-        tunnels = {}
-        for name, tunnel in self.tunnels.items():
-            state = "up" if tunnel.device is not None and tunnel.up else \
-                "down" if tunnel.device is not None else "gone (being made again)"
-            tunnels[name] = tunnel.endpoint.status(now) | {"device": state}
         status = {
             "uptime": round(now - self.started, 1),
             "internal_errors": self.loop.faults,
-            "unattributed": unattributed.drops_by_label(),
-            "unattributed_wan_errors": sum(demux.counters.wan_errors
-                                           for demux in self.demuxes.values()),
-            "tunnels": tunnels,
+            **self.tunnel_set.status(now),
             "config": {"path": self.config_path, "generation": self.generation,
                        "sha256": self.config.sha256, "loaded": round(self.loaded, 3),
                        "last_reload": self.last_reload},

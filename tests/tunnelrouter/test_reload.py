@@ -147,7 +147,7 @@ def test_a_changed_key_is_claimed_anew_and_traffic_flows_with_it_after_both_ends
     a.router.system.hosts["gre1"].send(ipv4())
     drive(a.router, b.router)
     assert host_packets(b.router.system.hosts["gre1"]) == [ipv4()]
-    assert not any(":1" in name for name in a.router._claims)
+    assert not any(":1" in name for name in a.router.tunnel_set.claims)
 
 
 def test_a_file_that_is_not_valid_is_refused_and_the_running_tunnels_go_on(site):

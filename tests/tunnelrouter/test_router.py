@@ -23,6 +23,7 @@ from scapy.layers.l2 import Ether
 from encap.icmp import Icmp4Type, Icmp4Unreachable
 from encap.wire import IpProto, VXLAN_PORT
 from tunnelrouter import router as router_module
+from tunnelrouter import tunnels as tunnels_module
 from tunnelrouter.config import parse_config
 from tunnelrouter.io.device import GSO_TCPV4, GSO_TCPV6, NEEDS_CSUM, VNET_HEADER
 from tunnelrouter.router import Router, StartError
@@ -102,8 +103,8 @@ def pair(make_router):
 @pytest.fixture
 def slow_restore(monkeypatch):
     """Restore delays no real tick reaches during a test: only ``tick(now)`` restores."""
-    monkeypatch.setattr(router_module, "RESTORE_FIRST", RESTORE)
-    monkeypatch.setattr(router_module, "RESTORE_LONGEST", LONGEST)
+    monkeypatch.setattr(tunnels_module, "RESTORE_FIRST", RESTORE)
+    monkeypatch.setattr(tunnels_module, "RESTORE_LONGEST", LONGEST)
 
 
 def counters(router: Router, name: str) -> dict:
