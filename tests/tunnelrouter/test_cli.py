@@ -319,8 +319,9 @@ def test_show_piped_into_head_exits_quietly(tmp_path):
     assert show.stderr.read() == b""
 
 
-def test_show_reads_a_running_routers_status(tmp_path, capsys):
-    router = Router(load_config(EXAMPLE), str(tmp_path / "control.sock"), MemorySystem())
+@contextlib.contextmanager
+def running(router: Router):
+    """``router`` started, its loop turning in a thread of its own; closed at the end."""
     router.start()
     stop = threading.Event()
 
@@ -330,11 +331,16 @@ def test_show_reads_a_running_routers_status(tmp_path, capsys):
     loop = threading.Thread(target=run)
     loop.start()
     try:
-        code = main(["show", "--socket", str(tmp_path / "control.sock")])
+        yield router
     finally:
         stop.set()
         loop.join(30)
         router.close()
+
+
+def test_show_reads_a_running_routers_status(tmp_path, capsys):
+    with running(Router(load_config(EXAMPLE), str(tmp_path / "control.sock"), MemorySystem())):
+        code = main(["show", "--socket", str(tmp_path / "control.sock")])
     assert code == 0
     out = capsys.readouterr().out
     assert [line for line in out.splitlines() if line.startswith("tunnel: ")] == [
@@ -433,25 +439,12 @@ def test_check_against_the_running_router_asks_for_a_dry_run_of_this_file(tmp_pa
 def test_reload_of_a_router_in_memory_end_to_end(tmp_path, capsys):
     config_file = tmp_path / "site.yaml"
     config_file.write_text(EXAMPLE.read_text())
-    router = Router(load_config(config_file), str(tmp_path / "control.sock"), MemorySystem(),
-                    config_path=str(config_file))
-    router.start()
-    stop = threading.Event()
-
-    def run():
-        while not stop.is_set():
-            router.run_once(0.05)
-    loop = threading.Thread(target=run)
-    loop.start()
-    try:
+    with running(Router(load_config(config_file), str(tmp_path / "control.sock"),
+                        MemorySystem(), config_path=str(config_file))):
         config_file.write_text(EXAMPLE.read_text().replace("    key: 42\n",
                                                            "    key: 42\n    mtu: 1300\n", 1))
         dry = main(["reload", "--dry-run", "--socket", str(tmp_path / "control.sock")])
         applied = main(["reload", "--socket", str(tmp_path / "control.sock")])
-    finally:
-        stop.set()
-        loop.join(30)
-        router.close()
     out = capsys.readouterr().out
     assert (dry, applied) == (0, 0)
     assert out.count("change in place tunnel gre1: mtu\n") == 2
