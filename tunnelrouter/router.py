@@ -224,13 +224,14 @@ class Router:
         tunnels = self.tunnel_set
         for name in changes.removed:
             tunnels.remove(name)
+        remade = []
         for change in changes.changed:
             if change.recreate:
                 tunnels.remove(change.name)
-                changes.added.append(change.name)
+                remade.append(change.name)
             else:
                 tunnels.change(new.tunnels[change.name])
-        for name in changes.added:
+        for name in changes.added + remade:
             try:
                 tunnels.add(new.tunnels[name])
             except SystemProblem as problem:

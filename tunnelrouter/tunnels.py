@@ -259,10 +259,11 @@ class TunnelSet:
                           lambda: device.set_super_packets(endpoint.super_packets))
         self.loop.watch(device.fd, self._device_handler(tunnel))
         if tunnel.up:
-            self._netlink(tunnel, "apply its new configuration", lambda: (
-                self.netlink.program_device(config),
+            def reprogram() -> None:
+                self.netlink.program_device(config)
                 self.netlink.withdraw(config, set(old.addresses) - set(config.addresses),
-                                      set(old.routes) - set(config.routes))))
+                                      set(old.routes) - set(config.routes))
+            self._netlink(tunnel, "apply its new configuration", reprogram)
             if endpoint.effective_mtu != config.device_mtu:
                 self._set_route_mtu(tunnel)
 

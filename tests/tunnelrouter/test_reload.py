@@ -185,7 +185,8 @@ def test_a_dry_run_says_what_would_change_and_changes_nothing(site):
 def test_a_new_mode_remakes_the_device(site):
     a = site({"t1": GRE})
     index = a.links["t1"]["index"]
-    a.reload({"t1": GRE | {"mode": "gretap"}})
+    report = a.reload({"t1": GRE | {"mode": "gretap"}})
+    assert report["changes"] == ["remake the device of tunnel t1: mode"]
     assert a.links["t1"]["index"] != index and a.router.tunnels["t1"].config.mode == "gretap"
 
 
