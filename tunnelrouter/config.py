@@ -455,26 +455,38 @@ def _sockets_can_tell_tunnels_apart(configs: dict[str, TunnelConfig], found: _Pr
 
 
 def _routes(configs: dict[str, TunnelConfig], found: _Problems) -> None:
-    """Routes of different tunnels may not overlap, and no route may cover an underlay
-    address (the tunnel would carry its own datagrams, in a loop). Sorted sweeps:
-    n log n in the number of routes."""
-    for version in (4, 6):
-        routes = sorted(((int(route.network_address), int(route.broadcast_address), name, index)
-                         for name, config in configs.items()
-                         for index, route in enumerate(config.routes) if route.version == version),
+    """Routes of different tunnels may not overlap in one table, unless they are the same
+    prefix at different metrics (a backup tunnel's); no route may cover an underlay address
+    (the tunnel would carry its own datagrams, in a loop). Sorted sweeps: n log n in the
+    number of routes."""
+    tables = {(route.version, route.table) for config in configs.values()
+              for route in config.routes}
+    for version, table in sorted(tables):
+        routes = sorted(((int(route.to.network_address), int(route.to.broadcast_address), name,
+                          index) for name, config in configs.items()
+                         for index, route in enumerate(config.routes)
+                         if route.version == version and route.table == table),
                         key=lambda route: (route[0], -route[1]))
         widest: list[tuple[int, int, str, int]] = []   # routes no other route contains
+        metrics: dict[tuple[int, int, int], tuple[str, int]] = {}  # prefix and metric: whose
         for route in routes:
-            start, _, name, index = route
+            start, end, name, index = route
             if widest and start <= widest[-1][1]:
                 holder = widest[-1]
-                if holder[2] != name:
-                    other = configs[holder[2]].routes[holder[3]]
-                    found.add(("tunnels", name, "routes", index),
-                              f"{configs[name].routes[index]} overlaps {other} of tunnel "
-                              f"{holder[2]}")
+                mine = configs[name].routes[index]
+                holder = metrics.get((start, end, mine.kernel_metric), holder)
+                other = configs[holder[2]].routes[holder[3]]
+                if holder[2] == name or (holder[:2] == (start, end)
+                                         and mine.kernel_metric != other.kernel_metric):
+                    metrics.setdefault((start, end, mine.kernel_metric), route)
+                    continue
+                hint = (" (give one a higher metric: a backup route)"
+                        if holder[:2] == (start, end) else "")
+                found.add(("tunnels", name, "routes", index),
+                          f"{mine} overlaps {other} of tunnel {holder[2]}{hint}")
             else:
                 widest.append(route)
+                metrics[(start, end, configs[name].routes[index].kernel_metric)] = route
         starts = [route[0] for route in widest]
         for name, config in configs.items():
             for address, what in _underlay_addresses(config):

@@ -151,18 +151,20 @@ class TunnelSet:
         of theirs that exists and is not ours, a route held by a device that is not ``ours``
         (index -> name), a tunnel end another router serves. The ends are claimed here."""
         problems = []
-        routes = self.netlink.routes_by_prefix()
+        routes = self.netlink.routes_by_prefix({route.table for config in configs
+                                                for route in config.routes})
         for config in configs:
             if config.name not in self.tunnels and self.netlink.index(config.name) is not None:
                 problems.append((key_path(config), f"a device named {config.name} already "
                                  f"exists (another tunnelrouter has it, or remove it: ip link "
                                  f"del {config.name})"))
-            for position, prefix in enumerate(config.routes):
-                family = 2 if prefix.version == 4 else 10
-                index = routes.get((family, str(prefix.network_address), prefix.prefixlen))
+            for position, route in enumerate(config.routes):
+                family = 2 if route.version == 4 else 10
+                index = routes.get((family, str(route.to.network_address), route.to.prefixlen,
+                                    route.table, route.kernel_metric))
                 if index is not None and index not in ours:
                     problems.append((key_path(config, ("routes", position)),
-                                     f"{prefix} is already routed through "
+                                     f"{route} is already routed through "
                                      f"{self.netlink.name_of(index)}, which this router does "
                                      f"not own (another tunnelrouter?)"))
             mode = config.kind

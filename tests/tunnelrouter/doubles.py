@@ -173,7 +173,7 @@ class MemoryNetlink:
         self.system = system
         self.fail: set[str] = set()
         self.calls: list[tuple] = []
-        self.foreign_routes: dict[tuple[int, str, int], int] = {}
+        self.foreign_routes: dict[tuple[int, str, int, int, int], int] = {}
 
     def _maybe_fail(self, operation: str, path: tuple = ()) -> None:
         if operation in self.fail:
@@ -213,7 +213,7 @@ class MemoryNetlink:
         self.system.links[tunnel.name]["routes"].update({str(prefix): mtu
                                                           for prefix in tunnel.routes})
 
-    def routes_by_prefix(self):
+    def routes_by_prefix(self, tables):
         return dict(self.foreign_routes)
 
     def name_of(self, index: int) -> str:

@@ -394,10 +394,49 @@ def test_overlapping_routes_across_tunnels_are_reported_at_the_route():
     assert found == [Problem("tunnels.b.routes[1]", "10.1.2.0/24 overlaps 10.1.0.0/16 of tunnel a")]
 
 
-def test_the_same_route_in_two_tunnels_overlaps():
+def test_the_same_route_in_two_tunnels_at_one_metric_overlaps():
     found = problems({"a": GRE | {"routes": ["fd00:1::/48"]},
-                      "b": GRE | {"remote": "10.0.0.3", "routes": ["fd00:1::/48"]}})
-    assert found == [Problem("tunnels.b.routes[0]", "fd00:1::/48 overlaps fd00:1::/48 of tunnel a")]
+                      "b": GRE | {"remote": "10.0.0.3", "routes": [
+                          {"to": "fd00:1::/48", "metric": 1024}]}})
+    assert found == [Problem("tunnels.b.routes[0]", "fd00:1::/48 metric 1024 overlaps "
+                             "fd00:1::/48 of tunnel a (give one a higher metric: a backup route)")]
+
+
+def test_a_backup_tunnel_carries_the_same_prefix_at_another_metric():
+    backup = {"to": "10.1.0.0/16", "metric": 200}
+    config = parse_config({"tunnels": {
+        "a": GRE | {"routes": ["10.1.0.0/16"]},
+        "b": GRE | {"remote": "10.0.0.3", "routes": [backup]},
+        "c": GRE | {"remote": "10.0.0.4", "routes": [backup | {"metric": 300}]}}})
+    assert [str(route) for route in config.tunnels["b"].routes] == ["10.1.0.0/16 metric 200"]
+    # ... but two backups at one metric would be one route.
+    found = problems({"a": GRE | {"routes": ["10.1.0.0/16"]},
+                      "b": GRE | {"remote": "10.0.0.3", "routes": [backup]},
+                      "c": GRE | {"remote": "10.0.0.4", "routes": [backup]}})
+    assert [(p.path, "overlaps 10.1.0.0/16 metric 200 of tunnel b" in p.message)
+            for p in found] == [("tunnels.c.routes[0]", True)]
+
+
+def test_routes_in_other_tables_do_not_overlap_the_main_tables():
+    config = parse_config({"tunnels": {
+        "a": GRE | {"routes": ["10.1.0.0/16"]},
+        "b": GRE | {"remote": "10.0.0.3", "routes": [{"to": "10.1.0.0/16", "table": 100}]}}})
+    assert str(config.tunnels["b"].routes[0]) == "10.1.0.0/16 table 100"
+
+
+@pytest.mark.parametrize("route, path, words", [
+    ({"to": "10.2.0.0/16", "via": "192.168.9.9"}, "routes[0].via", "on none of the tunnel's own"),
+    ({"to": "10.2.0.0/16", "via": "fd00::1"}, "routes[0].via", "IPv6 but 10.2.0.0/16 is IPv4"),
+    ({"to": "10.2.0.0/16", "metric": -1}, "routes[0].metric", "greater than or equal to 0"),
+    ({"to": "10.2.0.0/16", "table": 0}, "routes[0].table", "greater than or equal to 1"),
+    ({"to": "10.2.0.1/16"}, "routes[0].to", "not a valid"),
+    ({"via": "192.168.1.2"}, "routes[0].to", "missing"),
+    ({"to": "10.2.0.0/16", "gateway": "192.168.1.2"}, "routes[0].gateway", "unknown key"),
+    (5, "routes[0]", "a prefix (10.2.0.0/16) or a mapping"),
+])
+def test_a_route_in_netplan_form_is_checked_key_by_key(route, path, words):
+    [problem] = problems({"t": GRE | {"addresses": ["192.168.1.1/24"], "routes": [route]}})
+    assert problem.path == f"tunnels.t.{path}" and words in problem.message, problem
 
 
 def test_routes_of_one_tunnel_may_nest():

@@ -535,7 +535,7 @@ def test_the_preflight_reports_every_conflict_at_once_and_makes_nothing(make_rou
     first = make_router({"gre1": gre}, MemorySystem(wire))
     system = MemorySystem(wire, claims=first.system.claims)
     system.add_foreign_device("taken")
-    system.netlink_double.foreign_routes[(socket.AF_INET, "192.168.50.0", 24)] = 7
+    system.netlink_double.foreign_routes[(socket.AF_INET, "192.168.50.0", 24, 254, 0)] = 7
     second = {"taken": {"mode": "ipip", "local": A, "remote": C},
               "routed": {"mode": "gre", "local": A, "remote": C,
                          "routes": ["192.168.50.0/24"]},

@@ -25,7 +25,6 @@ from encap.mtu import IPV6_MINIMUM_MTU
 from tunnelrouter.io.errors import SystemProblem
 from tunnelrouter.modes import TunnelConfig
 
-MAIN_TABLE = 254
 IFF_UP = 0x1
 
 
@@ -90,38 +89,41 @@ class Netlink:
         if index is None:
             raise SystemProblem(f"device {tunnel.name} is gone")
         ipr = self._route()
-        for position, prefix in enumerate(tunnel.routes):
-            if mtu is None:
-                extra = {}
-            else:
-                extra = {"metrics": {"mtu": max(mtu, IPV6_MINIMUM_MTU) if prefix.version == 6
-                                     else mtu}}
-            self._call(("routes", position), f"route {prefix} into {tunnel.name}", ipr.route,
-                       "replace", dst=str(prefix), oif=index, **extra)
+        for position, route in enumerate(tunnel.routes):
+            extra = _route_attributes(route)
+            if mtu is not None:
+                extra["metrics"] = {"mtu": max(mtu, IPV6_MINIMUM_MTU) if route.version == 6
+                                    else mtu}
+            self._call(("routes", position), f"route {route} into {tunnel.name}", ipr.route,
+                       "replace", dst=str(route.to), oif=index, **extra)
 
     def withdraw(self, tunnel: TunnelConfig, addresses, routes) -> None:
-        """Take ``addresses`` (interfaces) and ``routes`` (prefixes) off the tunnel's device:
-        what a reload left out. What is already gone is no error."""
+        """Take ``addresses`` (interfaces) and ``routes`` off the tunnel's device: what a
+        reload left out, or a silent peer's routes. What is already gone is no error."""
         index = self.index(tunnel.name)
         if index is None:
             return
         ipr = self._route()
-        for prefix in routes:
-            self._call(("routes",), f"remove the route {prefix} from {tunnel.name}", _absent_ok,
-                       ipr.route, "del", dst=str(prefix), oif=index)
+        for route in routes:
+            self._call(("routes",), f"remove the route {route} from {tunnel.name}", _absent_ok,
+                       ipr.route, "del", dst=str(route.to), oif=index,
+                       **_route_attributes(route))
         for interface in addresses:
             self._call(("addresses",), f"remove {interface} from {tunnel.name}", _absent_ok,
                        ipr.addr, "del", index=index, address=str(interface.ip),
                        prefixlen=interface.network.prefixlen)
 
-    def routes_by_prefix(self) -> dict[tuple[int, str, int], int]:
-        """Every route of the main table: ``(family, destination, length) -> device index``."""
+    def routes_by_prefix(self, tables) -> dict[tuple[int, str, int, int, int], int]:
+        """Every route of ``tables``: ``(family, destination, length, table, metric) ->
+        device index``."""
         found = {}
         try:
             for family in (socket.AF_INET, socket.AF_INET6):
-                for route in self._route().get_routes(family=family, table=MAIN_TABLE):
-                    if route.get("dst") is not None and route.get("oif") is not None:
-                        found[(family, route.get("dst"), route["dst_len"])] = route.get("oif")
+                for table in tables:
+                    for route in self._route().get_routes(family=family, table=table):
+                        if route.get("dst") is not None and route.get("oif") is not None:
+                            found[(family, route.get("dst"), route["dst_len"], table,
+                                   route.get("priority") or 0)] = route.get("oif")
         except (NetlinkError, OSError) as error:
             raise SystemProblem(f"cannot read the routing table: {_reason(error)}") from None
         return found
@@ -145,6 +147,14 @@ class Netlink:
         if self._ipr is not None:
             self._ipr.close()
             self._ipr = None
+
+
+def _route_attributes(route) -> dict:
+    """What besides destination and device tells a route apart: gateway, metric, table."""
+    attributes = {"table": route.table, "priority": route.kernel_metric}
+    if route.via is not None:
+        attributes["gateway"] = str(route.via)
+    return attributes
 
 
 def _absent_ok(function, *args, **kwargs) -> None:

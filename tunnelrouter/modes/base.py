@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Hashable
+from ipaddress import ip_network
 from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, IPvAnyAddress,
@@ -58,6 +59,54 @@ Interface = Annotated[IPvAnyInterface, _written_as_text("192.168.1.1/24 or fd00:
 Network = Annotated[IPvAnyNetwork, _written_as_text("10.2.0.0/16 or fd00:2::/48")]
 Inherit = Literal["inherit"]
 Port = Annotated[StrictInt, Field(ge=1, le=65535)]
+# The kernel's route metric (priority) and table are 32-bit; table 0 is "unspecified" and
+# 253..255 are the kernel's own (default, main, local): main is where a route goes unnamed.
+Metric = Annotated[StrictInt, Field(ge=0, le=0xFFFFFFFF)]
+Table = Annotated[StrictInt, Field(ge=1, le=0xFFFFFFFF)]
+MAIN_TABLE = 254
+
+
+class Route(Strict):
+    """A route into the tunnel, in netplan's form: ``{to, via, metric, table}``.
+    A bare prefix is ``{to: prefix}``."""
+
+    to: Network
+    via: Address | None = None
+    metric: Metric | None = None
+    table: Table = MAIN_TABLE
+
+    @property
+    def version(self) -> int:
+        return self.to.version
+
+    @property
+    def kernel_metric(self) -> int:
+        """The metric the kernel gives it: unset is 0 for IPv4 and 1024 for IPv6."""
+        if self.metric is not None:
+            return self.metric
+        return 0 if self.to.version == 4 else 1024
+
+    def __str__(self) -> str:
+        extra = "".join(f" {word} {value}" for word, value in (
+            ("via", self.via), ("metric", self.metric),
+            ("table", None if self.table == MAIN_TABLE else self.table)) if value is not None)
+        return f"{self.to}{extra}"
+
+
+def _route(value):
+    """A bare prefix is a route with nothing else said; a mapping is validated as a Route."""
+    if isinstance(value, str):
+        try:
+            ip_network(value)
+        except ValueError:
+            raise ValueError("value is not a valid IPv4 or IPv6 network") from None
+        return Route(to=value)
+    if isinstance(value, dict) or isinstance(value, Route):
+        return value
+    raise ValueError("a prefix (10.2.0.0/16) or a mapping {to: prefix, via, metric, table}")
+
+
+RouteItem = Annotated[Route, BeforeValidator(_route)]
 
 
 class TunnelConfig(Strict):
@@ -80,7 +129,7 @@ class TunnelConfig(Strict):
     mtu: Annotated[StrictInt, Field(ge=68, le=65535)] | Literal["auto"] = "auto"
     underlay_mtu: Annotated[StrictInt, Field(ge=68, le=65535)] = Field(
         default=DEFAULT_UNDERLAY_MTU, alias="underlay-mtu")
-    routes: tuple[Network, ...] = ()
+    routes: tuple[RouteItem, ...] = ()
     mss_clamp: Annotated[StrictInt, Field(ge=88, le=65535)] | Literal["auto", "off"] = Field(
         default="auto", alias="mss-clamp")
     # Not a key: the tunnel's name in ``tunnels:``, which is also its device's name.
@@ -132,6 +181,15 @@ class TunnelConfig(Strict):
                 if value.version not in kind.inner_families:
                     found.append(((key, index), f"{value} is IPv{value.version}, which "
                                                 f"{self.mode} does not carry"))
+        for index, route in enumerate(self.routes):
+            if route.via is None:
+                continue
+            if route.via.version != route.version:
+                found.append((("routes", index, "via"), f"{route.via} is IPv{route.via.version} "
+                              f"but {route.to} is IPv{route.version}"))
+            elif not any(route.via in interface.network for interface in self.addresses):
+                found.append((("routes", index, "via"), f"{route.via} is on none of the "
+                              f"tunnel's own networks (addresses:): the kernel could not reach it"))
         try:
             derived = self.derived_mtu()
         except EncapConfigError as error:

@@ -237,11 +237,28 @@ def test_routes_carry_a_learnt_mtu_but_ipv6_routes_never_below_1280():
     ipr = FakeIPRoute()
     netlink_with(ipr).program_routes(TUNNEL, 1200)
     netlink_with(ipr).program_routes(TUNNEL)
+    main4, main6 = {"table": 254, "priority": 0}, {"table": 254, "priority": 1024}
     assert ipr.routes == [
-        {"command": "replace", "dst": "192.168.50.0/24", "oif": 42, "metrics": {"mtu": 1200}},
-        {"command": "replace", "dst": "fd50::/64", "oif": 42, "metrics": {"mtu": 1280}},
-        {"command": "replace", "dst": "192.168.50.0/24", "oif": 42},
-        {"command": "replace", "dst": "fd50::/64", "oif": 42}]
+        {"command": "replace", "dst": "192.168.50.0/24", "oif": 42, **main4,
+         "metrics": {"mtu": 1200}},
+        {"command": "replace", "dst": "fd50::/64", "oif": 42, **main6, "metrics": {"mtu": 1280}},
+        {"command": "replace", "dst": "192.168.50.0/24", "oif": 42, **main4},
+        {"command": "replace", "dst": "fd50::/64", "oif": 42, **main6}]
+
+
+def test_a_route_in_netplan_form_goes_through_its_gateway_at_its_metric_in_its_table():
+    tunnel = parse_config({"tunnels": {"vx1": {
+        "mode": "vxlan", "local": "10.0.0.1", "remote": "10.0.0.2", "id": 5,
+        "addresses": ["192.168.102.1/24"],
+        "routes": [{"to": "10.2.2.0/24", "via": "192.168.102.2", "metric": 100,
+                    "table": 100}]}}}).tunnels["vx1"]
+    ipr = FakeIPRoute()
+    netlink = netlink_with(ipr)
+    netlink.program_routes(tunnel)
+    netlink.withdraw(tunnel, (), tunnel.routes)
+    fields = {"dst": "10.2.2.0/24", "oif": 42, "table": 100, "priority": 100,
+              "gateway": "192.168.102.2"}
+    assert ipr.routes == [{"command": "replace", **fields}, {"command": "del", **fields}]
 
 
 def test_a_route_the_kernel_refuses_is_a_problem_naming_its_key_and_errno():
@@ -272,8 +289,9 @@ def test_the_real_netlink_reads_this_hosts_links_and_routes():
         assert netlink.link_state(lo) == (True, int(Path("/sys/class/net/lo/mtu").read_text()))
         assert netlink.name_of(lo) == "lo"
         indexes = {index for index, _ in socket.if_nameindex()}
-        routes = netlink.routes_by_prefix()
+        routes = netlink.routes_by_prefix({254})
         assert set(routes.values()) <= indexes
-        assert {family for family, _, _ in routes} <= {socket.AF_INET, socket.AF_INET6}
+        assert {family for family, *_ in routes} <= {socket.AF_INET, socket.AF_INET6}
+        assert {table for _, _, _, table, _ in routes} <= {254}
     finally:
         netlink.close()
