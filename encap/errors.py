@@ -44,6 +44,7 @@ class DropReason(enum.IntEnum):
     DEVICE_DOWN = enum.auto()         # the tunnel's device is down, or gone
     TTL_EXPIRED = enum.auto()
     ECN_CE_ON_NOT_ECT = enum.auto()   # RFC 6040 §4.2: congestion the inner packet cannot carry
+    KEEPALIVE_NOT_OURS = enum.auto()  # a keepalive answer with another sender's nonce
 
     @property
     def label(self) -> str:

@@ -34,6 +34,7 @@ from tunnelrouter.modes import TunnelConfig, Underlay
 from tunnelrouter.tunnel.batch import BATCH_SIZE, VNET_HEADER_LENGTH, Batch
 from tunnelrouter.tunnel.counters import Counters
 from tunnelrouter.tunnel.endpoint import Demux, Endpoint, endpoint_for
+from tunnelrouter.tunnel.liveness import DOWN
 
 log = logging.getLogger("tunnelrouter")
 
@@ -54,6 +55,11 @@ def key_path(tunnel: TunnelConfig, path: tuple = ()) -> str:
     for part in path:
         text += f"[{part}]" if isinstance(part, int) else f".{part}"
     return text
+
+
+def _routed(tunnel: "_Tunnel") -> bool:
+    """Whether the tunnel's routes stand: not while its peer is down."""
+    return tunnel.endpoint.liveness.state != DOWN
 
 
 class _Tunnel:
@@ -130,6 +136,7 @@ class TunnelSet:
 
     def status(self, now: float) -> dict:
         """Each tunnel's status, and what no tunnel can be blamed for."""
+        wall = time.time()
         unattributed = Counters()
         for demux in self.demuxes.values():
             for reason, count in enumerate(demux.counters.drops):
@@ -138,7 +145,8 @@ class TunnelSet:
         for name, tunnel in self.tunnels.items():
             state = "up" if tunnel.device is not None and tunnel.up else \
                 "down" if tunnel.device is not None else "gone (being made again)"
-            tunnels[name] = tunnel.endpoint.status(now) | {"device": state}
+            tunnels[name] = tunnel.endpoint.status(now) | {
+                "device": state, "liveness": tunnel.endpoint.liveness_status(now, wall)}
         return {"unattributed": unattributed.drops_by_label(),
                 "unattributed_wan_errors": sum(demux.counters.wan_errors
                                                for demux in self.demuxes.values()),
@@ -261,10 +269,13 @@ class TunnelSet:
                           lambda: device.set_super_packets(endpoint.super_packets))
         self.loop.watch(device.fd, self._device_handler(tunnel))
         if tunnel.up:
+            routed = _routed(tunnel)
+
             def reprogram() -> None:
-                self.netlink.program_device(config)
+                self.netlink.program_device(config, routes=routed)
                 self.netlink.withdraw(config, set(old.addresses) - set(config.addresses),
-                                      set(old.routes) - set(config.routes))
+                                      set(old.routes) - set(config.routes if routed else ()))
+                device.set_carrier(routed)
             self._netlink(tunnel, "apply its new configuration", reprogram)
             if endpoint.effective_mtu != config.device_mtu:
                 self._set_route_mtu(tunnel)
@@ -275,7 +286,9 @@ class TunnelSet:
         device = self.system.device(config.name, config.kind.ethernet,
                                     tunnel.endpoint.super_packets)
         try:
-            self.netlink.program_device(config)
+            self.netlink.program_device(config, routes=_routed(tunnel))
+            if not _routed(tunnel):
+                device.set_carrier(False)
             tunnel.index = self.netlink.index(config.name)
         except BaseException:
             device.close()
@@ -370,18 +383,46 @@ class TunnelSet:
         if outbox.mtu_changed:
             outbox.mtu_changed = False
             self._set_route_mtu(tunnel)
+        if outbox.liveness_changed:
+            outbox.liveness_changed = False
+            self._peer_changed(tunnel)
 
-    def _set_route_mtu(self, tunnel: _Tunnel) -> None:
-        """The effective MTU moved: the kernel's routes into the tunnel follow it, so that
-        it answers senders itself (and fragments what may be fragmented) before the
-        packets reach us."""
+    def _peer_changed(self, tunnel: _Tunnel) -> None:
+        """The peer went down (nothing heard for its retries) or came back: its routes and
+        the device's carrier follow, so that traffic takes a backup tunnel's routes and
+        routing daemons see the link go."""
+        config, liveness = tunnel.config, tunnel.endpoint.liveness
+        routed = _routed(tunnel)
+        if routed:
+            log.info("tunnel %s: peer up; routes and carrier restored", config.name)
+        else:
+            log.warning("tunnel %s: peer down, nothing heard for %d keepalive intervals of "
+                        "%d s; its routes are withdrawn and its carrier is off", config.name,
+                        liveness.retries, liveness.interval)
+        device = tunnel.device
+        if device is None:
+            return   # made again as the peer's state says
+        self._netlink(tunnel, "set its carrier", lambda: device.set_carrier(routed))
+        if not tunnel.up:
+            return
+        if routed:
+            self._set_route_mtu(tunnel, quiet=True)
+        else:
+            self._netlink(tunnel, "withdraw its routes",
+                          lambda: self.netlink.withdraw(config, (), config.routes))
+
+    def _set_route_mtu(self, tunnel: _Tunnel, quiet: bool = False) -> None:
+        """The effective MTU moved (or the routes come back): the kernel's routes into the
+        tunnel follow it, so that it answers senders itself (and fragments what may be
+        fragmented) before the packets reach us."""
         endpoint = tunnel.endpoint
         mtu = endpoint.effective_mtu
         lowered = mtu < tunnel.config.device_mtu
-        log.info("tunnel %s: path MTU %s, now carries %d-byte packets", endpoint.name,
-                 endpoint.pmtu.status(time.monotonic()) or "back to the link's", mtu)
-        if tunnel.device is None or not tunnel.up:
-            return  # the routes come back with the device, with this MTU
+        if not quiet:
+            log.info("tunnel %s: path MTU %s, now carries %d-byte packets", endpoint.name,
+                     endpoint.pmtu.status(time.monotonic()) or "back to the link's", mtu)
+        if tunnel.device is None or not tunnel.up or not _routed(tunnel):
+            return  # the routes come back with the device (or the peer), with this MTU
         self._netlink(tunnel, "set the route MTU", lambda: self.netlink.program_routes(
             tunnel.config, mtu if lowered else None))
 
@@ -477,7 +518,8 @@ class TunnelSet:
         if not tunnel.up:
             tunnel.up = True
             if self._netlink(tunnel, "restore its addresses and routes",
-                             lambda: self.netlink.program_device(tunnel.config)):
+                             lambda: self.netlink.program_device(tunnel.config,
+                                                                 routes=_routed(tunnel))):
                 log.info("tunnel %s: device up again; addresses and routes restored", name)
                 if tunnel.endpoint.effective_mtu != tunnel.config.device_mtu:
                     self._set_route_mtu(tunnel)
@@ -485,4 +527,5 @@ class TunnelSet:
             log.warning("tunnel %s: its device's MTU was changed to %d; setting it back to %d",
                         name, mtu, tunnel.config.device_mtu)
             self._netlink(tunnel, "set its MTU back",
-                          lambda: self.netlink.program_device(tunnel.config))
+                          lambda: self.netlink.program_device(tunnel.config,
+                                                              routes=_routed(tunnel)))

@@ -190,14 +190,15 @@ class MemoryNetlink:
                 return link["up"], link["mtu"]
         return None
 
-    def program_device(self, tunnel, up: bool = True) -> None:
+    def program_device(self, tunnel, up: bool = True, routes: bool = True) -> None:
         self.calls.append(("program_device", tunnel.name))
         self._maybe_fail("program_device", ("addresses", 0) if tunnel.addresses else ())
         link = self.system.links[tunnel.name]
         link["mtu"] = tunnel.device_mtu
         link["up"] = link["up"] or up
         link["addresses"] = link.get("addresses", set()) | {str(a) for a in tunnel.addresses}
-        link["routes"].update({str(prefix): None for prefix in tunnel.routes})
+        if routes:
+            link["routes"].update({str(prefix): None for prefix in tunnel.routes})
 
     def withdraw(self, tunnel, addresses, routes) -> None:
         self.calls.append(("withdraw", tunnel.name))
@@ -276,6 +277,9 @@ class MemoryDevice(TunTapDevice):
     def set_super_packets(self, super_packets: bool) -> None:
         self._owner.link["super_packets"] = self.super_packets = super_packets
 
+    def set_carrier(self, carrier: bool) -> None:
+        self._owner.link["carrier"] = carrier
+
 
 class MemorySystem(System):
     def __init__(self, wire: Wire | None = None, claims: str | None = None):
@@ -297,7 +301,7 @@ class MemorySystem(System):
         self.hosts[name] = DeviceHost(host_end)
         self._next_index += 1
         self.links[name] = {"index": self._next_index, "up": False, "mtu": 1500, "routes": {},
-                            "super_packets": super_packets}
+                            "super_packets": super_packets, "carrier": True}
         return MemoryDevice(name, router_end.fileno(), _DeviceFile(self, name, router_end),
                             ethernet, super_packets)
 

@@ -38,6 +38,7 @@ GONE = frozenset({errno.EBADFD, errno.ENODEV, errno.ENXIO, errno.EBADF})
 # <linux/if_tun.h> and <linux/virtio_net.h>.
 IFF_VNET_HDR = 0x4000
 TUNSETOFFLOAD = 0x400454D0
+TUNSETCARRIER = 0x400454E2
 TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN = 0x01, 0x02, 0x04, 0x08
 SUPER_PACKET_OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
 # virtio_net_hdr: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset (little-endian).
@@ -93,6 +94,14 @@ class TunTapDevice:
             raise SystemProblem(f"cannot set the offloads of {self.name}: "
                                 f"{error.strerror}") from None
         self.super_packets = super_packets
+
+    def set_carrier(self, carrier: bool) -> None:
+        """Carrier on or off, as a cable plugged or pulled: routing daemons watch it."""
+        try:
+            fcntl.ioctl(self.fd, TUNSETCARRIER, struct.pack("i", int(carrier)))
+        except OSError as error:
+            raise SystemProblem(f"cannot set the carrier of {self.name}: "
+                                f"{error.strerror}") from None
 
     def read_batch(self, batch: Batch, counters: Counters) -> int:
         """Read packets into ``batch`` until none waits or it is full; return how many.

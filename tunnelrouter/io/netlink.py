@@ -58,8 +58,9 @@ class Netlink:
             return None
         return bool(link["flags"] & IFF_UP), link.get("mtu")
 
-    def program_device(self, tunnel: TunnelConfig, up: bool = True) -> None:
-        """MTU, addresses, state (``up``) and routes of the tunnel's device."""
+    def program_device(self, tunnel: TunnelConfig, up: bool = True, routes: bool = True) -> None:
+        """MTU, addresses, state (``up``) and (with ``routes``) routes of the tunnel's
+        device."""
         name = tunnel.name
         index = self.index(name)
         if index is None:
@@ -80,7 +81,8 @@ class Netlink:
                        prefixlen=interface.network.prefixlen)
         if up:
             self._call((), f"set {name} up", ipr.link, "set", index=index, state="up")
-            self.program_routes(tunnel)
+            if routes:
+                self.program_routes(tunnel)
 
     def program_routes(self, tunnel: TunnelConfig, mtu: int | None = None) -> None:
         """The tunnel's routes, with ``mtu`` as their MTU (a learnt path MTU) or none (the

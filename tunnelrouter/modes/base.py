@@ -26,6 +26,8 @@ from encap.mtu import IPV6_MINIMUM_MTU, Overhead, TunnelMtu, overhead, tcp_mss, 
 if TYPE_CHECKING:
     from ipaddress import IPv4Address, IPv6Address
 
+    from tunnelrouter.tunnel.keepalive import Keepalive
+
 DEFAULT_UNDERLAY_MTU = 1500
 Problem = tuple[tuple, str]   # (key path below the tunnel, message)
 
@@ -132,6 +134,11 @@ class TunnelConfig(Strict):
     routes: tuple[RouteItem, ...] = ()
     mss_clamp: Annotated[StrictInt, Field(ge=88, le=65535)] | Literal["auto", "off"] = Field(
         default="auto", alias="mss-clamp")
+    # Liveness: probes every ``keepalive`` seconds; silent for ``keepalive-retries`` of them,
+    # the peer is down (its routes withdrawn, the device's carrier off).
+    keepalive: Annotated[StrictInt, Field(ge=1, le=3600)] | Literal["off"] = "off"
+    keepalive_retries: Annotated[StrictInt, Field(ge=1, le=100)] = Field(
+        default=3, alias="keepalive-retries")
     # Not a key: the tunnel's name in ``tunnels:``, which is also its device's name.
     name: str = Field(default="", exclude=True)
 
@@ -221,6 +228,7 @@ class Mode:
 
     name: ClassVar[str]
     config: ClassVar[type[TunnelConfig]]
+    keepalive: ClassVar[type[Keepalive]]      # its probes, and how it answers the peer's
     ethernet: ClassVar[bool]                  # a TAP device: the tunnel carries Ethernet frames
     inner_families: ClassVar[frozenset[int]]  # the IP versions it carries
     underlay: ClassVar[Underlay]

@@ -15,6 +15,7 @@ from encap.gre import FLAG_CHECKSUM, FLAG_KEY, Gre, gre_key, header_length
 from encap.wire import IpProto
 
 from tunnelrouter.modes.base import Address, Mode, TunnelConfig, Underlay, register
+from tunnelrouter.tunnel.keepalive import EthernetKeepalive, GreKeepalive
 
 GRE_HEADER_MINIMUM = 4
 _FLAGS_AND_WORDS = struct.Struct("!H2xII")
@@ -36,6 +37,7 @@ class GreConfig(TunnelConfig):
 class GreMode(Mode):
     name = "gre"
     config = GreConfig
+    keepalive = GreKeepalive
     ethernet = False
     inner_families = frozenset({4, 6})
     underlay = Underlay.RAW
@@ -83,6 +85,7 @@ class GreMode(Mode):
 class GretapMode(GreMode):
     name = "gretap"
     ethernet = True
+    keepalive = EthernetKeepalive
 
 
 GRE = register(GreMode())

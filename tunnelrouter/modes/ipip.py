@@ -12,6 +12,7 @@ from encap.ipip import IpInIp
 from encap.wire import IpProto
 
 from tunnelrouter.modes.base import Address, Mode, TunnelConfig, Underlay, register
+from tunnelrouter.tunnel.keepalive import IpipKeepalive, SitKeepalive
 
 
 class IpipConfig(TunnelConfig):
@@ -26,6 +27,7 @@ class IpipConfig(TunnelConfig):
 class IpipMode(Mode):
     name = "ipip"
     config = IpipConfig
+    keepalive = IpipKeepalive
     ethernet = False
     inner_families = frozenset({4})
     underlay = Underlay.RAW
@@ -54,6 +56,7 @@ class IpipMode(Mode):
 class SitMode(IpipMode):
     name = "sit"
     inner_families = frozenset({6})
+    keepalive = SitKeepalive
     protocol = IpProto.IPV6
 
 

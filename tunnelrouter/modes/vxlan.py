@@ -17,6 +17,7 @@ from encap.wire import VXLAN_PORT
 
 from tunnelrouter.modes.base import (UNREADABLE, Address, Mode, Port, Strict, TunnelConfig,
                                      Underlay, register)
+from tunnelrouter.tunnel.keepalive import EthernetKeepalive
 
 # Linux's max_fdb is unlimited by default; a router facing a spoofing peer needs a bound.
 DEFAULT_MAX_FDB = 4096
@@ -84,6 +85,7 @@ class VxlanMode(Mode):
     name = "vxlan"
     config = VxlanConfig
     ethernet = True
+    keepalive = EthernetKeepalive
     inner_families = frozenset({4, 6})
     underlay = Underlay.UDP
     underlay_families = frozenset({4, 6})

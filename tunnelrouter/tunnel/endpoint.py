@@ -22,6 +22,7 @@ from encap.ecn import (DROP, ECN_MASK, UNUSED_COMBINATIONS, decapsulated_ecn, ou
 from encap.errors import DecodeError, DropReason
 from encap.fragment import fragment_ipv4
 from encap.gso import segment_count, segment_tcp
+from encap.keepalive import MAGIC, MARKER_LENGTH
 from encap.icmp import Icmp4Type, Icmp4Unreachable, Icmp6Type, relayed_error
 from encap.ipv4 import FLAG_DONT_FRAGMENT, Ipv4Outer, Ipv4Tunnel
 from encap.mss import clamp_mss, clamp_mss_in_frame
@@ -34,6 +35,8 @@ from tunnelrouter.tunnel.batch import Batch
 from tunnelrouter.tunnel.counters import Counters
 from tunnelrouter.tunnel.fdb import Fdb
 from tunnelrouter.tunnel.icmp import IcmpReplies
+from tunnelrouter.tunnel.keepalive import Action
+from tunnelrouter.tunnel.liveness import Liveness
 from tunnelrouter.tunnel.pmtu import PathMtu
 from tunnelrouter.tunnel.wan_error import ErrorOrigin, WanError
 
@@ -70,7 +73,7 @@ def ip_length(packet: memoryview) -> int:
 class Outbox:
     """What an endpoint asks of the I/O side besides its batch; drained after each call."""
 
-    __slots__ = ("device_packets", "datagrams", "mtu_changed")
+    __slots__ = ("device_packets", "datagrams", "mtu_changed", "liveness_changed")
 
     def __init__(self) -> None:
         self.device_packets: list[bytes] = []   # ICMP errors for inner senders
@@ -78,9 +81,11 @@ class Outbox:
         # (datagram, destinations, marking, inner length).
         self.datagrams: list[tuple] = []
         self.mtu_changed = False                 # the routes' MTU must follow effective_mtu
+        self.liveness_changed = False            # the peer went up or down: routes, carrier
 
     def __bool__(self) -> bool:
-        return bool(self.device_packets or self.datagrams or self.mtu_changed)
+        return bool(self.device_packets or self.datagrams or self.mtu_changed
+                    or self.liveness_changed)
 
 
 class Endpoint:
@@ -114,11 +119,19 @@ class Endpoint:
         self.pmtu = PathMtu(config.device_mtu, self.pmtu_overhead, config.pmtu_timeout,
                             config.local.version) if config.pmtu_discovery else None
         self._apply_mtu(config.device_mtu)
+        self.keepalive = mode.keepalive(config)
+        # A decapsulated packet is looked at as a possible probe only if this byte says so.
+        self.keepalive_at, self.keepalive_values = self.keepalive.at, self.keepalive.values
+        self.liveness = Liveness(None if config.keepalive == "off" else config.keepalive,
+                                 config.keepalive_retries)
+        self.heard_at: float | None = None      # the last datagram accepted from a peer
 
     def take_over(self, old: "Endpoint") -> None:
         """This endpoint replaces ``old`` for the same tunnel (a reload changed it in place):
         carry on with its counters, and what it learnt that still holds."""
         self.counters.take_over(old.counters)
+        self.liveness.take_over(old.liveness)
+        self.heard_at = old.heard_at
         if self.pmtu is not None and old.pmtu is not None:
             self.pmtu.take_over(old.pmtu, self.peers)
             self._apply_mtu(self.pmtu.effective)
@@ -137,10 +150,53 @@ class Endpoint:
             self.outbox.mtu_changed = True
 
     def tick(self, now: float) -> None:
-        """Housekeeping, about once a second: forget what has expired."""
+        """Housekeeping, about once a second: forget what has expired; probe the peer and
+        judge whether it is there."""
         if self.pmtu is not None and self.pmtu.expire(now):
             self._apply_mtu(self.pmtu.effective)
             self.outbox.mtu_changed = True
+        liveness = self.liveness
+        due = liveness.probe(now)
+        if due is not None:
+            self._send_one(self.keepalive.probe(*due), now)
+        if liveness.judge(self.heard_at, now):
+            self.outbox.liveness_changed = True
+
+    # -- keepalives -----------------------------------------------------------------------
+
+    def _keepalive(self, batch: Batch, i: int, packet: memoryview, now: float) -> bool:
+        """A packet that may be a probe (ours answered, or the peer's): True if it was one,
+        and is not for the device."""
+        action, detail = self.keepalive.inspect(packet)
+        if action is Action.PASS:
+            return False
+        if action is Action.ANSWERED:
+            if self.liveness.answered(detail, now):
+                return True
+            if detail[-MARKER_LENGTH:-MARKER_LENGTH + len(MAGIC)] != MAGIC:
+                return False      # protocol 253 or an echo reply of somebody else's
+            self.counters.drops[DropReason.KEEPALIVE_NOT_OURS] += 1
+            return True
+        if action is Action.REFLECT:
+            self.outbox.datagrams.append((bytes(packet), self._sender(batch, i), None, 0))
+        else:
+            self._send_one(detail, now, self._sender(batch, i))
+        self.counters.keepalives_answered += 1
+        return True
+
+    def _sender(self, batch: Batch, i: int) -> tuple:
+        """Where datagram ``i`` came from, as the destinations to answer it."""
+        raise NotImplementedError
+
+    def liveness_status(self, now: float, wall: float) -> dict:
+        """What the tunnel knows of its peers; times as Unix times (``wall`` is now)."""
+        to_wall = wall - now
+        return self.liveness.status(to_wall) | {"peers": {
+            peer: {"latest_rx": None if heard is None else heard + to_wall}
+            for peer, heard in self._peers_heard()}}
+
+    def _peers_heard(self):
+        return ((peer, self.heard_at) for peer in self.peers)
 
     # -- per packet helpers ---------------------------------------------------------------
 
@@ -211,7 +267,14 @@ class Endpoint:
         try:
             packet = self.codec.decap(datagram)
         except DecodeError as error:
-            self.counters.drops[error.reason] += 1
+            # A GRE keepalive comes back as GRE protocol 0, which is nothing to deliver.
+            if error.reason is not DropReason.GRE_UNKNOWN_PROTOCOL or \
+                    not self.liveness.answered(datagram, now):
+                self.counters.drops[error.reason] += 1
+            return False
+        self.heard_at = now
+        if packet[self.keepalive_at] in self.keepalive_values and \
+                self._keepalive(batch, i, packet, now):
             return False
         ecn = batch.tos[i] & ECN_MASK
         if ecn and not self._decapsulate_ecn(packet, ecn):
@@ -279,14 +342,17 @@ class Endpoint:
             else:
                 self._send_one(segment, now)
 
-    def _send_one(self, packet, now: float, fragmentable: bool = False) -> bool:
-        """Encapsulate one packet off the batch (a slow path) into the outbox; False if the
-        tunnel refused it (counted)."""
+    def _send_one(self, packet, now: float, destinations: tuple | None = None,
+                  fragmentable: bool = False) -> bool:
+        """Encapsulate one packet off the batch (a slow path) into the outbox, to
+        ``destinations`` or where the tunnel sends it; False if the tunnel refused it
+        (counted)."""
         batch = Batch(1, HEADROOM + len(packet))
         self.encapsulate(batch.fill_from_device([packet]), now, fragmentable)
         if batch.packets[0] is None:
             return False
-        self.outbox.datagrams.append((bytes(batch.packets[0]), batch.destinations[0],
+        self.outbox.datagrams.append((bytes(batch.packets[0]),
+                                      destinations or batch.destinations[0],
                                       batch.ancillary[0], len(packet)))
         return True
 
@@ -466,6 +532,9 @@ class RawEndpoint(Endpoint):
     def _send_outer_fragmented(self, packet: memoryview, now: float) -> None:
         self._send_one(packet, now, fragmentable=True)
 
+    def _sender(self, batch: Batch, i: int) -> tuple:
+        return self.destination
+
     def take_over(self, old: Endpoint) -> None:
         super().take_over(old)
         # The GRE receive window and send numbering go on, if both number their packets.
@@ -499,6 +568,7 @@ class UdpEndpoint(Endpoint):
                   for entry in config.fdb}
         self.fdb = Fdb(config.ageing, config.mac_learning, config.max_fdb, static)
         self._learnt_mac, self._learnt_from, self._learnt_until = b"", None, 0.0
+        self.heard_from: dict[str, float] = {}   # remote -> the last datagram accepted
 
     def encapsulate(self, batch: Batch, now: float, fragmentable: bool = False) -> None:
         """As RawEndpoint's; never ``fragmentable``: DF is the socket's (RFC 7348 §4.3)."""
@@ -543,6 +613,7 @@ class UdpEndpoint(Endpoint):
             return False
         if not super().decapsulate(batch, i, datagram, now):
             return False
+        self.heard_from[batch.addresses[i]] = now
         frame, fdb = batch.packets[i], self.fdb
         if fdb.learning and not frame[6] & 1:
             # Frames come in runs from one sender: the MAC learnt last needs no lookup
@@ -562,6 +633,18 @@ class UdpEndpoint(Endpoint):
         super().take_over(old)
         if isinstance(old, UdpEndpoint):
             self.fdb.take_over(old.fdb, self.destinations)
+            self.heard_from = {peer: heard for peer, heard in old.heard_from.items()
+                               if peer in self.destinations}
+
+    def _keepalive(self, batch: Batch, i: int, packet: memoryview, now: float) -> bool:
+        self.heard_from[batch.addresses[i]] = now
+        return super()._keepalive(batch, i, packet, now)
+
+    def _sender(self, batch: Batch, i: int) -> tuple:
+        return self.destinations[batch.addresses[i]]
+
+    def _peers_heard(self):
+        return ((peer, self.heard_from.get(peer)) for peer in self.peers)
 
     def tick(self, now: float) -> None:
         super().tick(now)
