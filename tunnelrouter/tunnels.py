@@ -325,12 +325,21 @@ class TunnelSet:
             while underlay.read_batch(batch):
                 demux.decapsulate(batch, time.monotonic())
                 self._deliver(batch)
+                if batch.answering:
+                    self._send_answers(batch.answering)
                 if not underlay.backlog:
                     break
             if underlay.errors_pending:
                 self._wan_errors(underlay, demux)
         on_wire.__qualname__ = f"underlay {end[1]} {end[2]}"
         return on_wire
+
+    def _send_answers(self, endpoints: list) -> None:
+        for endpoint in endpoints:
+            tunnel = self.tunnels.get(endpoint.name)
+            if tunnel is not None and tunnel.endpoint is endpoint and endpoint.outbox:
+                self._flush(tunnel)
+        endpoints.clear()
 
     def _deliver(self, batch: Batch) -> None:
         """Write what the demultiplexer left in ``batch`` into the tunnels' devices, a run of

@@ -678,3 +678,84 @@ def test_a_control_socket_that_cannot_be_opened_fails_the_start_and_leaves_nothi
         ("control-socket", f"{path} exists and is not a socket: remove it, or choose another "
                            f"control-socket path")]
     assert system.links == {} and path.read_text() == "not a socket"
+
+
+# -- keepalives and failover ---------------------------------------------------------------
+
+def primary_and_backup(local: str, remote: str, side: int) -> dict:
+    """gre1 carries 10.5.0.0/16 while its peer answers; ipip1 is the backup (metric 200)."""
+    return {
+        "gre1": {"mode": "gre", "local": local, "remote": remote, "key": 5, "checksum": True,
+                 "sequence": True, "keepalive": 1, "keepalive-retries": 3,
+                 "addresses": [f"192.168.9.{side}/24"], "routes": ["10.5.0.0/16"]},
+        "ipip1": {"mode": "ipip", "local": local, "remote": remote,
+                  "addresses": [f"192.168.10.{side}/24"],
+                  "routes": [{"to": "10.5.0.0/16", "metric": 200}]},
+    }
+
+
+class Clock:
+    """The tunnels' clock, moved by the test: ahead of any tick the loop makes by itself."""
+
+    def __init__(self) -> None:
+        self.now = time.monotonic() + 1000
+
+    def monotonic(self) -> float:
+        return self.now
+
+    @staticmethod
+    def time() -> float:
+        return time.time()
+
+
+def test_a_silent_peer_loses_its_routes_and_carrier_and_gets_them_back_when_it_answers(
+        make_router, caplog, monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(tunnels_module, "time", clock)
+    wire = Wire()
+    a = make_router(primary_and_backup(A, B, 1), MemorySystem(wire))
+    b = make_router(primary_and_backup(B, A, 2), MemorySystem(wire))
+    links = a.system.links
+    start = clock.now
+    far = [b]
+
+    def tick(at: float) -> dict:
+        clock.now = start + at
+        a.tick(clock.now)
+        clock.now += 0.002                # the answer's round trip
+        drive(a, *far)
+        return a.status()["tunnels"]["gre1"]["liveness"]
+
+    assert tick(0)["state"] == "unknown"
+    up = tick(1)
+    assert up["state"] == "up" and up["probes_answered"] == 2
+    assert up["rtt"] == pytest.approx(0.002)
+    assert up["peers"][B]["latest_rx"] is not None
+
+    b.close()                           # the far router is gone
+    far.clear()
+    # Heard last at 1.002: silent for three intervals of 1 s at 4.002, seen at the tick of 5.
+    states = [tick(at)["state"] for at in (2, 3, 4, 5)]
+    assert states == ["up", "up", "up", "down"]
+    assert links["gre1"]["routes"] == {} and links["gre1"]["carrier"] is False
+    assert links["ipip1"]["routes"] == {"10.5.0.0/16 metric 200": None}   # the backup stands
+    assert messages(caplog, "tunnel gre1: peer down")
+
+    far.append(make_router(primary_and_backup(B, A, 2), MemorySystem(wire)))
+    assert [tick(at)["state"] for at in (6, 7)] == ["down", "up"]
+    assert links["gre1"]["routes"] == {"10.5.0.0/16": None} and links["gre1"]["carrier"]
+    assert a.status()["tunnels"]["gre1"]["liveness"]["transitions"] == 2
+
+
+def test_a_tunnelrouter_answers_its_peers_keepalives_without_keepalives_of_its_own(
+        make_router):
+    wire = Wire()
+    a = make_router(primary_and_backup(A, B, 1), MemorySystem(wire))
+    quiet = primary_and_backup(B, A, 2)
+    quiet["gre1"]["keepalive"] = "off"
+    b = make_router(quiet, MemorySystem(wire))
+    a.tick(time.monotonic() + 1000)
+    drive(a, b)
+    assert counters(b, "gre1")["keepalives_answered"] == 1
+    assert b.status()["tunnels"]["gre1"]["liveness"]["state"] == "unknown"
+    assert not counters(a, "gre1")["drops"] and not counters(b, "gre1")["drops"]

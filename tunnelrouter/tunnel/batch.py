@@ -37,7 +37,7 @@ VNET_HEADER_LENGTH = 10  # struct virtio_net_hdr, in front of every TUN/TAP read
 class Batch:
     __slots__ = ("capacity", "buffers", "views", "device_views", "vnet_headers", "device_iovecs",
                  "count", "starts", "ends", "gso_sizes", "ip_offsets", "tcp_offsets", "addresses", "tos",
-                 "packets", "destinations", "ancillary", "endpoints", "scratch")
+                 "packets", "destinations", "ancillary", "endpoints", "scratch", "answering")
 
     def __init__(self, capacity: int = BATCH_SIZE, buffer_size: int = BUFFER_SIZE,
                  scratch_size: int = 0):
@@ -63,6 +63,9 @@ class Batch:
         self.destinations: list = [()] * capacity
         self.ancillary: list = [None] * capacity
         self.endpoints: list = [None] * capacity
+        # Endpoints that answered something in this batch from the wire (a peer's keepalive):
+        # their outboxes wait to be sent.
+        self.answering: list = []
 
     def fill_from_device(self, packets) -> "Batch":
         """Copy ``packets`` in as a device read leaves them (tests and tools)."""

@@ -182,6 +182,7 @@ class Endpoint:
         else:
             self._send_one(detail, now, self._sender(batch, i))
         self.counters.keepalives_answered += 1
+        batch.answering.append(self)
         return True
 
     def _sender(self, batch: Batch, i: int) -> tuple:
