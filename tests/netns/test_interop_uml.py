@@ -12,6 +12,7 @@ bad checksum, and so does tunnelrouter).
 """
 
 import dataclasses
+import time
 
 import pytest
 
@@ -23,6 +24,10 @@ pytestmark = pytest.mark.netns
 HOST, GUEST = "10.99.0.1", "10.99.0.2"
 # Tunnels created after these take effect send no router solicitations / MLD (gre, ipip).
 QUIET = ("net.ipv6.conf.default.router_solicitations=0", "net.ipv6.conf.default.disable_ipv6=1")
+# A GRE or IP-in-IP keepalive comes out of the guest's tunnel as a packet from the guest's own
+# address to ours: Linux sends it on if it forwards (as a router does) and takes its own
+# address as a source on the tunnel (otherwise it drops it as a martian). sit needs neither.
+KEEPALIVE_SYSCTLS = ("net.ipv4.conf.all.accept_local=1", "net.ipv4.ip_forward=1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,3 +110,46 @@ def test_pings_both_ways_with_guest_kernel_tunnel(router_and_guest):
     assert guest_counter(peer, name, "rx_packets") >= 6
     assert guest_counter(peer, name, "rx_errors") == 0
     assert guest_counter(peer, name, "tx_packets") >= 6
+
+
+# -- keepalives: the guest kernel sends tunnelrouter's probes back --------------------------
+
+def until_answered(control, name: str = "trt0", answers: int = 2, timeout: float = 10.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        liveness = show(control)["tunnels"][name]["liveness"]
+        if liveness["probes_answered"] >= answers and liveness["state"] == "up":
+            return liveness
+        assert time.monotonic() < deadline, f"no answers to {name}'s keepalives: {liveness}"
+        time.sleep(0.2)
+
+
+@pytest.fixture(params=sorted(CASES))
+def keepalive_guest(request, netns, tmp_path, uml_cache):
+    case = CASES[request.param]
+    ns = netns("ka")
+    without_dad(ns)
+    with UmlPeer(ns.name, [case.guest], guest_addr=f"{GUEST}/24", host_addr=f"{HOST}/24",
+                 sysctls=case.sysctls + KEEPALIVE_SYSCTLS, boot_timeout=20.0,
+                 cache=uml_cache) as peer:
+        process, control = start_router(ns, {"tunnels": {"trt0": {
+            "local": HOST, "remote": GUEST, "keepalive": 1, "keepalive-retries": 3,
+            **case.router}}}, tmp_path, "router")
+        try:
+            wait_for(control, process)
+            yield case, peer, process, control
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except Exception:
+                process.kill()
+
+
+def test_the_guest_kernel_sends_every_modes_keepalive_back(keepalive_guest):
+    case, peer, process, control = keepalive_guest
+    liveness = until_answered(control)
+    assert 0 < liveness["rtt"] < 1.0
+    status = show(control)["tunnels"]["trt0"]
+    assert not status["counters"]["drops"], status["counters"]
+    assert process.poll() is None
