@@ -203,12 +203,14 @@ def test_show_asks_the_daemon_and_prints_its_status(tmp_path, capsys):
         assert main(["show", "--socket", str(path)]) == 0
     assert asked == [b"show\n"]
     out = capsys.readouterr().out.splitlines()
-    assert out[:8] == ["tunnel: gre1", "  mode: gre", "  local: 192.0.2.1", f"  peers: {REMOTE}",
-                       "  device: up", "  mtu: 1476 (carries 1376 now)",
-                       "  mss clamp: ipv4 1336, ipv6 1316", "  rx: 0 packets, 0 bytes"]
-    assert f"  path mtu to {REMOTE}: 1400 (expires in 600.0 s)" in out
+    assert out[:8] == ["router: up 12 seconds", "", "tunnel: gre1", "  mode: gre from 192.0.2.1",
+                       "  device: up, mtu 1476 (carries 1376 now)",
+                       "  mss clamp: ipv4 1336, ipv6 1316",
+                       "  transfer: 0 B received, 0 B sent (0 and 0 packets)",
+                       f"  peer: {REMOTE}"]
+    assert "    path mtu: 1400 (expires in 600.0 s)" in out
     assert "  icmp sent: 2" in out and not any("fragments sent" in line for line in out)
-    assert "  device: down" in out
+    assert "  device: down, mtu 1450" in out
     assert f"  fdb: {LEARNT + 2} entries, the first {FDB_SHOWN} shown" in out
     fdb = [line for line in out if line.startswith("  fdb ")]
     assert len(fdb) == FDB_SHOWN
@@ -232,7 +234,7 @@ def test_show_one_tunnel_prints_only_that_one(tmp_path, capsys):
     with daemon(path, json.dumps(status()).encode()):
         assert main(["show", "vx1", "--socket", str(path)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("tunnel: vx1\n") and "tunnel: gre1" not in out
+    assert out.startswith("router: up 12 seconds\n\ntunnel: vx1\n") and "tunnel: gre1" not in out
 
 
 def test_show_of_a_tunnel_the_daemon_does_not_have_exits_1(tmp_path, capsys):
@@ -301,7 +303,7 @@ def test_show_finds_the_only_socket_in_the_control_directory(tmp_path, capsys, m
                                        f"socket in {tmp_path}\n")
     with daemon(tmp_path / "site-a.sock", json.dumps(status()).encode()):
         assert main(["show"]) == 0
-    assert capsys.readouterr().out.startswith("tunnel: gre1\n")
+    assert "\ntunnel: gre1\n" in capsys.readouterr().out
 
 
 def test_show_piped_into_head_exits_quietly(tmp_path):
@@ -313,7 +315,7 @@ def test_show_piped_into_head_exits_quietly(tmp_path):
     with daemon(path, json.dumps(many).encode()):
         show = subprocess.Popen([TUNNELROUTER, "show", "--socket", str(path)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        assert show.stdout.readline() == b"tunnel: t0\n"
+        assert show.stdout.readline() == b"router: up 1 second\n"
         show.stdout.close()
         assert show.wait(60) == 0
     assert show.stderr.read() == b""
@@ -345,7 +347,7 @@ def test_show_reads_a_running_routers_status(tmp_path, capsys):
     out = capsys.readouterr().out
     assert [line for line in out.splitlines() if line.startswith("tunnel: ")] == [
         "tunnel: gre1", "tunnel: vx1", "tunnel: ipip1", "tunnel: six1"]
-    assert "  mtu: 1464 (carries 1464 now)" in out and "  device: up" in out
+    assert "  device: up, mtu 1464" in out and "    latest packet: none yet" in out
 
 
 # -- forwards ---------------------------------------------------------------------------
@@ -375,7 +377,8 @@ def test_show_one_forward_prints_only_that_one(tmp_path, capsys):
     with daemon(path, json.dumps(forwards_status()).encode()):
         assert main(["show", "dns", "--socket", str(path)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("forward: dns\n  udp [::]:53 -> [fd02::10]:53 (listening)\n")
+    assert "\nforward: dns\n  udp [::]:53 -> [fd02::10]:53 (listening)\n" in out
+    assert "forward: web" not in out
     assert "tunnel: " not in out and "forward: web" not in out
 
 

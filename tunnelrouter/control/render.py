@@ -1,5 +1,7 @@
 """What ``tunnelrouter show`` prints: the daemon's status (the control socket's JSON) as text."""
 
+import time
+
 from tunnelrouter.tunnel.counters import Counters
 
 # What every tunnel's status holds, and of what type: what render_status reads.
@@ -25,42 +27,15 @@ def is_status(status) -> bool:
         and all(has(forward, _FORWARD_FIELDS) for forward in forwards.values())
 
 
-def render_status(status: dict) -> str:
-    lines = []
+def render_status(status: dict, now: float | None = None) -> str:
+    """The status as ``wg show`` would put it: the router, then each tunnel with its peers
+    (the latest packet, "12 seconds ago"; keepalives; path MTU), transfer totals in
+    binary units, what happened besides; then the forwards. ``now``: the Unix time that
+    "ago" counts from (default: the clock)."""
+    now = time.time() if now is None else now
+    lines = _router_lines(status)
     for name, tunnel in status["tunnels"].items():
-        counters = tunnel["counters"]
-        clamp = tunnel["mss_clamp"]
-        if isinstance(clamp, dict):
-            clamp = ", ".join(f"{family} {mss}" for family, mss in clamp.items())
-        lines += [f"tunnel: {name}",
-                  f"  mode: {tunnel['mode']}",
-                  f"  local: {tunnel['local']}",
-                  f"  peers: {', '.join(tunnel['peers'])}",
-                  f"  device: {tunnel.get('device', 'up')}",
-                  f"  mtu: {tunnel['mtu']} (carries {tunnel['effective_mtu']} now)",
-                  f"  mss clamp: {clamp}",
-                  f"  rx: {counters['rx_packets']} packets, {counters['rx_bytes']} bytes",
-                  f"  tx: {counters['tx_packets']} packets, {counters['tx_bytes']} bytes"]
-        for peer, learnt in tunnel["path_mtu"].items():
-            lines.append(f"  path mtu to {peer}: {learnt['mtu']} "
-                         f"(expires in {learnt['expires_in']} s)")
-        if tunnel.get("sequence_epochs"):
-            lines.append(f"  sequence epochs: {tunnel['sequence_epochs']} "
-                         f"(the peer started numbering anew)")
-        for event in Counters.EVENTS:
-            if counters.get(event):
-                lines.append(f"  {event.replace('_', ' ')}: {counters[event]}")
-        for reason, count in counters["drops"].items():
-            lines.append(f"  dropped {reason}: {count}")
-        if "fdb_entries" in tunnel:
-            entries = tunnel["fdb"]
-            lines.append(f"  fdb: {tunnel['fdb_entries']} entries"
-                         + (f", the first {len(entries)} shown" if len(entries) <
-                            tunnel["fdb_entries"] else ""))
-            for entry in entries:
-                age = "static" if entry["static"] else f"expires in {entry['expires_in']} s"
-                lines.append(f"  fdb {entry['mac']} -> {entry['remote']} ({age})")
-        lines.append("")
+        lines += _tunnel_lines(name, tunnel, now) + [""]
     for name, forward in status.get("forwards", {}).items():
         lines += _forward_lines(name, forward) + [""]
     for reason, count in status["unattributed"].items():
@@ -69,8 +44,112 @@ def render_status(status: dict) -> str:
         lines.append(f"WAN errors about no tunnel's datagram: {status['unattributed_wan_errors']}")
     if status.get("internal_errors"):
         lines.append(f"internal errors: {status['internal_errors']} (see the log)")
-    lines += _config_lines(status.get("config"))
+    while lines and not lines[-1]:
+        lines.pop()
     return "\n".join(lines)
+
+
+def _router_lines(status: dict) -> list[str]:
+    lines = []
+    if isinstance(status.get("uptime"), (int, float)):
+        lines.append(f"router: up {duration(status['uptime'])}")
+    lines += _config_lines(status.get("config"))
+    return lines + [""] if lines else lines
+
+
+def _tunnel_lines(name: str, tunnel: dict, now: float) -> list[str]:
+    counters = tunnel["counters"]
+    clamp = tunnel["mss_clamp"]
+    if isinstance(clamp, dict):
+        clamp = ", ".join(f"{family} {mss}" for family, mss in clamp.items())
+    liveness = tunnel.get("liveness") if isinstance(tunnel.get("liveness"), dict) else {}
+    lines = [f"tunnel: {name}",
+             f"  mode: {tunnel['mode']} from {tunnel['local']}"
+             + (f", vni {tunnel['vni']}" if "vni" in tunnel else ""),
+             f"  device: {tunnel.get('device', 'up')}, mtu {tunnel['mtu']}"
+             + (f" (carries {tunnel['effective_mtu']} now)"
+                if tunnel["effective_mtu"] != tunnel["mtu"] else ""),
+             f"  mss clamp: {clamp}",
+             f"  transfer: {size(counters['rx_bytes'])} received, "
+             f"{size(counters['tx_bytes'])} sent ({counters['rx_packets']} and "
+             f"{counters['tx_packets']} packets)"]
+    lines += _liveness_lines(liveness, now)
+    peers_heard = liveness.get("peers", {}) if isinstance(liveness.get("peers"), dict) else {}
+    for peer in tunnel["peers"]:
+        lines.append(f"  peer: {peer}")
+        heard = peers_heard.get(peer, {}).get("latest_rx") if isinstance(
+            peers_heard.get(peer), dict) else None
+        if isinstance(heard, (int, float)):
+            lines.append(f"    latest packet: {ago(now - heard)}")
+        elif "peers" in liveness:
+            lines.append("    latest packet: none yet")
+        learnt = tunnel["path_mtu"].get(peer)
+        if isinstance(learnt, dict):
+            lines.append(f"    path mtu: {learnt['mtu']} (expires in {learnt['expires_in']} s)")
+    if tunnel.get("sequence_epochs"):
+        lines.append(f"  sequence epochs: {tunnel['sequence_epochs']} "
+                     f"(the peer started numbering anew)")
+    for event in Counters.EVENTS:
+        if counters.get(event):
+            lines.append(f"  {event.replace('_', ' ')}: {counters[event]}")
+    for reason, count in counters["drops"].items():
+        lines.append(f"  dropped {reason}: {count}")
+    if "fdb_entries" in tunnel:
+        entries = tunnel["fdb"]
+        lines.append(f"  fdb: {tunnel['fdb_entries']} entries"
+                     + (f", the first {len(entries)} shown" if len(entries) <
+                        tunnel["fdb_entries"] else ""))
+        for entry in entries:
+            age = "static" if entry["static"] else f"expires in {entry['expires_in']} s"
+            lines.append(f"  fdb {entry['mac']} -> {entry['remote']} ({age})")
+    return lines
+
+
+def _liveness_lines(liveness: dict, now: float) -> list[str]:
+    interval = liveness.get("keepalive")
+    if not isinstance(interval, (int, float)):
+        return ["  keepalive: off"] if "keepalive" in liveness else []
+    since = liveness.get("since")
+    state = liveness.get("state", "unknown")
+    lines = [f"  peer state: {state}" + (f" for {duration(now - since)}"
+                                         if isinstance(since, (int, float)) else "")]
+    rtt = liveness.get("rtt")
+    lines.append(f"  keepalive: every {duration(interval)}, down after "
+                 f"{liveness.get('retries')} unanswered; {liveness.get('probes_sent', 0)} sent, "
+                 f"{liveness.get('probes_answered', 0)} answered, "
+                 f"{liveness.get('probes_lost', 0)} lost"
+                 + (f"; round trip {rtt * 1000:.2f} ms" if isinstance(rtt, (int, float)) else ""))
+    return lines
+
+
+_UNITS = (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1))
+
+
+def duration(seconds: float) -> str:
+    """``2 hours, 3 minutes``: the two largest units, as ``wg show`` words them."""
+    left = max(int(seconds), 0)
+    parts = []
+    for unit, length in _UNITS:
+        count, left = divmod(left, length)
+        if count:
+            parts.append(f"{count} {unit}{'' if count == 1 else 's'}")
+    return ", ".join(parts[:2]) or "0 seconds"
+
+
+def ago(seconds: float) -> str:
+    return "just now" if seconds < 1 else f"{duration(seconds)} ago"
+
+
+def size(count: int) -> str:
+    """``1.23 MiB``: binary units as ``wg show``'s transfer line."""
+    if count < 1024:
+        return f"{count} B"
+    value = count / 1024
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        if value < 1024:
+            return f"{value:.2f} {unit}"
+        value /= 1024
+    return f"{value:.2f} PiB"
 
 
 def _config_lines(config) -> list[str]:

@@ -3,7 +3,7 @@
 import pytest
 
 from tunnelrouter.config import parse_config
-from tunnelrouter.control.render import is_status, render_status
+from tunnelrouter.control.render import duration, is_status, render_status, size
 from tunnelrouter.router import Router
 from tunnelrouter.tunnel.counters import Counters
 
@@ -37,21 +37,39 @@ VXLAN = {
 }
 
 
+NOW = 1_800_000_000.0
+LIVENESS = {"state": "up", "since": NOW - 3725, "transitions": 1, "keepalive": 10, "retries": 3,
+            "probes_sent": 120, "probes_answered": 118, "probes_lost": 2, "rtt": 0.00042,
+            "peers": {"10.0.0.2": {"latest_rx": NOW - 12.4}}}
+
+
 def test_two_tunnels_with_everything_there_is_to_show():
-    status = {"uptime": 12.5, "internal_errors": 3,
+    status = {"uptime": 93784.0, "internal_errors": 3,
               "unattributed": {"not_a_peer": 4, "truncated": 1}, "unattributed_wan_errors": 6,
-              "tunnels": {"gre1": GRE, "vx1": VXLAN}}
-    assert render_status(status).split("\n") == [
+              "tunnels": {"gre1": GRE | {"liveness": LIVENESS,
+                                         "counters": GRE["counters"] | {"rx_bytes": 5 << 20}},
+                          "vx1": VXLAN | {"liveness": {
+                              "state": "unknown", "keepalive": None,
+                              "peers": {"10.0.0.2": {"latest_rx": NOW - 0.2},
+                                        "10.0.0.3": {"latest_rx": None}}}}},
+              "config": {"generation": 3, "sha256": "ab" * 32, "path": "/etc/tr/site.yaml",
+                         "last_reload": {"result": "applied"}}}
+    assert render_status(status, NOW).split("\n") == [
+        "router: up 1 day, 2 hours",
+        "configuration: generation 3, sha256 abababababababab, from /etc/tr/site.yaml",
+        "last reload: applied",
+        "",
         "tunnel: gre1",
-        "  mode: gre",
-        "  local: 10.0.0.1",
-        "  peers: 10.0.0.2",
-        "  device: up",
-        "  mtu: 1464 (carries 1364 now)",
+        "  mode: gre from 10.0.0.1",
+        "  device: up, mtu 1464 (carries 1364 now)",
         "  mss clamp: ipv4 1324, ipv6 1304",
-        "  rx: 5 packets, 500 bytes",
-        "  tx: 6 packets, 600 bytes",
-        "  path mtu to 10.0.0.2: 1400 (expires in 599.5 s)",
+        "  transfer: 5.00 MiB received, 600 B sent (5 and 6 packets)",
+        "  peer state: up for 1 hour, 2 minutes",
+        "  keepalive: every 10 seconds, down after 3 unanswered; 120 sent, 118 answered, "
+        "2 lost; round trip 0.42 ms",
+        "  peer: 10.0.0.2",
+        "    latest packet: 12 seconds ago",
+        "    path mtu: 1400 (expires in 599.5 s)",
         "  sequence epochs: 2 (the peer started numbering anew)",
         "  icmp sent: 2",
         "  wan errors: 1",
@@ -59,14 +77,15 @@ def test_two_tunnels_with_everything_there_is_to_show():
         "  dropped too_big: 1",
         "",
         "tunnel: vx1",
-        "  mode: vxlan",
-        "  local: 10.0.0.1",
-        "  peers: 10.0.0.2, 10.0.0.3",
-        "  device: gone (being made again)",
-        "  mtu: 1450 (carries 1450 now)",
+        "  mode: vxlan from 10.0.0.1, vni 7",
+        "  device: gone (being made again), mtu 1450",
         "  mss clamp: off",
-        "  rx: 0 packets, 0 bytes",
-        "  tx: 0 packets, 0 bytes",
+        "  transfer: 0 B received, 0 B sent (0 and 0 packets)",
+        "  keepalive: off",
+        "  peer: 10.0.0.2",
+        "    latest packet: just now",
+        "  peer: 10.0.0.3",
+        "    latest packet: none yet",
         "  fdb full: 7",
         "  fdb: 150 entries, the first 2 shown",
         "  fdb 02:00:00:00:00:01 -> 10.0.0.3 (static)",
@@ -77,6 +96,20 @@ def test_two_tunnels_with_everything_there_is_to_show():
         "WAN errors about no tunnel's datagram: 6",
         "internal errors: 3 (see the log)",
     ]
+
+
+@pytest.mark.parametrize("count, text", [
+    (0, "0 B"), (1023, "1023 B"), (1024, "1.00 KiB"), (1536, "1.50 KiB"),
+    (5 << 30, "5.00 GiB"), (3 << 50, "3.00 PiB"), (5000 << 50, "5000.00 PiB")])
+def test_transfer_totals_are_in_binary_units(count, text):
+    assert size(count) == text
+
+
+@pytest.mark.parametrize("seconds, text", [
+    (0, "0 seconds"), (1, "1 second"), (59.9, "59 seconds"), (61, "1 minute, 1 second"),
+    (3600, "1 hour"), (90061, "1 day, 1 hour")])
+def test_durations_are_worded_as_wg_show_words_them(seconds, text):
+    assert duration(seconds) == text
 
 
 def test_what_did_not_happen_is_not_shown():
@@ -101,7 +134,7 @@ def test_a_running_routers_status_renders_every_tunnel():
     lines = text.split("\n")
     for name in every_mode(A, [B], 1):
         assert f"tunnel: {name}" in lines
-    assert lines.count("  device: up") == 5
+    assert len([line for line in lines if line.startswith("  device: up")]) == 5
     assert "  mss clamp: ipv6 1420" in lines                    # sit carries IPv6 only
     assert "  sequence epochs" not in text and "  fdb: 0 entries" in lines
 
@@ -129,6 +162,8 @@ def forwards_status(forwards: dict, tunnels: dict | None = None) -> dict:
 
 def test_forwards_with_everything_there_is_to_show():
     assert render_status(forwards_status({"web": WEB, "dns": DNS})).split("\n") == [
+        "router: up 1 second",
+        "",
         "forward: web",
         "  tcp 0.0.0.0:8080 -> 10.2.1.10:80 (listening)",
         "  connections: 3 open, 120 in all",
@@ -147,13 +182,12 @@ def test_forwards_with_everything_there_is_to_show():
         "  refused rate: 3",
         "  ended by idle_timeout: 8",
         "  dropped backend_unreachable: 2",
-        "",
     ]
 
 
 def test_a_forward_whose_process_has_not_reported_yet_shows_its_ends():
     starting = {key: WEB[key] for key in ("protocol", "listen", "to")} | {"state": "starting"}
-    assert render_status(forwards_status({"web": starting})).split("\n")[:2] == [
+    assert render_status(forwards_status({"web": starting})).split("\n")[2:4] == [
         "forward: web", "  tcp 0.0.0.0:8080 -> 10.2.1.10:80 (starting)"]
 
 
