@@ -181,10 +181,17 @@ start_routers() {
   start_router m2
   wait_router m1
   wait_router m2
-  # VXLAN is a TAP (Ethernet) device: its routes need the far router's VXLAN address as
-  # gateway, which a tunnelrouter `routes:` entry cannot express.
-  ip -n $PREFIX-m1 route add 10.2.2.0/24 via 192.168.102.2 dev vx1
-  ip -n $PREFIX-m2 route add 10.1.2.0/24 via 192.168.102.1 dev vx1
+}
+
+# What each router knows of its peers (`show --json`): the state its keepalives found, the
+# round trip of the last one, and how long ago the last packet came.
+peer_states() {
+  local name failed=0
+  for name in m1 m2; do
+    ip netns exec "$PREFIX-$name" "$TR" show --json --socket "$RUN/$name.sock" \
+      | "$REPO/.venv/bin/python" "$LAB_DIR/peers.py" "$name" || failed=1
+  done
+  return $failed
 }
 
 # What a sender on hostA must be told is the largest packet through a tunnel, when the
@@ -300,6 +307,9 @@ print("%.1f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] /
   printf '%s\n' "${rows[@]}"
   echo
   test_forwards || failed=1
+  echo
+  say "peers, as each router's keepalives find them"
+  peer_states || failed=1
   echo
   return $failed
 }

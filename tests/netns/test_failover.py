@@ -144,4 +144,4 @@ def test_a_cisco_keepalive_sent_to_tunnelrouter_comes_back(sites):
     result = namespaces["b1"].python(CISCO_KEEPALIVE, B1_GRE, M1_GRE, timeout=10)
     assert result.stdout.strip() == "reflected"
     counters = show(routers["m1"][1])["tunnels"]["gre1"]["counters"]
-    assert counters["keepalives_answered"] >= 1 and not counters["drops"]
+    assert counters["peer_keepalives_answered"] >= 1 and not counters["drops"]

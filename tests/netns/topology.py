@@ -24,9 +24,8 @@ hostB/M2; host .1, router .254 or ::fe), so each mode is tested on its own::
     tap1    gretap, no key (TAP)         10.s.5.0/24                192.168.105.s
     greoff  gre, key 43, mss-clamp off   10.s.6.0/24                192.168.106.s
 
-The TUN modes' prefixes are the config's ``routes:`` (so the router gives them the learnt
-path MTU as a route ``mtu``); the TAP modes' need the far router's tunnel address as
-gateway, which ``routes:`` cannot express, so :func:`build` adds them with ``ip route``.
+Every prefix is the config's ``routes:`` (so the router gives them the learnt path MTU as
+a route ``mtu``); the TAP modes' name the far router's tunnel address as gateway (``via``).
 """
 
 from __future__ import annotations
@@ -90,7 +89,6 @@ FLOWS = {flow.id: flow for flow in (
     Flow("six1", 6, "fd01:4::1", "fd02:4::1"),
     Flow("greoff", 4, "10.1.6.1", "10.2.6.1"),
 )}
-TAP_TUNNELS = {"tap1": 105, "vx1": 102}  # tunnel -> third octet of its tunnel addresses
 
 
 def router_config(side: int) -> dict:
@@ -103,12 +101,14 @@ def router_config(side: int) -> dict:
                           "addresses": [f"192.168.101.{side}/24", f"fd00:101::{side}/64"],
                           "routes": [f"10.{far}.1.0/24", f"fd0{far}:1::/64"]},
         "vx1": {"mode": "vxlan", "local": WAN[side], "remotes": [WAN[far]], "id": 4242,
-                "addresses": [f"192.168.102.{side}/24"]} | pmtu,
+                "addresses": [f"192.168.102.{side}/24"],
+                "routes": [{"to": f"10.{far}.2.0/24", "via": f"192.168.102.{far}"}]} | pmtu,
         "ipip1": common | {"mode": "ipip", "addresses": [f"192.168.103.{side}/24"],
                            "routes": [f"10.{far}.3.0/24"]},
         "six1": common | {"mode": "sit", "addresses": [f"fd00:104::{side}/64"],
                           "routes": [f"fd0{far}:4::/64"]},
-        "tap1": common | {"mode": "gretap", "addresses": [f"192.168.105.{side}/24"]},
+        "tap1": common | {"mode": "gretap", "addresses": [f"192.168.105.{side}/24"],
+                          "routes": [{"to": f"10.{far}.5.0/24", "via": f"192.168.105.{far}"}]},
         # The MSS test's tunnel: nftables clamps what goes into it, not the router.
         "greoff": common | {"mode": "gre", "key": 43, "mss-clamp": "off",
                             "addresses": [f"192.168.106.{side}/24"],
@@ -291,11 +291,6 @@ def build(factory: NetnsFactory, directory: Path, middle_mtu: int) -> PmtuLab:
 
     for side, ns in ((1, lab.m1), (2, lab.m2)):
         lab.routers[side] = Router(ns, *start_router(ns, router_config(side), directory, f"m{side}"))
-    for side, router in lab.routers.items():
+    for router in lab.routers.values():
         wait_for(router.control, router.process)
-        far = 3 - side
-        for tunnel, octet in TAP_TUNNELS.items():
-            n = FLOWS[f"{tunnel}-ipv4"].dst.split(".")[2]
-            router.ns.ip("route", "add", f"10.{far}.{n}.0/24", "via", f"192.168.{octet}.{far}",
-                         "dev", tunnel)
     return lab

@@ -756,6 +756,6 @@ def test_a_tunnelrouter_answers_its_peers_keepalives_without_keepalives_of_its_o
     b = make_router(quiet, MemorySystem(wire))
     a.tick(time.monotonic() + 1000)
     drive(a, b)
-    assert counters(b, "gre1")["keepalives_answered"] == 1
+    assert counters(b, "gre1")["peer_keepalives_answered"] == 1
     assert b.status()["tunnels"]["gre1"]["liveness"]["state"] == "unknown"
     assert not counters(a, "gre1")["drops"] and not counters(b, "gre1")["drops"]

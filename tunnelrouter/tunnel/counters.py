@@ -14,7 +14,7 @@ class Counters:
     # What happened besides passing: fragmented, answered, reported, oddly marked, refused.
     EVENTS = ("fragments_sent", "icmp_sent", "icmp_rate_limited", "wan_errors",
               "ecn_unused_combinations", "fdb_full", "netlink_errors", "device_lost",
-              "keepalives_answered")
+              "peer_keepalives_answered")
     __slots__ = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "drops") + EVENTS
 
     def __init__(self) -> None:

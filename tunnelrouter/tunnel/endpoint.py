@@ -181,7 +181,7 @@ class Endpoint:
             self.outbox.datagrams.append((bytes(packet), self._sender(batch, i), None, 0))
         else:
             self._send_one(detail, now, self._sender(batch, i))
-        self.counters.keepalives_answered += 1
+        self.counters.peer_keepalives_answered += 1
         batch.answering.append(self)
         return True
 

@@ -101,7 +101,7 @@ def test_a_tunnelrouter_peer_answers_every_modes_probe(mode):
     ours, theirs = pair(mode)
     sent = probe(ours, 100.0)
     assert theirs.receive(sent, source=LOCAL) == []       # the probe is not for its device
-    assert theirs.counters.keepalives_answered == 1
+    assert theirs.counters.peer_keepalives_answered == 1
     [answer] = theirs.drain() or theirs.sent[-1:]
     assert ours.receive(answer.data, now=100.002) == []
     ours.tick(101.0)
