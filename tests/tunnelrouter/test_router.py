@@ -759,3 +759,21 @@ def test_a_tunnelrouter_answers_its_peers_keepalives_without_keepalives_of_its_o
     assert counters(b, "gre1")["peer_keepalives_answered"] == 1
     assert b.status()["tunnels"]["gre1"]["liveness"]["state"] == "unknown"
     assert not counters(a, "gre1")["drops"] and not counters(b, "gre1")["drops"]
+
+
+def test_keepalives_turned_off_by_a_reload_give_a_down_peers_routes_and_carrier_back(
+        make_router, monkeypatch):
+    clock = Clock()
+    monkeypatch.setattr(tunnels_module, "time", clock)
+    a = make_router(primary_and_backup(A, B, 1), MemorySystem(Wire()))   # nobody answers
+    for at in range(5):
+        clock.now += 1
+        a.tick(clock.now)
+    links = a.system.links
+    assert a.status()["tunnels"]["gre1"]["liveness"]["state"] == "down"
+    assert links["gre1"]["routes"] == {} and links["gre1"]["carrier"] is False
+    quiet = primary_and_backup(A, B, 1)
+    quiet["gre1"]["keepalive"] = "off"
+    a.tunnel_set.change(parse_config({"tunnels": quiet}).tunnels["gre1"])
+    assert a.status()["tunnels"]["gre1"]["liveness"]["state"] == "unknown"
+    assert links["gre1"]["routes"] == {"10.5.0.0/16": None} and links["gre1"]["carrier"]
