@@ -11,6 +11,7 @@ sequence numbers both ways (the guest drops anything out of order or with a
 bad checksum, and so does tunnelrouter).
 """
 
+import contextlib
 import dataclasses
 import time
 
@@ -61,24 +62,33 @@ def uml_cache():
     return build()
 
 
-@pytest.fixture(params=sorted(CASES))
-def router_and_guest(request, netns, tmp_path, uml_cache):
-    case = CASES[request.param]
-    ns = netns("uml")
+@contextlib.contextmanager
+def guest_and_router(case: Case, ns, tmp_path, cache, router_keys: dict | None = None,
+                     sysctls: tuple[str, ...] = ()):
+    """The guest with ``case``'s tunnel, and tunnelrouter in ``ns`` as its peer."""
     without_dad(ns)
     with UmlPeer(ns.name, [case.guest], guest_addr=f"{GUEST}/24", host_addr=f"{HOST}/24",
-                 sysctls=case.sysctls, boot_timeout=20.0, cache=uml_cache) as peer:
+                 sysctls=case.sysctls + sysctls, boot_timeout=20.0, cache=cache) as peer:
         process, control = start_router(ns, {"tunnels": {"trt0": {
-            "local": HOST, "remote": GUEST, **case.router}}}, tmp_path, "router")
+            "local": HOST, "remote": GUEST, **(router_keys or {}), **case.router}}},
+            tmp_path, "router")
         try:
             wait_for(control, process)
-            yield case, ns, peer, process, control
+            yield peer, process, control
         finally:
             process.terminate()
             try:
                 process.wait(timeout=10)
             except Exception:
                 process.kill()
+
+
+@pytest.fixture(params=sorted(CASES))
+def router_and_guest(request, netns, tmp_path, uml_cache):
+    case = CASES[request.param]
+    ns = netns("uml")
+    with guest_and_router(case, ns, tmp_path, uml_cache) as (peer, process, control):
+        yield case, ns, peer, process, control
 
 
 def guest_counter(peer: UmlPeer, name: str, counter: str) -> int:
@@ -127,23 +137,9 @@ def until_answered(control, name: str = "trt0", answers: int = 2, timeout: float
 @pytest.fixture(params=sorted(CASES))
 def keepalive_guest(request, netns, tmp_path, uml_cache):
     case = CASES[request.param]
-    ns = netns("ka")
-    without_dad(ns)
-    with UmlPeer(ns.name, [case.guest], guest_addr=f"{GUEST}/24", host_addr=f"{HOST}/24",
-                 sysctls=case.sysctls + KEEPALIVE_SYSCTLS, boot_timeout=20.0,
-                 cache=uml_cache) as peer:
-        process, control = start_router(ns, {"tunnels": {"trt0": {
-            "local": HOST, "remote": GUEST, "keepalive": 1, "keepalive-retries": 3,
-            **case.router}}}, tmp_path, "router")
-        try:
-            wait_for(control, process)
-            yield case, peer, process, control
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except Exception:
-                process.kill()
+    with guest_and_router(case, netns("ka"), tmp_path, uml_cache,
+                          {"keepalive": 1, "keepalive-retries": 3}, KEEPALIVE_SYSCTLS) as guest:
+        yield (case, *guest)
 
 
 def test_the_guest_kernel_sends_every_modes_keepalive_back(keepalive_guest):
