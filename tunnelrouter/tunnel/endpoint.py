@@ -124,7 +124,8 @@ class Endpoint:
         self.keepalive_at, self.keepalive_values = self.keepalive.at, self.keepalive.values
         self.liveness = Liveness(None if config.keepalive == "off" else config.keepalive,
                                  config.keepalive_retries)
-        self.heard_at: float | None = None      # the last datagram accepted from a peer
+        # The last datagram accepted from a peer for the device (set by the Demux, per run).
+        self.heard_at: float | None = None
 
     def take_over(self, old: "Endpoint") -> None:
         """This endpoint replaces ``old`` for the same tunnel (a reload changed it in place):
@@ -197,7 +198,11 @@ class Endpoint:
             for peer, heard in self._peers_heard()}}
 
     def _peers_heard(self):
-        return ((peer, self.heard_at) for peer in self.peers)
+        """Each peer and when its latest datagram was accepted (for the device, or an
+        answer to a probe)."""
+        heard = max((at for at in (self.heard_at, self.liveness.heard_at) if at is not None),
+                    default=None)
+        return ((peer, heard) for peer in self.peers)
 
     # -- per packet helpers ---------------------------------------------------------------
 
@@ -273,7 +278,6 @@ class Endpoint:
                     not self.liveness.answered(datagram, now):
                 self.counters.drops[error.reason] += 1
             return False
-        self.heard_at = now
         if packet[self.keepalive_at] in self.keepalive_values and \
                 self._keepalive(batch, i, packet, now):
             return False
@@ -700,6 +704,7 @@ class Demux:
         key_of, endpoints, views, starts, ends = self.key_of, self.endpoints, batch.views, \
             batch.starts, batch.ends
         addresses, targets = batch.addresses, batch.endpoints
+        heard = None   # the tunnel last told that its peer was heard: once a run, not a packet
         for i in range(batch.count):
             datagram = views[i][:ends[i]]
             source = addresses[i]
@@ -709,6 +714,8 @@ class Demux:
                 endpoint = self._stray(key, source)
             if endpoint is not None and endpoint.decapsulate(batch, i, datagram, now):
                 targets[i] = endpoint
+                if endpoint is not heard:
+                    endpoint.heard_at, heard = now, endpoint
             else:
                 targets[i] = None
 

@@ -9,10 +9,11 @@ from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
 from scapy.layers.l2 import GRE, Ether
 
 from encap.keepalive import ETHERTYPE_PROBE, MARKER, marker
+from tunnelrouter.tunnel.endpoint import Demux
 from tunnelrouter.tunnel.liveness import DOWN, UNKNOWN, UP
 
 from tests.tunnelrouter.tunnel.harness import (
-    BODIES, LOCAL, MODES, REMOTE, Harness, gre_datagram, inner4, tunnel_configs)
+    BODIES, LOCAL, MODES, REMOTE, Harness, gre_datagram, inner4, tunnel_configs, wire_batch)
 
 LINK_LOCAL, PEER_LINK_LOCAL = "fe80::a00:1", "fe80::a00:2"    # fe80::10.0.0.1, fe80::10.0.0.2
 
@@ -153,10 +154,15 @@ def test_a_silent_peer_is_down_after_its_retries_and_up_again_with_the_first_ans
 
 def test_any_datagram_from_the_peer_counts_as_heard():
     ours = Harness("gre", keepalive=1)
+    demux = Demux(ours.config.kind)
+    demux.add(ours.endpoint)
     for now in range(100, 110):
-        ours.receive(gre_datagram(inner4()), now=now + 0.5)
+        batch = wire_batch([gre_datagram(inner4())] * 3, REMOTE, ours.underlay)
+        demux.decapsulate(batch, now + 0.5)
+        assert batch.endpoints[:3] == [ours.endpoint] * 3
         ours.tick(float(now + 1))
     assert ours.endpoint.liveness.state == UP
+    assert ours.endpoint.liveness.probes_answered == 0
 
 
 def test_an_answer_with_another_nonce_is_dropped_and_believes_nothing():
