@@ -30,11 +30,13 @@ from encap.wire import ETHERNET_HEADER_LENGTH, HEADROOM
 
 from tunnelrouter.modes import Mode, TunnelConfig, Underlay
 from tunnelrouter.modes.base import Unreadable
+from tunnelrouter.tunnel.allowed import inner_source_check
 from tunnelrouter.tunnel.batch import Batch
 from tunnelrouter.tunnel.counters import Counters
 from tunnelrouter.tunnel.fdb import Fdb
 from tunnelrouter.tunnel.icmp import IcmpReplies
 from tunnelrouter.tunnel.pmtu import PathMtu
+from tunnelrouter.tunnel.ratelimit import PeerRateLimit
 from tunnelrouter.tunnel.wan_error import ErrorOrigin, WanError
 
 # The outer TTL of a datagram that names none: also the UDP socket's own default.
@@ -114,11 +116,18 @@ class Endpoint:
         self.pmtu = PathMtu(config.device_mtu, self.pmtu_overhead, config.pmtu_timeout,
                             config.local.version) if config.pmtu_discovery else None
         self._apply_mtu(config.device_mtu)
+        # The receive policy (allowed-ips, rate-limit); None: let everything in.
+        self.inner_source_check = None if config.allowed_ips is None else \
+            inner_source_check(config.allowed_ips, self.ethernet, mode.inner_families)
+        self.rate_limit = None if config.rate_limit is None else \
+            PeerRateLimit(config.rate_limit, self.peers)
 
     def take_over(self, old: "Endpoint") -> None:
         """This endpoint replaces ``old`` for the same tunnel (a reload changed it in place):
         carry on with its counters, and what it learnt that still holds."""
         self.counters.take_over(old.counters)
+        if self.rate_limit is not None and old.rate_limit is not None:
+            self.rate_limit.take_over(old.rate_limit)
         if self.pmtu is not None and old.pmtu is not None:
             self.pmtu.take_over(old.pmtu, self.peers)
             self._apply_mtu(self.pmtu.effective)
@@ -213,8 +222,20 @@ class Endpoint:
         except DecodeError as error:
             self.counters.drops[error.reason] += 1
             return False
+        # Checked in the order the README's "Anti-spoofing and rate limits" gives; the rate
+        # limit last, so that a peer is charged only for what is delivered.
+        check = self.inner_source_check
+        if check is not None:
+            refused = check(packet)
+            if refused is not None:
+                self.counters.drops[refused] += 1
+                return False
         ecn = batch.tos[i] & ECN_MASK
         if ecn and not self._decapsulate_ecn(packet, ecn):
+            return False
+        limit = self.rate_limit
+        if limit is not None and not limit.admit(batch.addresses[i], len(packet), now):
+            self.counters.drops[DropReason.RATE_LIMITED] += 1
             return False
         mss = self.mss
         if mss is not None:
