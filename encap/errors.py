@@ -45,6 +45,10 @@ class DropReason(enum.IntEnum):
     TTL_EXPIRED = enum.auto()
     ECN_CE_ON_NOT_ECT = enum.auto()   # RFC 6040 §4.2: congestion the inner packet cannot carry
     KEEPALIVE_NOT_OURS = enum.auto()  # a keepalive answer with another sender's nonce
+    # The tunnel's receive policy (allowed-ips, rate-limit): from a peer, but not let in.
+    SOURCE_NOT_ALLOWED = enum.auto()     # inner source (ARP sender, ND target) outside allowed-ips
+    ETHERTYPE_NOT_ALLOWED = enum.auto()  # a frame allowed-ips cannot vouch for: not IP or ARP
+    RATE_LIMITED = enum.auto()           # over the peer's rate-limit
 
     @property
     def label(self) -> str:

@@ -775,3 +775,52 @@ def test_check_reports_broken_files_from_the_outside_too(name):
     assert result.returncode == 2
     assert "Traceback" not in result.stdout + result.stderr
     assert_reported(path, result.stderr, expectations(path))
+
+
+# -- allowed-ips and rate-limit ---------------------------------------------------------
+
+def test_allowed_ips_and_rate_limit_are_off_unless_given():
+    tunnel = parse_config({"tunnels": {"gre1": GRE}}).tunnels["gre1"]
+    assert tunnel.allowed_ips is None and tunnel.rate_limit is None
+
+
+def test_allowed_ips_are_networks_and_a_bare_address_is_one_host():
+    tunnel = parse_config({"tunnels": {"vx1": VXLAN | {"allowed-ips": [
+        "10.2.0.0/16", "10.9.9.9", "fd02::/48"]}}}).tunnels["vx1"]
+    assert [str(network) for network in tunnel.allowed_ips] == [
+        "10.2.0.0/16", "10.9.9.9/32", "fd02::/48"]
+
+
+@pytest.mark.parametrize("value, message", [
+    ("10.2.0.0/16", "Input should be a valid tuple"),
+    ([167903232], "written as text"),
+    (["10.2.0.0/33"], "not a prefix"),
+    (["fe80::/10%eth0"], "an IPv6 zone"),
+    (["10.2.0.1/16"], "host bits set: the network is 10.2.0.0/16"),
+])
+def test_a_wrong_allowed_ips_value_says_why(value, message):
+    [problem] = problems({"gre1": GRE | {"allowed-ips": value}})
+    assert problem.path.startswith("tunnels.gre1.allowed-ips") and message in problem.message
+
+
+def test_a_rate_limit_takes_rates_per_second_and_a_burst_duration():
+    limit = parse_config({"tunnels": {"gre1": GRE | {"rate-limit": {
+        "packets": 20000, "bytes": 12_500_000, "burst": "50ms"}}}}).tunnels["gre1"].rate_limit
+    assert (limit.packets, limit.bytes_, limit.burst) == (20000, 12_500_000, 0.05)
+    assert parse_config({"tunnels": {"gre1": GRE | {"rate-limit": {"packets": 10}}}}).tunnels[
+        "gre1"].rate_limit.burst == 0.1
+
+
+@pytest.mark.parametrize("value, path, message", [
+    (20000, "tunnels.t.rate-limit", "a mapping, like {packets: 20000"),
+    ({"packets": "20000"}, "tunnels.t.rate-limit.packets", "valid integer"),
+    ({"packets": 0}, "tunnels.t.rate-limit.packets", "greater than or equal to 1"),
+    ({"bytes": True}, "tunnels.t.rate-limit.bytes", "valid integer"),
+    ({"packets": 10, "burst": "2m"}, "tunnels.t.rate-limit.burst", "at most 60s"),
+    ({"packets": 10, "per-peer": True}, "tunnels.t.rate-limit.per-peer", "unknown key"),
+    # A gretap tunnel's largest packet is its MTU and an Ethernet header: 1462 + 14.
+    ({"bytes": 14_750, "burst": "100ms"}, "tunnels.t.rate-limit.burst", "no 1476-byte packet"),
+])
+def test_a_wrong_rate_limit_says_which_key_and_why(value, path, message):
+    [problem] = problems({"t": GRE | {"mode": "gretap", "rate-limit": value}})
+    assert problem.path == path and message in problem.message

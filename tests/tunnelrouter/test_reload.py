@@ -214,6 +214,38 @@ def test_a_vxlan_tunnel_changed_in_place_keeps_what_it_learnt_of_remotes_it_stil
     assert list(fdb.entries) == [b"\x02\0\0\0\0\x0b"]
 
 
+def test_allowed_ips_and_rate_limit_change_in_place_and_apply_at_once(site):
+    wire = Wire()
+    a = site({"gre1": GRE}, MemorySystem(wire), "a")
+    b = site({"gre1": GRE | {"local": B, "remote": A}}, MemorySystem(wire), "b")
+    device, index = a.router.tunnels["gre1"].device, a.links["gre1"]["index"]
+
+    def delivered(packets: int = 1) -> int:
+        """How many of ``packets`` from b's host reach a's device (datagrams of one flow
+        may reach the device joined: counted by the counter)."""
+        before = a.router.status()["tunnels"]["gre1"]["counters"]["rx_packets"]
+        for _ in range(packets):
+            b.router.system.hosts["gre1"].send(ipv4())
+        drive(b.router, a.router)
+        host_packets(a.router.system.hosts["gre1"])
+        return a.router.status()["tunnels"]["gre1"]["counters"]["rx_packets"] - before
+
+    assert delivered() == 1
+    report = a.reload({"gre1": GRE | {"allowed-ips": ["192.168.5.0/24"]}})
+    assert report["changes"] == ["change in place tunnel gre1: allowed-ips"]
+    assert delivered() == 0
+    a.reload({"gre1": GRE | {"allowed-ips": ["192.168.1.0/24"],
+                             "rate-limit": {"packets": 10, "burst": "200ms"}}})
+    assert delivered(5) == 2
+    report = a.reload({"gre1": GRE | {"allowed-ips": ["192.168.1.0/24"],
+                                      "rate-limit": {"packets": 20, "burst": "200ms"}}})
+    assert report["changes"] == ["change in place tunnel gre1: rate-limit.packets"]
+    assert a.router.tunnels["gre1"].device is device and a.links["gre1"]["index"] == index
+    counters = a.router.status()["tunnels"]["gre1"]["counters"]
+    assert counters["rx_packets"] == 3
+    assert counters["drops"] == {"source_not_allowed": 1, "rate_limited": 3}
+
+
 def test_twenty_reloads_of_other_tunnels_leave_an_unchanged_one_forwarding(site):
     wire = Wire()
     a = site({"gre1": GRE}, MemorySystem(wire), "a")

@@ -17,13 +17,12 @@ from typing import Annotated, Literal, NamedTuple
 from pydantic import Field, PlainValidator, StrictInt
 
 from tunnelrouter.modes.base import Network, Problem, Strict
+from tunnelrouter.units import Duration
 
-MAX_DURATION = 365 * 86400.0
 MAX_CONNECTIONS = 1_000_000
 DEFAULT_IDLE_TIMEOUT = {"tcp": 600.0, "udp": 60.0}
 TCP_ONLY_KEYS = {"connect_timeout": "connect-timeout", "proxy_protocol": "proxy-protocol"}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
 
@@ -64,22 +63,6 @@ def parse_endpoint(value) -> Endpoint:
     return Endpoint(address, port)
 
 
-def parse_duration(value) -> float:
-    """Seconds. ``0`` alone needs no unit; anything else does, so that ``5`` is never
-    guessed to be seconds or minutes."""
-    if value == 0 and not isinstance(value, bool):
-        return 0.0
-    if not isinstance(value, str):
-        raise ValueError("a duration with its unit, like 500ms, 5s, 10m or 1h (or 0)")
-    found = re.fullmatch(r"(\d{1,12})(ms|s|m|h|d)", value)
-    if not found:
-        raise ValueError("a whole number and a unit (ms, s, m, h, d), like 5s or 10m")
-    seconds = int(found.group(1)) * _UNITS[found.group(2)]
-    if seconds > MAX_DURATION:
-        raise ValueError("longer than a year")
-    return seconds
-
-
 class Rate(NamedTuple):
     """A token bucket: ``count`` tokens at most, refilled at ``count`` per ``period`` s."""
     count: int
@@ -106,7 +89,6 @@ def parse_rate(value) -> Rate:
 
 
 EndpointValue = Annotated[Endpoint, PlainValidator(parse_endpoint)]
-Duration = Annotated[float, PlainValidator(parse_duration)]
 RateValue = Annotated[Rate, PlainValidator(parse_rate)]
 
 

@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Hashable
-from ipaddress import ip_network
+from ipaddress import IPv4Network, IPv6Network, ip_interface, ip_network
 from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, IPvAnyAddress,
-                      IPvAnyInterface, IPvAnyNetwork, StrictBool, StrictInt)
+                      IPvAnyInterface, IPvAnyNetwork, PlainValidator, StrictBool, StrictInt,
+                      model_validator)
 
 from encap.codec import Codec
 from encap.ecn import EcnMode
 from encap.errors import DropReason, EncapConfigError
 from encap.mtu import IPV6_MINIMUM_MTU, Overhead, TunnelMtu, overhead, tcp_mss, tunnel_mtu
+from encap.wire import ETHERNET_HEADER_LENGTH
+
+from tunnelrouter.units import Duration
 
 if TYPE_CHECKING:
     from ipaddress import IPv4Address, IPv6Address
@@ -109,6 +113,63 @@ def _route(value):
 
 
 RouteItem = Annotated[Route, BeforeValidator(_route)]
+MAX_BURST = 60.0
+
+
+def _allowed_prefix(value):
+    """A network of ``allowed-ips``. Host bits set are refused rather than cleared, as for
+    routes: ``10.2.0.1/16`` may be a typo for ``10.2.0.1/32``, and a filter widened by a
+    guess lets in what nobody meant to."""
+    if not isinstance(value, str):
+        raise ValueError("written as text, like 10.2.0.0/16 or fd00:2::/48")
+    if "%" in value:
+        raise ValueError("an IPv6 zone (%eth0) has no place in a prefix")
+    try:
+        return ip_network(value)
+    except ValueError:
+        pass
+    try:
+        network = ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError("not a prefix: an address and a length, like 10.2.0.0/16 or "
+                         "fd00:2::/48 (a bare address is one host)") from None
+    raise ValueError(f"host bits set: the network is {network} (one host is "
+                     f"{ip_interface(value).ip}/{network.max_prefixlen})")
+
+
+AllowedPrefix = Annotated[IPv4Network | IPv6Network, PlainValidator(_allowed_prefix)]
+
+
+class RateLimit(Strict):
+    """What one peer may send into the tunnel: a token bucket of packets and one of bytes,
+    each refilled at its rate and holding ``burst`` of it."""
+
+    packets: Annotated[StrictInt, Field(ge=1, le=10**9)] | None = None   # per second
+    bytes_: Annotated[StrictInt, Field(ge=1, le=10**12)] | None = Field(default=None,
+                                                                         alias="bytes")
+    burst: Duration = 0.1
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_mapping(cls, value):
+        if not isinstance(value, dict):
+            raise ValueError("a mapping, like {packets: 20000, bytes: 12500000, burst: 100ms}")
+        return value
+
+    def problems(self, largest_packet: int) -> list[Problem]:
+        found: list[Problem] = []
+        if self.packets is None and self.bytes_ is None:
+            found.append(((), "give packets (per second), bytes (per second), or both"))
+        if not 0 < self.burst <= MAX_BURST:
+            found.append((("burst",), f"must be more than 0 and at most {MAX_BURST:.0f}s"))
+        elif self.packets is not None and self.packets * self.burst < 1:
+            found.append((("burst",), f"{self.packets} packets a second for {self.burst:g} s "
+                                      f"is less than one packet: make burst longer"))
+        elif self.bytes_ is not None and self.bytes_ * self.burst < largest_packet:
+            found.append((("burst",), f"{self.bytes_} bytes a second for {self.burst:g} s "
+                                      f"holds no {largest_packet}-byte packet (the tunnel's "
+                                      f"largest): make burst longer or bytes larger"))
+        return found
 
 
 class TunnelConfig(Strict):
@@ -139,6 +200,9 @@ class TunnelConfig(Strict):
     keepalive: Annotated[StrictInt, Field(ge=1, le=3600)] | Literal["off"] = "off"
     keepalive_retries: Annotated[StrictInt, Field(ge=1, le=100)] = Field(
         default=3, alias="keepalive-retries")
+    # What the tunnel lets in from its peers (README "Anti-spoofing and rate limits").
+    allowed_ips: tuple[AllowedPrefix, ...] | None = Field(default=None, alias="allowed-ips")
+    rate_limit: RateLimit | None = Field(default=None, alias="rate-limit")
     # Not a key: the tunnel's name in ``tunnels:``, which is also its device's name.
     name: str = Field(default="", exclude=True)
 
@@ -183,8 +247,9 @@ class TunnelConfig(Strict):
             if peer.version != family:
                 found.append((self.peer_path(index), f"{peer} is IPv{peer.version} but local "
                                                      f"{self.local} is IPv{family}"))
-        for key in ("addresses", "routes"):
-            for index, value in enumerate(getattr(self, key)):
+        for key, values in (("addresses", self.addresses), ("routes", self.routes),
+                            ("allowed-ips", self.allowed_ips or ())):
+            for index, value in enumerate(values):
                 if value.version not in kind.inner_families:
                     found.append(((key, index), f"{value} is IPv{value.version}, which "
                                                 f"{self.mode} does not carry"))
@@ -197,6 +262,9 @@ class TunnelConfig(Strict):
             elif not any(route.via in interface.network for interface in self.addresses):
                 found.append((("routes", index, "via"), f"{route.via} is on none of the "
                               f"tunnel's own networks (addresses:): the kernel could not reach it"))
+        if self.allowed_ips == ():
+            found.append((("allowed-ips",), "an empty list would let nothing in: leave the key "
+                                            "out to let every source in"))
         try:
             derived = self.derived_mtu()
         except EncapConfigError as error:
@@ -210,6 +278,10 @@ class TunnelConfig(Strict):
                     found.append((("addresses", index),
                                   f"{interface} needs an MTU of at least {IPV6_MINIMUM_MTU}; "
                                   f"this tunnel's is {self.device_mtu}"))
+        if self.rate_limit is not None:
+            largest = self.device_mtu + (ETHERNET_HEADER_LENGTH if kind.ethernet else 0)
+            found += [(("rate-limit",) + path, message)
+                      for path, message in self.rate_limit.problems(largest)]
         return found
 
     def peer_path(self, index: int) -> tuple:

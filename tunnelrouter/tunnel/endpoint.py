@@ -31,6 +31,7 @@ from encap.wire import ETHERNET_HEADER_LENGTH, HEADROOM
 
 from tunnelrouter.modes import Mode, TunnelConfig, Underlay
 from tunnelrouter.modes.base import Unreadable
+from tunnelrouter.tunnel.allowed import inner_source_check
 from tunnelrouter.tunnel.batch import Batch
 from tunnelrouter.tunnel.counters import Counters
 from tunnelrouter.tunnel.fdb import Fdb
@@ -38,6 +39,7 @@ from tunnelrouter.tunnel.icmp import IcmpReplies
 from tunnelrouter.tunnel.keepalive import Action
 from tunnelrouter.tunnel.liveness import Liveness
 from tunnelrouter.tunnel.pmtu import PathMtu
+from tunnelrouter.tunnel.ratelimit import PeerRateLimit
 from tunnelrouter.tunnel.wan_error import ErrorOrigin, WanError
 
 # The outer TTL of a datagram that names none: also the UDP socket's own default.
@@ -126,6 +128,11 @@ class Endpoint:
                                  config.keepalive_retries)
         # The last datagram accepted from a peer for the device (set by the Demux, per run).
         self.heard_at: float | None = None
+        # The receive policy (allowed-ips, rate-limit); None: let everything in.
+        self.inner_source_check = None if config.allowed_ips is None else \
+            inner_source_check(config.allowed_ips, self.ethernet, mode.inner_families)
+        self.rate_limit = None if config.rate_limit is None else \
+            PeerRateLimit(config.rate_limit, self.peers)
 
     def take_over(self, old: "Endpoint") -> None:
         """This endpoint replaces ``old`` for the same tunnel (a reload changed it in place):
@@ -133,6 +140,8 @@ class Endpoint:
         self.counters.take_over(old.counters)
         self.liveness.take_over(old.liveness)
         self.heard_at = old.heard_at
+        if self.rate_limit is not None and old.rate_limit is not None:
+            self.rate_limit.take_over(old.rate_limit)
         if self.pmtu is not None and old.pmtu is not None:
             self.pmtu.take_over(old.pmtu, self.peers)
             self._apply_mtu(self.pmtu.effective)
@@ -177,6 +186,10 @@ class Endpoint:
             if detail[-MARKER_LENGTH:-MARKER_LENGTH + len(MAGIC)] != MAGIC:
                 return False      # protocol 253 or an echo reply of somebody else's
             self.counters.drops[DropReason.KEEPALIVE_NOT_OURS] += 1
+            return True
+        limit = self.rate_limit   # answering costs a datagram: the peer pays for it
+        if limit is not None and not limit.admit(batch.addresses[i], len(packet), now):
+            self.counters.drops[DropReason.RATE_LIMITED] += 1
             return True
         if action is Action.REFLECT:
             self.outbox.datagrams.append((bytes(packet), self._sender(batch, i), None, 0))
@@ -281,8 +294,20 @@ class Endpoint:
         if packet[self.keepalive_at] in self.keepalive_values and \
                 self._keepalive(batch, i, packet, now):
             return False
+        # Checked in the order the README's "Anti-spoofing and rate limits" gives; the rate
+        # limit last, so that a peer is charged only for what is delivered.
+        check = self.inner_source_check
+        if check is not None:
+            refused = check(packet)
+            if refused is not None:
+                self.counters.drops[refused] += 1
+                return False
         ecn = batch.tos[i] & ECN_MASK
         if ecn and not self._decapsulate_ecn(packet, ecn):
+            return False
+        limit = self.rate_limit
+        if limit is not None and not limit.admit(batch.addresses[i], len(packet), now):
+            self.counters.drops[DropReason.RATE_LIMITED] += 1
             return False
         mss = self.mss
         if mss is not None:

@@ -203,3 +203,11 @@ def test_the_status_gives_unix_times_and_each_remotes_last_datagram():
     assert status["state"] == UP and status["since"] == 1_700_000_001.0
     assert status["peers"] == {REMOTE: {"latest_rx": 1_700_000_000.5}}
     assert status["keepalive"] == 1 and status["probes_answered"] == 1
+
+
+def test_answering_the_peers_probes_is_charged_to_its_rate_limit():
+    ours, theirs = pair("gre", **{"rate-limit": {"packets": 10, "burst": "100ms"}})
+    probes = [probe(ours, now) for now in (100.0, 101.0, 102.0)]
+    theirs.receive(*probes, source=LOCAL, now=102.0)
+    assert theirs.counters.peer_keepalives_answered == 1
+    assert theirs.drops == {"rate_limited": 2}
