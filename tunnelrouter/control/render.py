@@ -74,6 +74,12 @@ def _tunnel_lines(name: str, tunnel: dict, now: float) -> list[str]:
              f"{size(counters['tx_bytes'])} sent ({counters['rx_packets']} and "
              f"{counters['tx_packets']} packets)"]
     lines += _liveness_lines(liveness, now)
+    if isinstance(tunnel.get("allowed_ips"), list):
+        lines.append(f"  allowed ips: {', '.join(tunnel['allowed_ips'])}")
+    limit = tunnel.get("rate_limit")
+    if isinstance(limit, dict):
+        rates = [f"{limit[unit]} {unit}/s" for unit in ("packets", "bytes") if limit.get(unit)]
+        lines.append(f"  rate limit: {', '.join(rates)} per peer, burst {limit.get('burst')} s")
     peers_heard = liveness.get("peers", {}) if isinstance(liveness.get("peers"), dict) else {}
     for peer in tunnel["peers"]:
         lines.append(f"  peer: {peer}")

@@ -495,6 +495,11 @@ class Endpoint:
                 f"ipv{family}": mss for family, mss in zip((4, 6), self.mss)
                 if family in self.mode.inner_families},
             "counters": self.counters.as_dict(),
+            "allowed_ips": None if config.allowed_ips is None else [
+                str(prefix) for prefix in config.allowed_ips],
+            "rate_limit": None if config.rate_limit is None else {
+                "packets": config.rate_limit.packets, "bytes": config.rate_limit.bytes_,
+                "burst": config.rate_limit.burst},
         }
 
 

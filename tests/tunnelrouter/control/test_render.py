@@ -46,7 +46,9 @@ LIVENESS = {"state": "up", "since": NOW - 3725, "transitions": 1, "keepalive": 1
 def test_two_tunnels_with_everything_there_is_to_show():
     status = {"uptime": 93784.0, "internal_errors": 3,
               "unattributed": {"not_a_peer": 4, "truncated": 1}, "unattributed_wan_errors": 6,
-              "tunnels": {"gre1": GRE | {"liveness": LIVENESS,
+              "tunnels": {"gre1": GRE | {"liveness": LIVENESS, "allowed_ips": ["10.2.0.0/16"],
+                                         "rate_limit": {"packets": 20000, "bytes": None,
+                                                        "burst": 0.1},
                                          "counters": GRE["counters"] | {"rx_bytes": 5 << 20}},
                           "vx1": VXLAN | {"liveness": {
                               "state": "unknown", "keepalive": None,
@@ -67,6 +69,8 @@ def test_two_tunnels_with_everything_there_is_to_show():
         "  peer state: up for 1 hour, 2 minutes",
         "  keepalive: every 10 seconds, down after 3 unanswered; 120 sent, 118 answered, "
         "2 lost; round trip 0.42 ms",
+        "  allowed ips: 10.2.0.0/16",
+        "  rate limit: 20000 packets/s per peer, burst 0.1 s",
         "  peer: 10.0.0.2",
         "    latest packet: 12 seconds ago",
         "    path mtu: 1400 (expires in 599.5 s)",
