@@ -209,7 +209,7 @@ def test_too_many_clients_evict_the_longest_waiting_one_and_a_scrape_still_gets_
 
 
 def test_a_client_that_does_not_read_its_answer_is_closed_at_its_timeout(served):
-    # Some 8 MB of metrics: more than the socket buffers of both ends hold.
+    # Some 9 MB of metrics: more than the socket buffers of both ends hold.
     served.status = STATUS | {"tunnels": {f"t{i}": tunnel(f"t{i}") for i in range(3000)}}
     sock = served.client(receive_buffer=4096)
     sock.send(SCRAPE * 50)                    # and it keeps sending, too
