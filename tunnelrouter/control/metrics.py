@@ -275,7 +275,8 @@ def _liveness(tunnels: dict) -> list[Family]:
         of = label("tunnel", name)
         if liveness["state"] in ("up", "down"):
             up.add(of, 1 if liveness["state"] == "up" else 0)
-        since.add(of, liveness["since"])
+        if liveness.get("since") is not None:    # None: the state never changed
+            since.add(of, liveness["since"])
         transitions.add(of, liveness["transitions"])
         for peer, heard in liveness["peers"].items():
             if heard.get("latest_rx") is not None:

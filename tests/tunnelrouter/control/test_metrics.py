@@ -45,7 +45,7 @@ STATUS = {
         "vx1": tunnel("vxlan", vni=7, fdb_entries=3, fdb=[], device="down",
                       liveness=LIVENESS | {"state": "down", "rtt": None}),
         'we"ird\\': tunnel("ipip", liveness=LIVENESS | {"state": "unknown", "keepalive": None,
-                                                       "rtt": None}),
+                                                       "rtt": None, "since": None}),
         "plain": tunnel("sit"),
     },
     "config": {"path": "/etc/tunnelrouter/a.yaml", "generation": 4, "sha256": "ab",
@@ -135,6 +135,7 @@ def test_liveness_peer_state_last_packet_and_keepalives():
     assert value(found, "tunnelrouter_peer_transitions_total", tunnel="gre1") == 3
     assert value(found, "tunnelrouter_peer_state_change_timestamp_seconds",
                  tunnel="gre1") == 1764760000.5
+    assert len(found["tunnelrouter_peer_state_change_timestamp_seconds"]) == 2   # never changed
     assert value(found, "tunnelrouter_tunnel_peer_last_rx_timestamp_seconds", tunnel="gre1",
                  peer="192.168.1.2") == 1764760123.2
     assert (("peer", "192.168.1.3"), ("tunnel", "gre1")) not in \
