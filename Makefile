@@ -2,7 +2,11 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-DEBIAN_PACKAGES := tshark nftables iproute2 iputils-ping ethtool tcpdump iperf3 python3-venv haproxy
+DEBIAN_PACKAGES := tshark nftables iproute2 iputils-ping ethtool tcpdump iperf3 python3-venv haproxy \
+	prometheus
+# Packages whose service Debian would start and enable for the whole host (prometheus on
+# :9090); the tests start their own. Masked before they are installed, they never start.
+QUIET_SERVICES := prometheus
 # Only `make bench` and `make bench-scale` install these (the tunnels compared with
 # tunnelrouter); `make test` never needs them.
 BENCH_DEBIAN_PACKAGES := iperf3 iproute2 iputils-ping ethtool procps openvpn tinc fastd socat
@@ -83,7 +87,14 @@ define apt-install
 	  if [ "$$(id -u)" != 0 ]; then echo "missing Debian packages: $$missing (run as root, or apt-get install them)"; exit 1; fi; \
 	  echo "installing Debian packages: $$missing"; \
 	  echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections; \
+	  quiet=$$(for p in $$missing; do case " $(QUIET_SERVICES) " in *" $$p "*) echo $$p;; esac; done); \
+	  for service in $$quiet; do \
+	    mkdir -p /etc/systemd/system && ln -sfn /dev/null /etc/systemd/system/$$service.service; \
+	  done; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  if [ ! -d /run/systemd/system ]; then \
+	    for service in $$quiet; do invoke-rc.d $$service stop >/dev/null 2>&1 || true; done; \
+	  fi; \
 	fi
 endef
 

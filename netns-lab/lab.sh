@@ -22,6 +22,7 @@ NAMESPACES=("$PREFIX-hosta" "$PREFIX-m1" "$PREFIX-wan1" "$PREFIX-wan2" "$PREFIX-
 FULL_MTU=1500          # every link but the middle one
 TRANSFER=10M           # bytes each way per tunnel in the black-hole check
 TRANSFER_TIMEOUT=20    # seconds: a transfer that takes longer counts as a black hole
+METRICS=127.0.0.1:9477 # metrics: in m1.yaml and m2.yaml, each on its namespace's loopback
 
 # mode | tunnel device | hostA source | hostB destination | encapsulation overhead
 # (gre1 has key, checksum and sequence: 24 + 3 * 4)
@@ -255,6 +256,21 @@ s.sendto(b"ping", ("10.1.1.254", 5353)); print(s.recv(100).decode())' 2>&1) || t
   return $failed
 }
 
+# A few of M1's metrics, as Prometheus scrapes them: each tunnel's traffic both ways,
+# the drops that happened, peer state where keepalives report it.
+metrics_excerpt() {
+  local text
+  if ! text=$(in_ns m1 python3 -c 'import sys, urllib.request
+print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode(), end="")' \
+      "http://$METRICS/metrics" 2>&1); then
+    echo "metrics of M1: no answer from http://$METRICS/metrics: ${text##*$'\n'}"
+    return 1
+  fi
+  echo "metrics of M1 (http://$METRICS/metrics in $PREFIX-m1): $(grep -vc '^#' <<<"$text") series; a few:"
+  grep -E '^tunnelrouter_(tunnel_(rx|tx)_bytes_total|peer_up)[{ ]' <<<"$text"
+  grep -E '^tunnelrouter_(tunnel|demux)_drops_total\{.*\} [1-9]' <<<"$text" || true
+}
+
 run_tests() {
   if ! [[ -S $RUN/m1.sock && -S $RUN/m2.sock ]]; then
     echo "the lab is not running (no control sockets in $RUN); run: $0 up" >&2
@@ -310,6 +326,7 @@ print("%.1f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] /
   echo
   say "peers, as each router's keepalives find them"
   peer_states || failed=1
+  metrics_excerpt || failed=1
   echo
   return $failed
 }
@@ -334,6 +351,7 @@ The lab is up. Explore it (from $REPO):
   ip netns exec $PREFIX-m1 .venv/bin/tunnelrouter show --socket netns-lab/run/m1.sock
   ip netns exec $PREFIX-hosta bash            # then: ping 10.2.1.1, ping fd02::1, ...
   ip netns exec $PREFIX-wan1 tcpdump -ni to-m1 # the encapsulated traffic on the WAN
+  ip netns exec $PREFIX-m1 python3 -c 'import urllib.request as u; print(u.urlopen("http://$METRICS/metrics").read().decode())'
   bash netns-lab/lab.sh test                   # ping, measure and load every tunnel again
   bash netns-lab/lab.sh mtu 1400               # narrow the middle WAN link; 1500 widens it
 Router logs: netns-lab/run/m1.log, netns-lab/run/m2.log.  Tear down: make lab-down

@@ -12,7 +12,8 @@ wrong (pydantic, per tunnel, by its mode), how a tunnel's keys fit together
 (checked on whatever keys were right), and how the tunnels fit together
 (routes that overlap or cover a peer, two tunnels a socket cannot tell apart).
 The ``forwards:`` section (``tunnelrouter/forward/``) is checked in the same
-pass, each forward by its own model, then listeners that would take one port.
+pass, each forward by its own model, then listeners that would take one port
+(the ``metrics:`` endpoint's among them).
 Nothing in a file, however broken or hostile, gives more than messages: size,
 nesting and alias expansion are bounded, and the route checks take n log n.
 """
@@ -32,7 +33,7 @@ from typing import NamedTuple
 import yaml
 from pydantic import ValidationError
 
-from tunnelrouter.forward.config import ForwardConfig, name_problem
+from tunnelrouter.forward.config import Endpoint, ForwardConfig, name_problem, parse_endpoint
 from tunnelrouter.modes import MODES, TunnelConfig, Underlay
 
 IFNAMSIZ = 16  # the kernel's limit, including the terminating NUL
@@ -40,7 +41,7 @@ DEFAULT_CONTROL_DIR = "/run/tunnelrouter"
 MAX_FILE_BYTES = 16 << 20
 MAX_NODES = 200_000      # YAML nodes once aliases are expanded: an alias bomb stops here
 MAX_DIGITS = 40          # a longer number is no configuration value (and int() would balk)
-TOP_LEVEL_KEYS = ("tunnels", "control-socket", "forwards")
+TOP_LEVEL_KEYS = ("tunnels", "control-socket", "forwards", "metrics")
 
 
 class Problem(NamedTuple):
@@ -69,6 +70,7 @@ class RouterConfig:
     tunnels: dict[str, TunnelConfig]
     control_socket: str | None = None
     forwards: dict[str, ForwardConfig] = field(default_factory=dict)
+    metrics: Endpoint | None = None   # where the Prometheus endpoint listens; None: nowhere
     sha256: str = ""   # of the file it was read from: which configuration runs
 
     def control_path(self, config_path: str | os.PathLike) -> str:
@@ -282,11 +284,29 @@ def parse_config(data, lines: dict[tuple, int] | None = None,
         if config is not None:
             configs[name] = config
     _across_tunnels(configs, found)
-    forwards = _forwards(data.get("forwards"), configs, found)
+    metrics = _metrics(data.get("metrics"), found)
+    forwards = _forwards(data.get("forwards"), configs, metrics, found)
     if found.found:
         # In the file's order, as an editor would go through them.
         raise ConfigError(sorted(found.found, key=lambda problem: problem.line or 0))
-    return RouterConfig(tunnels=configs, control_socket=control_socket, forwards=forwards)
+    return RouterConfig(tunnels=configs, control_socket=control_socket, forwards=forwards,
+                        metrics=metrics)
+
+
+def _metrics(value, found: _Problems) -> Endpoint | None:
+    """``metrics: 127.0.0.1:9477`` (``[::1]:9477``): where Prometheus scrapes; absent, off."""
+    if value is None:
+        return None
+    try:
+        endpoint = parse_endpoint(value)
+    except ValueError as error:
+        found.add(("metrics",), f"{_shown(value)}: {error}; like 127.0.0.1:9477")
+        return None
+    if endpoint.address.is_multicast:
+        found.add(("metrics",), f"{endpoint.address} is a multicast address: the metrics "
+                                f"listen on an address of this host")
+        return None
+    return endpoint
 
 
 # Bytes the kernel's isspace() takes for space (lib/ctype.c: 0xa0 too, which UTF-8 puts
@@ -509,7 +529,7 @@ def _underlay_addresses(config: TunnelConfig):
 
 # -- forwards ---------------------------------------------------------------------------
 
-def _forwards(section, tunnels: dict[str, TunnelConfig],
+def _forwards(section, tunnels: dict[str, TunnelConfig], metrics: Endpoint | None,
               found: _Problems) -> dict[str, ForwardConfig]:
     if section is None:
         return {}
@@ -530,7 +550,7 @@ def _forwards(section, tunnels: dict[str, TunnelConfig],
             config = _validated(ForwardConfig, name, body, at, found, _unknown_forward_key)
             if config is not None:
                 forwards[name] = config
-    _listeners(forwards, tunnels, found)
+    _listeners(forwards, tunnels, metrics, found)
     return forwards
 
 
@@ -542,11 +562,13 @@ def _unknown_forward_key(key) -> str:
 
 
 def _listeners(forwards: dict[str, ForwardConfig], tunnels: dict[str, TunnelConfig],
-               found: _Problems) -> None:
+               metrics: Endpoint | None, found: _Problems) -> None:
     """One address and port serves one listener per protocol: two forwards may not share it,
-    nor may a udp forward take a VXLAN tunnel's port. ``0.0.0.0`` (``[::]``) takes the port
-    on every address of its family."""
+    nor may a udp forward take a VXLAN tunnel's port, nor a tcp forward the metrics'.
+    ``0.0.0.0`` (``[::]``) takes the port on every address of its family."""
     taken: dict[tuple, list[tuple[object, str]]] = {}
+    if metrics is not None:
+        taken[("tcp", metrics.family, metrics.port)] = [(metrics.address, "the metrics")]
     for name, tunnel in tunnels.items():
         kind, local, port = tunnel.kind.underlay_end(tunnel)
         if kind is Underlay.UDP:

@@ -5,7 +5,8 @@ or *changed* (with the key paths that changed); an unchanged one is not touched 
 all and keeps its counters, learnt path MTUs and FDB. A changed tunnel keeps its
 device (and its ifindex) unless its mode changed: everything else (MTU, addresses,
 routes, TTL/DSCP/ECN, keys, remotes, FDB entries, limits) is applied in place.
-Forwards are handed to the forwarder, which applies them as a difference too.
+Forwards are handed to the forwarder, which applies them as a difference too. The
+metrics endpoint moves (or starts, or stops) with the ``metrics:`` key.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tunnelrouter.config import RouterConfig
+from tunnelrouter.forward.config import Endpoint
 from tunnelrouter.modes import TunnelConfig
 
 # Keys whose change remakes the tunnel's device: another mode can be another kind of
@@ -36,10 +38,13 @@ class ReloadPlan:
     forwards_removed: list[str] = field(default_factory=list)
     forwards_changed: list[str] = field(default_factory=list)
     control_socket_changed: bool = False
+    metrics_changed: bool = False
+    metrics: Endpoint | None = None     # where the metrics are to listen (None: nowhere)
+    metrics_before: Endpoint | None = None
 
     def __bool__(self) -> bool:
         return bool(self.added or self.removed or self.changed or self.forwards_added or
-                    self.forwards_removed or self.forwards_changed)
+                    self.forwards_removed or self.forwards_changed or self.metrics_changed)
 
     def lines(self) -> list[str]:
         """What the plan does, one line per tunnel or forward, for logs and --dry-run."""
@@ -53,6 +58,10 @@ class ReloadPlan:
                  for name in self.forwards_removed]
         said += [f"change forward {name} (its connections finish on the old settings)"
                  for name in self.forwards_changed]
+        if self.metrics_changed:
+            said.append(f"metrics: listen on {self.metrics}" if self.metrics_before is None else
+                        f"metrics: off (was {self.metrics_before})" if self.metrics is None else
+                        f"metrics: move from {self.metrics_before} to {self.metrics}")
         if self.control_socket_changed:
             said.append("control-socket: changed, but a running router keeps its socket "
                         "until it restarts")
@@ -75,6 +84,8 @@ def plan(running: RouterConfig, new: RouterConfig) -> ReloadPlan:
     result.forwards_changed = [name for name, forward in running.forwards.items()
                                if name in new.forwards and new.forwards[name] != forward]
     result.control_socket_changed = running.control_socket != new.control_socket
+    result.metrics_changed = running.metrics != new.metrics
+    result.metrics, result.metrics_before = new.metrics, running.metrics
     return result
 
 

@@ -2,8 +2,8 @@
 
 The router owns the process's parts: the event loop and its signals, the tunnels
 (``tunnels.py``: their devices, sockets and the datapath between them), the kernel's
-link events, the control socket (``show``, ``reload``), the forwards' process, systemd's
-notify socket, and a tick each second. It starts them all or none, reloads the
+link events, the control socket (``show``, ``reload``), the Prometheus endpoint
+(``metrics:``), the forwards' process, systemd's notify socket, and a tick each second. It starts them all or none, reloads the
 configuration by applying only what changed (``reload.py`` says what), answers the
 operator, and stops.
 
@@ -19,9 +19,10 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections import Counter
 
 from tunnelrouter.config import ConfigError, RouterConfig, load_config, render
+from tunnelrouter.control.metrics_server import MetricsServer
 from tunnelrouter.control.server import ControlServer
 from tunnelrouter.forward.process import ForwarderProcess
 from tunnelrouter.io.errors import SystemProblem
@@ -54,6 +55,7 @@ class Router:
         self.generation = 1
         self.loaded = time.time()
         self.last_reload: dict | None = None
+        self.reloads: Counter[str] = Counter()   # by result, for the metrics
         self.system = system or System()
         self.loop = Loop()
         self.tunnel_set = TunnelSet(self.system, self.loop, max(
@@ -63,9 +65,11 @@ class Router:
         self.netlink = None
         self.links = None
         self.control: ControlServer | None = None
+        self.metrics: MetricsServer | None = None
         self.forwarder = ForwarderProcess(config.forwards, self.loop) if config.forwards \
             else None
         self.started = time.monotonic()
+        self.started_at = time.time()
         self.notifier = self.system.notifier()
         self._watchdog_at = 0.0
 
@@ -86,6 +90,9 @@ class Router:
         try:
             self.netlink = self.tunnel_set.netlink = self.system.netlink()
             problems = self._preflight()
+            if self.config.metrics is not None:
+                self.metrics, problem = self._open_metrics(self.config.metrics)
+                problems += [("metrics", problem)] if problem else []
             if self.forwarder is not None:
                 problems += self.forwarder.start()
             if problems:
@@ -127,11 +134,24 @@ class Router:
             log.info("started %d forward(s): %s", len(self.config.forwards),
                      ", ".join(self.config.forwards))
 
+    def _open_metrics(self, endpoint) -> tuple[MetricsServer | None, str | None]:
+        """A metrics server listening on ``endpoint``, or why there is none."""
+        server = MetricsServer(endpoint, self.loop, self.status)
+        try:
+            server.open()
+        except SystemProblem as problem:
+            return None, problem.message
+        log.info("metrics: serving http://%s/metrics", endpoint)
+        return server, None
+
     def close(self) -> None:
         """Remove everything the router made: devices (with their routes), sockets."""
         if self.control is not None:
             self.control.close()
             self.control = None
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
         if self.forwarder is not None:
             self.forwarder.close()
         self.tunnel_set.close()
@@ -241,11 +261,39 @@ class Router:
                     tunnels.remove(name)
         if changes.forwards_added or changes.forwards_removed or changes.forwards_changed:
             failures += self._apply_forwards(new)
+        if changes.metrics_changed:
+            failures += self._move_metrics(new.metrics)
         self.config = RouterConfig(tunnels={name: new.tunnels[name] for name in new.tunnels
                                             if name in self.tunnels},
                                    control_socket=self.config.control_socket,
-                                   forwards=new.forwards, sha256=new.sha256)
+                                   forwards=new.forwards, sha256=new.sha256,
+                                   metrics=self.metrics.endpoint if self.metrics else None)
         return failures
+
+    def _move_metrics(self, endpoint) -> list[str]:
+        """Listen on ``endpoint`` instead (None: nowhere). The old listener closes only once
+        the new one listens; where both want one port (127.0.0.1:9477 to 0.0.0.0:9477) the
+        old one steps aside first and comes back if the new one cannot listen."""
+        old = self.metrics
+        if endpoint is None:
+            old.close()
+            self.metrics = None
+            return []
+        server, problem = self._open_metrics(endpoint)
+        if server is None and old is not None and old.endpoint.port == endpoint.port:
+            old.close()
+            server, problem = self._open_metrics(endpoint)
+            if server is None:
+                self.metrics, lost = self._open_metrics(old.endpoint)   # ours a moment ago
+                if lost:
+                    return [f"metrics: {problem}; and {lost}: no metrics are served"]
+        if server is None:
+            kept = f"; the metrics stay on {old.endpoint}" if old is not None else ""
+            return [f"metrics: {problem}{kept}"]
+        if old is not None:
+            old.close()
+        self.metrics = server
+        return []
 
     def _apply_forwards(self, new: RouterConfig) -> list[str]:
         if not new.forwards:
@@ -267,6 +315,7 @@ class Router:
             report["sha256"] = new.sha256
         if dry_run:
             return report
+        self.reloads[result.replace(" ", "_")] += 1
         if result.startswith("applied"):
             self.generation += 1
             self.loaded = time.time()
@@ -286,6 +335,8 @@ class Router:
         self.tunnel_set.tick(now)
         if self.control is not None:
             self.control.tick(now)
+        if self.metrics is not None:
+            self.metrics.tick(now)
         if self.forwarder is not None:
             self.forwarder.tick(now)
         if self.links is not None and self.links.overflowed:
@@ -319,12 +370,18 @@ class Router:
         now = time.monotonic()
         status = {
             "uptime": round(now - self.started, 1),
+            "started": round(self.started_at, 3),
             "internal_errors": self.loop.faults,
             **self.tunnel_set.status(now),
             "config": {"path": self.config_path, "generation": self.generation,
                        "sha256": self.config.sha256, "loaded": round(self.loaded, 3),
-                       "last_reload": self.last_reload},
+                       "last_reload": self.last_reload, "reloads": dict(self.reloads)},
         }
+        if self.control is not None:
+            status["control"] = {"clients": len(self.control.clients),
+                                 "evicted": self.control.evicted}
+        if self.metrics is not None:
+            status["metrics"] = self.metrics.status()
         if self.forwarder is not None:
             status["internal_errors"] += self.forwarder.faults
             status["forwards"] = self.forwarder.status()

@@ -368,13 +368,15 @@ def host_packets(host: DeviceHost) -> list[bytes]:
 
 
 
-def ask(path: str, request: bytes, run_once: Callable[[], None], rounds: int = 200,
-        shutdown: bool = False) -> bytes:
-    """Send ``request`` to the control socket at ``path`` (then end the stream, with
-    ``shutdown``) and return everything read until the server closes, running
-    ``run_once()`` (the server's loop, in this thread) between reads. Fails if the server
-    has not closed after ``rounds`` rounds."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
+def ask(path: str | tuple[str, int], request: bytes, run_once: Callable[[], None],
+        rounds: int = 200, shutdown: bool = False) -> bytes:
+    """Send ``request`` to the control socket at ``path`` (or the TCP server at ``(address,
+    port)``; then end the stream, with ``shutdown``) and return everything read until the
+    server closes, running ``run_once()`` (the server's loop, in this thread) between
+    reads. Fails if the server has not closed after ``rounds`` rounds."""
+    family = socket.AF_UNIX if isinstance(path, str) else \
+        socket.AF_INET6 if ":" in path[0] else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as client:
         client.connect(path)
         client.setblocking(False)
         client.sendall(request)

@@ -824,3 +824,46 @@ def test_a_rate_limit_takes_rates_per_second_and_a_burst_duration():
 def test_a_wrong_rate_limit_says_which_key_and_why(value, path, message):
     [problem] = problems({"t": GRE | {"mode": "gretap", "rate-limit": value}})
     assert problem.path == path and message in problem.message
+
+
+# -- metrics: ---------------------------------------------------------------------------
+
+def test_metrics_are_off_unless_given_and_take_an_address_and_port():
+    assert parse_config({"tunnels": {"t": GRE}}).metrics is None
+    config = parse_config({"tunnels": {"t": GRE}, "metrics": "127.0.0.1:9477"})
+    assert (str(config.metrics.address), config.metrics.port) == ("127.0.0.1", 9477)
+    assert str(parse_config({"tunnels": {"t": GRE}, "metrics": "[::1]:9477"}).metrics) == \
+        "[::1]:9477"
+
+
+@pytest.mark.parametrize("value, words", [
+    ("localhost:9477", "not an IP address (a name is not looked up)"),
+    ("127.0.0.1", "not an address and port"),
+    ("::1:9477", "not an address and port"),
+    ("127.0.0.1:0", "port 0 is not 1 to 65535"),
+    ("[127.0.0.1]:9477", "an IPv6 address goes in brackets"),
+    (9477, "written as text"),
+    (True, "written as text"),
+    ("224.0.0.1:9477", "multicast"),
+])
+def test_a_wrong_metrics_value_is_named_with_its_line(value, words):
+    text = yaml.safe_dump({"tunnels": {"t": GRE}}) + yaml.safe_dump({"metrics": value})
+    with pytest.raises(ConfigError) as caught:
+        load_config_text(text)
+    (problem,) = caught.value.problems
+    assert problem.path == "metrics" and words in problem.message, problem
+    assert text.splitlines()[problem.line - 1].startswith("metrics:")
+
+
+def test_a_tcp_forward_may_not_listen_where_the_metrics_do():
+    forward = {"listen": "0.0.0.0:9477", "to": "10.2.1.1:80"}
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"tunnels": {"t": GRE}, "metrics": "127.0.0.1:9477",
+                      "forwards": {"web": forward}})
+    assert [(p.path, p.message) for p in caught.value.problems] == [
+        ("forwards.web.listen", "0.0.0.0:9477 (tcp) is taken by the metrics: one address and "
+                                "port serve one listener")]
+    # UDP, or another address, is another listener.
+    parse_config({"tunnels": {"t": GRE}, "metrics": "127.0.0.1:9477",
+                  "forwards": {"dns": forward | {"protocol": "udp"},
+                               "web": forward | {"listen": "10.0.0.1:9477"}}})

@@ -5,6 +5,7 @@ or that the system cannot take, is refused whole with the running configuration 
 
 import json
 import logging
+import socket
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from tunnelrouter.config import load_config, parse_config
 from tunnelrouter.reload import plan
 from tunnelrouter.router import Router
 
-from tests.tunnelrouter.doubles import MemorySystem, Wire, drive, host_packets
+from tests.tunnelrouter.doubles import MemorySystem, Wire, ask, drive, host_packets
 from tests.tunnelrouter.test_router import A, B, C, every_mode, ipv4
 
 GRE = {"mode": "gre", "local": A, "remote": B, "key": 1,
@@ -266,7 +267,6 @@ def test_twenty_reloads_of_other_tunnels_leave_an_unchanged_one_forwarding(site)
 
 
 def free_port() -> int:
-    import socket
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -285,3 +285,86 @@ def test_forwards_come_and_go_with_reloads_the_forwarder_process_with_them(site,
     assert report["result"] == "applied" and report["changes"] == ["add forward dns"]
     assert a.reload({"gre1": GRE})["result"] == "applied"
     assert a.router.forwarder is None and "forwards" not in a.router.status()
+
+
+# -- metrics: ---------------------------------------------------------------------------------
+
+def scrape(router: Router, where) -> int:
+    """The HTTP status code of a scrape of ``where`` (address, port)."""
+    return int(ask(where, b"GET /metrics HTTP/1.1\r\n\r\n", router.run_once).split(b" ", 2)[1])
+
+
+def refused(where) -> bool:
+    try:
+        socket.create_connection(where, timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_metrics_are_planned_like_the_rest():
+    off, on = config({"gre1": GRE}), parse_config({"tunnels": {"gre1": GRE},
+                                                  "metrics": "127.0.0.1:9477"})
+    moved = parse_config({"tunnels": {"gre1": GRE}, "metrics": "[::1]:9100"})
+    assert plan(off, on).lines() == ["metrics: listen on 127.0.0.1:9477"]
+    assert plan(on, moved).lines() == ["metrics: move from 127.0.0.1:9477 to [::1]:9100"]
+    assert plan(on, off).lines() == ["metrics: off (was 127.0.0.1:9477)"]
+    assert not plan(on, on)
+
+
+def test_metrics_are_started_moved_and_stopped_by_reloads(site):
+    a = site({"gre1": GRE})
+    first, second = ("127.0.0.1", free_port()), ("::1", free_port())
+
+    def write(metrics: str | None) -> None:
+        a.path.write_text(yaml.safe_dump({"tunnels": {"gre1": GRE}} |
+                                         ({"metrics": metrics} if metrics else {})))
+    write(f"127.0.0.1:{first[1]}")
+    assert a.router.reload(dry_run=True)["changes"] == [f"metrics: listen on 127.0.0.1:{first[1]}"]
+    assert a.router.metrics is None
+    assert a.router.reload()["result"] == "applied"
+    assert scrape(a.router, first) == 200
+    write(f"[::1]:{second[1]}")
+    assert a.router.reload()["result"] == "applied"
+    assert scrape(a.router, second) == 200 and refused(first)
+    assert str(a.router.config.metrics) == f"[::1]:{second[1]}"
+    write(None)
+    assert a.router.reload()["changes"] == [f"metrics: off (was [::1]:{second[1]})"]
+    assert a.router.metrics is None and refused(second)
+    assert a.router.status()["config"]["reloads"] == {"applied": 3}
+
+
+def test_metrics_that_cannot_listen_on_their_new_address_stay_where_they_were(site):
+    port = free_port()
+    a = site({"gre1": GRE})
+    a.path.write_text(yaml.safe_dump({"tunnels": {"gre1": GRE}, "metrics": f"127.0.0.1:{port}"}))
+    a.router.reload()
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        taken = other.getsockname()[1]
+        a.path.write_text(yaml.safe_dump({"tunnels": {"gre1": GRE, "ipip1": IPIP},
+                                          "metrics": f"127.0.0.1:{taken}"}))
+        report = a.router.reload()
+    assert report["result"] == "applied with failures"
+    assert report["problems"] == [
+        f"metrics: cannot listen on 127.0.0.1:{taken}: Address already in use (another "
+        f"program, or another tunnelrouter, listens there: choose another port); the metrics "
+        f"stay on 127.0.0.1:{port}"]
+    assert "ipip1" in a.router.tunnels                  # the rest was applied
+    assert scrape(a.router, ("127.0.0.1", port)) == 200
+    assert a.router.config.metrics.port == port         # the next reload tries again
+    status = a.router.status()
+    assert status["config"]["reloads"] == {"applied": 1, "applied_with_failures": 1}
+    assert b"tunnelrouter_config_last_reload_success 0\n" in ask(
+        ("127.0.0.1", port), b"GET /metrics HTTP/1.0\r\n\r\n", a.router.run_once)
+
+
+def test_metrics_moving_to_the_wildcard_of_their_own_port_step_aside_first(site):
+    port = free_port()
+    a = site({"gre1": GRE})
+    for metrics in (f"127.0.0.1:{port}", f"0.0.0.0:{port}"):
+        a.path.write_text(yaml.safe_dump({"tunnels": {"gre1": GRE}, "metrics": metrics}))
+        assert a.router.reload()["result"] == "applied"
+    assert str(a.router.metrics.endpoint) == f"0.0.0.0:{port}"
+    assert scrape(a.router, ("127.0.0.1", port)) == 200

@@ -777,3 +777,42 @@ def test_keepalives_turned_off_by_a_reload_give_a_down_peers_routes_and_carrier_
     a.tunnel_set.change(parse_config({"tunnels": quiet}).tunnels["gre1"])
     assert a.status()["tunnels"]["gre1"]["liveness"]["state"] == "unknown"
     assert links["gre1"]["routes"] == {"10.5.0.0/16": None} and links["gre1"]["carrier"]
+
+
+def test_metrics_are_served_from_the_start_with_the_routers_status(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    router = Router(parse_config({"tunnels": every_mode(A, [B], 1),
+                                  "metrics": f"127.0.0.1:{port}"}), None, MemorySystem())
+    router.start()
+    try:
+        answer = ask(("127.0.0.1", port), b"GET /metrics HTTP/1.1\r\n\r\n", router.run_once)
+        assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert b'tunnelrouter_tunnel_info{tunnel="vx1",mode="vxlan",local="10.0.0.1"} 1\n' \
+            in answer
+        assert router.status()["metrics"] == {"listen": f"127.0.0.1:{port}", "clients": 0,
+                                              "evicted": 0, "scrapes": 1}
+    finally:
+        router.close()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=2)
+
+
+def test_metrics_that_cannot_listen_fail_the_start_with_the_other_problems_and_leave_nothing():
+    system = MemorySystem()
+    system.add_foreign_device("gre1")
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        router = Router(parse_config({"tunnels": every_mode(A, [B], 1),
+                                      "metrics": f"127.0.0.1:{port}"}), None, system)
+        with pytest.raises(StartError) as failure:
+            router.start()
+    assert failure.value.problems == [
+        ("tunnels.gre1", "a device named gre1 already exists (another tunnelrouter has it, or "
+                         "remove it: ip link del gre1)"),
+        ("metrics", f"cannot listen on 127.0.0.1:{port}: Address already in use (another "
+                    f"program, or another tunnelrouter, listens there: choose another port)")]
+    assert list(system.links) == ["gre1"] and router.metrics is None
