@@ -9,15 +9,18 @@ or on SIGTERM; SIGINT from a terminal is the router's to act on, not its.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import resource
 import signal
 import socket
 import sys
 
+from tunnelrouter import logs
 from tunnelrouter.forward.channel import Channel
 from tunnelrouter.forward.forwarder import TICK, Forwarder
 from tunnelrouter.io.loop import Loop
+from tunnelrouter.io.privileges import set_no_new_privs
 
 log = logging.getLogger("tunnelrouter")
 
@@ -41,6 +44,7 @@ class Worker:
 
     def tick(self, now: float) -> None:
         self.forwarder.tick(now)
+        logs.tick(now)
         if now >= self._next_status:
             self._next_status = now + STATUS_INTERVAL
             status = {"forwards": self.forwarder.status(), "internal_errors": self.loop.faults}
@@ -63,12 +67,17 @@ def raise_descriptor_limit() -> None:
 
 
 def main(argv: list[str]) -> int:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(levelname)s %(name)s forwarder: %(message)s")
+    parser = argparse.ArgumentParser(prog="tunnelrouter.forward.worker")
+    parser.add_argument("fd", type=int)
+    parser.add_argument("--log-format", choices=logs.FORMATS, default="text")
+    parser.add_argument("--log-level", choices=logs.LEVELS, default="info")
+    args = parser.parse_args(argv)
+    logs.setup(args.log_format, args.log_level, process="forwarder")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    set_no_new_privs()   # it never runs another program: none may gain anything
     raise_descriptor_limit()
     loop = Loop()
-    worker = Worker(Channel(socket.socket(fileno=int(argv[0]))), loop)
+    worker = Worker(Channel(socket.socket(fileno=args.fd)), loop)
     loop.on_signal(signal.SIGTERM, loop.stop)
     loop.watch(worker.channel.fileno(), worker.on_channel)
     try:
