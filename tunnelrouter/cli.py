@@ -38,8 +38,15 @@ def _print_problems(config_path: str, problems) -> None:
 
 
 def command_run(args) -> int:
-    from tunnelrouter.router import Router, StartError  # pyroute2 and pytun: the daemon only
     logs.setup(args.log_format, args.log_level)
+    try:
+        return _run(args)
+    finally:
+        logs.reset()    # main() runs again in the same process (tests, a router on a thread)
+
+
+def _run(args) -> int:
+    from tunnelrouter.router import Router, StartError  # pyroute2 and pytun: the daemon only
     try:
         config = load_config(args.config)
     except ConfigError as error:

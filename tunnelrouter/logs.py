@@ -37,6 +37,7 @@ log = logging.getLogger("tunnelrouter")
 
 _settings = {"format": "text", "level": "info"}
 _handler: logging.Handler | None = None
+_level_before = logging.WARNING
 _limiter: RateLimit | None = None
 
 
@@ -50,10 +51,12 @@ def setup(log_format: str = "text", level: str = "info", process: str = "router"
           stream=None) -> logging.Handler:
     """Log to ``stream`` (stderr) from now on, in ``log_format`` at ``level`` and above,
     instead of where an earlier call said; the handler, for whoever wants it gone again."""
-    global _handler, _limiter
+    global _handler, _limiter, _level_before
     root = logging.getLogger()
     if _handler is not None:
         root.removeHandler(_handler)
+    else:
+        _level_before = root.level
     _handler = logging.StreamHandler(stream or sys.stderr)
     label = "" if process == "router" else f" {process}"
     _handler.setFormatter(JsonFormatter(process) if log_format == "json"
@@ -64,6 +67,16 @@ def setup(log_format: str = "text", level: str = "info", process: str = "router"
     root.setLevel(level.upper())
     _settings.update({"format": log_format, "level": level})
     return _handler
+
+
+def reset() -> None:
+    """Undo :func:`setup`: no handler of ours, the default level and format."""
+    global _handler, _limiter
+    if _handler is not None:
+        logging.getLogger().removeHandler(_handler)
+        logging.getLogger().setLevel(_level_before)
+    _handler = _limiter = None
+    _settings.update({"format": "text", "level": "info"})
 
 
 def child_arguments() -> list[str]:

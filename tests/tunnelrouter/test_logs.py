@@ -25,20 +25,12 @@ RFC3339_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 def output():
     """``output(format, level="info", process="router")``: logging set up into a buffer, whose
     lines the call returns as a function; undone at the end."""
-    root = logging.getLogger()
-    level = root.level
-    handlers = []
-
     def setup(log_format: str, level: str = "info", process: str = "router"):
         buffer = io.StringIO()
-        handlers.append(logs.setup(log_format, level, process, stream=buffer))
+        logs.setup(log_format, level, process, stream=buffer)
         return lambda: buffer.getvalue().splitlines()
     yield setup
-    for handler in handlers:
-        root.removeHandler(handler)
-    root.setLevel(level)
-    logs._handler = logs._limiter = None
-    logs._settings.update({"format": "text", "level": "info"})
+    logs.reset()
 
 
 def test_text_lines_are_as_they_always_were(output):
@@ -108,8 +100,9 @@ def limited(output):
     lines = output("json")
     clock = Clock()
     limiter = RateLimit(burst=5, interval=60, max_keys=8, clock=clock)
-    logs._handler.removeFilter(logs._limiter)
-    logs._handler.addFilter(limiter)
+    handler = logging.getLogger().handlers[-1]
+    handler.removeFilter(handler.filters[0])
+    handler.addFilter(limiter)
     return lambda: [json.loads(line) for line in lines()], limiter, clock
 
 
