@@ -117,17 +117,25 @@ $(BENCH_STAMP): pyproject.toml $(STAMP)
 # The systemd unit, the command and a sample configuration (README "Running under systemd").
 # The command is this checkout's virtualenv, linked: keep the checkout where it is.
 PREFIX ?= /usr/local
+# The unit runs as the user tunnelrouter: its sysusers.d file goes beside the unit, and on this
+# machine (no DESTDIR) systemd-sysusers makes the user now; in a DESTDIR (a package's root)
+# the target machine makes it when it boots, or its package's postinst runs systemd-sysusers.
 install: deps
-	install -d $(DESTDIR)/etc/tunnelrouter $(DESTDIR)/etc/systemd/system \
+	install -d $(DESTDIR)/etc/tunnelrouter $(DESTDIR)/etc/systemd/system $(DESTDIR)/etc/sysusers.d \
 	  $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/doc/tunnelrouter
 	ln -sfn $(abspath $(VENV))/bin/tunnelrouter $(DESTDIR)$(PREFIX)/bin/tunnelrouter
 	sed 's|/usr/local|$(PREFIX)|g' systemd/tunnelrouter@.service \
 	  > $(DESTDIR)/etc/systemd/system/tunnelrouter@.service
+	install -m 644 systemd/tunnelrouter.sysusers $(DESTDIR)/etc/sysusers.d/tunnelrouter.conf
 	install -m 644 README.md $(DESTDIR)$(PREFIX)/share/doc/tunnelrouter/README.md
 	test -e $(DESTDIR)/etc/tunnelrouter/example.yaml || \
-	  install -m 600 examples/site-a.yaml $(DESTDIR)/etc/tunnelrouter/example.yaml
+	  install -m 640 examples/site-a.yaml $(DESTDIR)/etc/tunnelrouter/example.yaml
+	if [ -z "$(DESTDIR)" ]; then \
+	  systemd-sysusers /etc/sysusers.d/tunnelrouter.conf && \
+	  chgrp tunnelrouter /etc/tunnelrouter/example.yaml; \
+	fi
 	@echo "installed; now: systemctl daemon-reload && systemctl enable --now tunnelrouter@NAME" \
-	  "(for /etc/tunnelrouter/NAME.yaml)"
+	  "(for /etc/tunnelrouter/NAME.yaml, mode 640, group tunnelrouter)"
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info encap/*.so tunnelrouter/io/*.so

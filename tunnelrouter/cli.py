@@ -7,16 +7,16 @@ a system service.
 
 import argparse
 import json
-import logging
 import os
 import socket
 import sys
 import time
 from pathlib import Path
 
-from tunnelrouter import __version__
+from tunnelrouter import __version__, logs
 from tunnelrouter.config import DEFAULT_CONTROL_DIR, ConfigError, load_config, parse_config, render
 from tunnelrouter.control.render import is_status, render_status
+from tunnelrouter.io import privileges
 from tunnelrouter.modes import MODES, TunnelConfig
 
 EXIT_CONFIG = 2
@@ -26,14 +26,10 @@ SHOW_TIMEOUT = 5.0
 RELOAD_TIMEOUT = 60.0   # a reload that adds many tunnels takes its time
 SHOW_MAX_BYTES = 64 << 20
 
-# Capability bits (linux/capability.h) the router needs: devices and routes, raw sockets.
-NEEDED_CAPABILITIES = {"CAP_NET_ADMIN": 12, "CAP_NET_RAW": 13}
 
 
-def missing_capabilities(status_path: str = "/proc/self/status") -> list[str]:
-    with open(status_path) as status:
-        effective = next(int(line.split()[1], 16) for line in status if line.startswith("CapEff:"))
-    return [name for name, bit in NEEDED_CAPABILITIES.items() if not effective >> bit & 1]
+def missing_capabilities(names=privileges.ROUTER_NEEDS) -> list[str]:
+    return privileges.missing(names)
 
 
 def _print_problems(config_path: str, problems) -> None:
@@ -42,9 +38,15 @@ def _print_problems(config_path: str, problems) -> None:
 
 
 def command_run(args) -> int:
+    logs.setup(args.log_format, args.log_level)
+    try:
+        return _run(args)
+    finally:
+        logs.reset()    # main() runs again in the same process (tests, a router on a thread)
+
+
+def _run(args) -> int:
     from tunnelrouter.router import Router, StartError  # pyroute2 and pytun: the daemon only
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
     try:
         config = load_config(args.config)
     except ConfigError as error:
@@ -53,10 +55,20 @@ def command_run(args) -> int:
     missing = missing_capabilities() if config.tunnels else []   # forwards need neither
     if missing:
         print(f"tunnelrouter run: missing {' and '.join(missing)}: run as root, or grant them "
-              "(systemd AmbientCapabilities=, or setcap on the interpreter)", file=sys.stderr)
+              "(systemd AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW, or setcap "
+              "cap_net_admin,cap_net_raw+ep on the interpreter)", file=sys.stderr)
         return EXIT_UNAVAILABLE
+    if args.user is not None and not privileges.is_already(args.user):
+        missing = missing_capabilities(privileges.SWITCHING_NEEDS)
+        if missing:
+            print(f"tunnelrouter run: --user {args.user.user} needs {' and '.join(missing)} to "
+                  f"switch to that user: start it as root (it keeps only CAP_NET_ADMIN and "
+                  f"CAP_NET_RAW once started), or run it as {args.user.user} with those two "
+                  f"and no --user", file=sys.stderr)
+            return EXIT_UNAVAILABLE
+    privileges.clear_ambient()   # for exec only, and nothing the router starts needs them
     router = Router(config, args.control_socket or config.control_path(args.config),
-                    config_path=args.config)
+                    config_path=args.config, drop_to=args.user)
     router.handle_signals()
     try:
         router.start()
@@ -236,6 +248,17 @@ def command_mtu(args) -> int:
     return 0
 
 
+def _looked_up(lookup):
+    """An argparse type: ``lookup(text)``, whose ValueError is argparse's usage error."""
+    def convert(text: str):
+        try:
+            return lookup(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    convert.__name__ = lookup.__name__
+    return convert
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tunnelrouter",
@@ -249,7 +272,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", help="the YAML configuration file")
     run.add_argument("--control-socket", metavar="PATH",
                      help="where `show` reaches the daemon (default: /run/tunnelrouter/NAME.sock)")
-    run.set_defaults(handler=command_run)
+    run.add_argument("--user", metavar="NAME", type=_looked_up(privileges.account),
+                     help="after start-up, run as this user with only CAP_NET_ADMIN and "
+                          "CAP_NET_RAW (start as root)")
+    run.add_argument("--group", metavar="NAME", type=_looked_up(privileges.group),
+                     help="with --user: this group instead of the user's own")
+    run.add_argument("--log-format", choices=logs.FORMATS, default="text",
+                     help="text (default) or json: one JSON object per line")
+    run.add_argument("--log-level", choices=logs.LEVELS, default="info",
+                     help="the least important lines logged (default: info)")
+    run.set_defaults(handler=command_run, run_parser=run)
 
     show = commands.add_parser("show", help="state and counters of a running router")
     show.add_argument("tunnel", nargs="?", help="only this tunnel (or forward)")
@@ -294,6 +326,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    if args.command == "run" and args.group is not None:
+        if args.user is None:
+            args.run_parser.error("--group needs --user")
+        args.user = args.user._replace(group=args.group[0], gid=args.group[1])
     talks_to_the_daemon = args.command in ("show", "reload") or (
         args.command == "check" and args.against_running)
     if talks_to_the_daemon and args.socket is None:

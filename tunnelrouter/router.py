@@ -17,17 +17,22 @@ once with the tunnel they concern.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 from collections import Counter
 
+from tunnelrouter import logs
 from tunnelrouter.config import ConfigError, RouterConfig, load_config, render
 from tunnelrouter.control.metrics_server import MetricsServer
 from tunnelrouter.control.server import ControlServer
 from tunnelrouter.forward.process import ForwarderProcess
+from tunnelrouter.io.device import TUN_PATH
 from tunnelrouter.io.errors import SystemProblem
 from tunnelrouter.io.loop import Loop
+from tunnelrouter.io.privileges import ROUTER_NEEDS, Account
 from tunnelrouter.io.system import System
+from tunnelrouter.logs import event
 from tunnelrouter.reload import plan as reload_plan
 from tunnelrouter.tunnel.endpoint import Endpoint
 from tunnelrouter.tunnels import TunnelSet, key_path
@@ -48,7 +53,8 @@ class StartError(Exception):
 
 class Router:
     def __init__(self, config: RouterConfig, control_path: str | None = None,
-                 system: System | None = None, config_path: str | None = None):
+                 system: System | None = None, config_path: str | None = None,
+                 drop_to: Account | None = None):
         self.config = config
         self.control_path = control_path
         self.config_path = config_path       # what SIGHUP and `reload` read again
@@ -66,8 +72,10 @@ class Router:
         self.links = None
         self.control: ControlServer | None = None
         self.metrics: MetricsServer | None = None
-        self.forwarder = ForwarderProcess(config.forwards, self.loop) if config.forwards \
-            else None
+        # The user to become once everything is made (run --user); None once it is done.
+        self.drop_to = drop_to
+        self.forwarder = ForwarderProcess(config.forwards, self.loop, run_as=drop_to) \
+            if config.forwards else None
         self.started = time.monotonic()
         self.started_at = time.time()
         self.notifier = self.system.notifier()
@@ -98,6 +106,8 @@ class Router:
             if problems:
                 raise StartError(problems)
             self._start()
+            if self.drop_to is not None:
+                self._drop_privileges()
         except SystemProblem as problem:
             self.close()
             raise StartError([("", problem.message)]) from None
@@ -119,20 +129,57 @@ class Router:
         try:
             self.links = self.system.link_monitor()
         except SystemProblem as problem:
-            log.warning("%s: deleted or restarted devices will not be noticed", problem.message)
+            log.warning("%s: deleted or restarted devices will not be noticed", problem.message,
+                        extra=event("link_events_unavailable", errno=problem.errno))
         if self.links is not None:
             self.loop.watch(self.links.fd, self._on_links)
         if self.control_path:
-            self.control = ControlServer(self.control_path, self.loop, self.answer)
+            owner = None if self.drop_to is None else (self.drop_to.uid, self.drop_to.gid)
+            self.control = ControlServer(self.control_path, self.loop, self.answer, owner)
             try:
                 self.control.open()
             except SystemProblem as problem:
                 raise StartError([("control-socket", problem.message)]) from None
         if self.tunnels:
-            log.info("started %d tunnel(s): %s", len(self.tunnels), ", ".join(self.tunnels))
+            log.info("started %d tunnel(s): %s", len(self.tunnels), ", ".join(self.tunnels),
+                     extra=event("tunnels_started", tunnels=list(self.tunnels)))
         if self.forwarder is not None:
             log.info("started %d forward(s): %s", len(self.config.forwards),
-                     ", ".join(self.config.forwards))
+                     ", ".join(self.config.forwards),
+                     extra=event("forwards_started", forwards=list(self.config.forwards)))
+
+    def _drop_privileges(self) -> None:
+        """Become the ``run --user`` user, keeping only CAP_NET_ADMIN and CAP_NET_RAW: after
+        everything that needs more (the control socket's directory, ports below 1024) is
+        made, and before anything from outside is read."""
+        account = self.drop_to
+        self.system.drop_privileges(account)
+        self.drop_to = None
+        if self.forwarder is not None:
+            self.forwarder.run_as = None    # from now on it is started as we are: as the user
+        problems = []
+        if self.config_path is not None and not os.access(self.config_path, os.R_OK):
+            problems.append(("", f"{account.user} cannot read {self.config_path}, and a reload "
+                                 f"reads it again: chgrp {account.group} {self.config_path} && "
+                                 f"chmod g+r {self.config_path} (and let {account.user} into "
+                                 f"its directory)"))
+        if not os.access(TUN_PATH, os.R_OK | os.W_OK):
+            problems.append(("", f"{account.user} cannot open {TUN_PATH}, and a tunnel that "
+                                 f"a reload adds, or a device made again after it was deleted, "
+                                 f"needs it: chmod 0666 {TUN_PATH}, the mode udev gives it "
+                                 f"(the kernel asks for CAP_NET_ADMIN itself)"))
+        if problems:
+            raise StartError(problems)
+        directory = os.path.dirname(self.control_path or "") or "."
+        if self.control is not None and not os.access(directory, os.W_OK | os.X_OK):
+            log.warning("%s cannot write %s: the control socket stays there when the router "
+                        "stops (the next start replaces it)", account.user, directory,
+                        extra=event("control_socket_kept", path=self.control_path))
+        log.info("running as %s:%s with only %s", account.user, account.group,
+                 " and ".join(ROUTER_NEEDS),
+                 extra=event("privileges_dropped", user=account.user, uid=account.uid,
+                             group=account.group, gid=account.gid,
+                             capabilities=list(ROUTER_NEEDS)))
 
     def _open_metrics(self, endpoint) -> tuple[MetricsServer | None, str | None]:
         """A metrics server listening on ``endpoint``, or why there is none."""
@@ -180,7 +227,7 @@ class Router:
         try:
             self.loop.run(self.tick, TICK)
         finally:
-            log.info("stopping")
+            log.info("stopping", extra=event("stopping"))
             self.notifier.stopping()
             self.close()
             self.notifier.close()
@@ -302,7 +349,7 @@ class Router:
                 self.forwarder = None
             return []
         if self.forwarder is None:
-            self.forwarder = ForwarderProcess(new.forwards, self.loop)
+            self.forwarder = ForwarderProcess(new.forwards, self.loop, run_as=self.drop_to)
             return [f"{path}: {message}" for path, message in self.forwarder.start()]
         return [f"{path}: {message}" for path, message in self.forwarder.apply(new.forwards)]
 
@@ -320,11 +367,16 @@ class Router:
             self.generation += 1
             self.loaded = time.time()
             log.info("reload: generation %d, sha256 %s: %s", self.generation, new.sha256,
-                     "; ".join(lines))
+                     "; ".join(lines),
+                     extra=event("reload_applied", generation=self.generation,
+                                 sha256=new.sha256, changes=lines))
         elif result == "unchanged":
-            log.info("reload: %s is unchanged (sha256 %s)", self.config_path, new.sha256)
+            log.info("reload: %s is unchanged (sha256 %s)", self.config_path, new.sha256,
+                     extra=event("reload_unchanged", sha256=new.sha256))
+        outcome = "refused" if result == "refused" else "failed"
         for line in report["problems"]:
-            log.warning("reload %s: %s", "refused" if result == "refused" else "failed", line)
+            log.warning("reload %s: %s", outcome, line,
+                        extra=event(f"reload_{outcome}", problem=line))
         report["generation"] = self.generation
         self.last_reload = report | {"at": time.time()}
         self.notifier.ready(f"{self._summary()}; configuration generation {self.generation}"
@@ -333,6 +385,7 @@ class Router:
 
     def tick(self, now: float) -> None:
         self.tunnel_set.tick(now)
+        logs.tick(now)
         if self.control is not None:
             self.control.tick(now)
         if self.metrics is not None:

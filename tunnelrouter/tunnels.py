@@ -30,6 +30,7 @@ from tunnelrouter.io.errors import SystemProblem
 from tunnelrouter.io.loop import EPOLLERR, Loop
 from tunnelrouter.io.system import System
 from tunnelrouter.io.underlay import UnderlaySocket
+from tunnelrouter.logs import event
 from tunnelrouter.modes import TunnelConfig, Underlay
 from tunnelrouter.tunnel.batch import BATCH_SIZE, VNET_HEADER_LENGTH, Batch
 from tunnelrouter.tunnel.counters import Counters
@@ -402,12 +403,17 @@ class TunnelSet:
         routing daemons see the link go."""
         config, liveness = tunnel.config, tunnel.endpoint.liveness
         routed = _routed(tunnel)
+        peers = [str(peer) for peer in config.peers]
         if routed:
-            log.info("tunnel %s: peer up; routes and carrier restored", config.name)
+            log.info("tunnel %s: peer up; routes and carrier restored", config.name,
+                     extra=event("peer_up", limited=True, tunnel=config.name, peers=peers,
+                                 rtt=liveness.rtt))
         else:
             log.warning("tunnel %s: peer down, nothing heard for %d keepalive intervals of "
                         "%d s; its routes are withdrawn and its carrier is off", config.name,
-                        liveness.retries, liveness.interval)
+                        liveness.retries, liveness.interval,
+                        extra=event("peer_down", limited=True, tunnel=config.name, peers=peers,
+                                    silent_for=liveness.retries * liveness.interval))
         device = tunnel.device
         if device is None:
             return   # made again as the peer's state says
@@ -429,7 +435,9 @@ class TunnelSet:
         lowered = mtu < tunnel.config.device_mtu
         if not quiet:
             log.info("tunnel %s: path MTU %s, now carries %d-byte packets", endpoint.name,
-                     endpoint.pmtu.status(time.monotonic()) or "back to the link's", mtu)
+                     endpoint.pmtu.status(time.monotonic()) or "back to the link's", mtu,
+                     extra=event("path_mtu_changed", limited=True, tunnel=endpoint.name,
+                                 mtu=mtu))
         if tunnel.device is None or not tunnel.up or not _routed(tunnel):
             return  # the routes come back with the device (or the peer), with this MTU
         self._netlink(tunnel, "set the route MTU", lambda: self.netlink.program_routes(
@@ -444,15 +452,18 @@ class TunnelSet:
             tunnel.endpoint.counters.netlink_errors += 1
             self._warn_once((tunnel.config.name, what),
                             f"tunnel {tunnel.config.name}: cannot {what}: "
-                            f"{key_path(tunnel.config, problem.path)}: {problem.message}")
+                            f"{key_path(tunnel.config, problem.path)}: {problem.message}",
+                            event("netlink_failed", limited=True, tunnel=tunnel.config.name,
+                                  call=what, key=key_path(tunnel.config, problem.path),
+                                  errno=problem.errno))
             return False
         self._warned.discard((tunnel.config.name, what))
         return True
 
-    def _warn_once(self, key: tuple, message: str) -> None:
+    def _warn_once(self, key: tuple, message: str, fields: dict) -> None:
         if key not in self._warned:
             self._warned.add(key)
-            log.warning("%s (logged once until it works again)", message)
+            log.warning("%s (logged once until it works again)", message, extra=fields)
 
     # -- devices that go away or down ----------------------------------------------------
 
@@ -469,7 +480,8 @@ class TunnelSet:
         tunnel.restore_at = time.monotonic() + RESTORE_FIRST
         log.warning("tunnel %s: its device is gone (%s); the other tunnels carry on, and "
                     "the device is made again in %.0f s", tunnel.config.name, why,
-                    RESTORE_FIRST)
+                    RESTORE_FIRST, extra=event("device_lost", limited=True,
+                                               tunnel=tunnel.config.name, reason=why))
 
     def _restore(self, tunnel: _Tunnel, now: float) -> None:
         name = tunnel.config.name
@@ -480,10 +492,13 @@ class TunnelSet:
             tunnel.restore_at = now + tunnel.restore_delay
             self._warn_once((name, "make its device again"),
                             f"tunnel {name}: cannot make its device again: {problem.message}; "
-                            f"trying again every {RESTORE_LONGEST:.0f} s at most")
+                            f"trying again every {RESTORE_LONGEST:.0f} s at most",
+                            event("device_restore_failed", limited=True, tunnel=name,
+                                  errno=problem.errno))
             return
         self._warned.discard((name, "make its device again"))
-        log.info("tunnel %s: device made again, with its addresses and routes", name)
+        log.info("tunnel %s: device made again, with its addresses and routes", name,
+                 extra=event("device_restored", limited=True, tunnel=name))
         if tunnel.endpoint.effective_mtu != tunnel.config.device_mtu:
             self._set_route_mtu(tunnel)
 
@@ -522,19 +537,23 @@ class TunnelSet:
             if tunnel.up:
                 tunnel.up = False
                 log.warning("tunnel %s: its device was set down; its routes are gone until "
-                            "it is up again", name)
+                            "it is up again", name,
+                            extra=event("device_down", limited=True, tunnel=name))
             return
         if not tunnel.up:
             tunnel.up = True
             if self._netlink(tunnel, "restore its addresses and routes",
                              lambda: self.netlink.program_device(tunnel.config,
                                                                  routes=_routed(tunnel))):
-                log.info("tunnel %s: device up again; addresses and routes restored", name)
+                log.info("tunnel %s: device up again; addresses and routes restored", name,
+                         extra=event("device_up", limited=True, tunnel=name))
                 if tunnel.endpoint.effective_mtu != tunnel.config.device_mtu:
                     self._set_route_mtu(tunnel)
         elif mtu is not None and mtu != tunnel.config.device_mtu:
             log.warning("tunnel %s: its device's MTU was changed to %d; setting it back to %d",
-                        name, mtu, tunnel.config.device_mtu)
+                        name, mtu, tunnel.config.device_mtu,
+                        extra=event("device_mtu_reset", limited=True, tunnel=name, mtu=mtu,
+                                    configured=tunnel.config.device_mtu))
             self._netlink(tunnel, "set its MTU back",
                           lambda: self.netlink.program_device(tunnel.config,
                                                               routes=_routed(tunnel)))

@@ -1,7 +1,8 @@
 """The systemd unit: systemd's own verifier takes it, it asks for what the router does
 (Type=notify with a watchdog the loop feeds, ExecReload with `tunnelrouter reload`, the two
-capabilities and no others), and `make install` puts it, the command and a sample where
-systemd and an operator look for them."""
+capabilities and no others, a user of its own that systemd-sysusers makes), and `make install`
+puts it, the user's sysusers.d file, the command and a sample where systemd and an operator
+look for them."""
 
 import configparser
 import os
@@ -12,6 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "tunnelrouter@.service"
+SYSUSERS = REPO / "systemd" / "tunnelrouter.sysusers"
 TUNNELROUTER = REPO / ".venv" / "bin" / "tunnelrouter"
 
 
@@ -48,6 +50,19 @@ def test_the_unit_is_a_notify_service_with_a_watchdog_reload_and_two_capabilitie
     for key in ("CapabilityBoundingSet", "AmbientCapabilities"):
         assert sorted(service[key][0].split()) == ["CAP_NET_ADMIN", "CAP_NET_RAW"]
     assert service["ProtectSystem"] == ["strict"] and service["NoNewPrivileges"] == ["yes"]
+    # The per-device sysctls are written through /proc/sys: it must stay writable.
+    assert "ProtectKernelTunables" not in service
+
+
+@pytest.mark.needs_binary("systemd-sysusers")
+def test_the_unit_runs_as_a_user_of_its_own_whom_sysusers_makes(tmp_path):
+    service = unit()
+    assert service["User"] == service["Group"] == ["tunnelrouter"]
+    assert "DynamicUser" not in service and service["RuntimeDirectory"] == ["tunnelrouter"]
+    result = subprocess.run(["systemd-sysusers", "--dry-run", f"--root={tmp_path}",
+                             str(SYSUSERS)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "Creating user 'tunnelrouter'" in result.stderr + result.stdout
 
 
 @pytest.mark.parametrize("command", ["ExecStart", "ExecReload"])
@@ -68,8 +83,9 @@ def test_make_install_puts_the_unit_command_and_sample_in_place(tmp_path):
     assert (tmp_path / "etc/systemd/system/tunnelrouter@.service").read_text() == \
         UNIT.read_text()
     assert (tmp_path / "usr/local/bin/tunnelrouter").resolve() == TUNNELROUTER.resolve()
+    assert (tmp_path / "etc/sysusers.d/tunnelrouter.conf").read_text() == SYSUSERS.read_text()
     sample = tmp_path / "etc/tunnelrouter/example.yaml"
-    assert sample.stat().st_mode & 0o777 == 0o600
+    assert sample.stat().st_mode & 0o777 == 0o640   # for the group tunnelrouter to read
     assert subprocess.run([str(TUNNELROUTER), "check", str(sample)], capture_output=True,
                           timeout=60).returncode == 0
 

@@ -405,6 +405,41 @@ def test_run_of_a_router_with_only_forwards_asks_for_no_capability(tmp_path, cap
            f"Cannot assign requested address (192.0.2.99 is not an address of this host" in err
 
 
+@pytest.mark.parametrize("arguments, message", [
+    (["--log-format", "xml"], "argument --log-format: invalid choice: 'xml' (choose from "
+                              "'text', 'json')"),
+    (["--log-level", "loud"], "argument --log-level: invalid choice: 'loud'"),
+    (["--user", "no-such-user-here"], "argument --user: no user 'no-such-user-here' on this "
+                                      "host"),
+    (["--user", "nobody", "--group", "no-such-group"], "argument --group: no group "
+                                                       "'no-such-group' on this host"),
+    (["--group", "nogroup"], "--group needs --user"),
+])
+def test_a_bad_run_option_is_a_usage_error_not_a_traceback(capsys, arguments, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "site.yaml", *arguments])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: tunnelrouter run ") and \
+        f"tunnelrouter run: error: {message}" in err and "Traceback" not in err
+
+
+def test_run_user_without_the_capabilities_to_switch_says_how_and_exits_69(tmp_path, capsys,
+                                                                          monkeypatch):
+    monkeypatch.setattr(cli, "missing_capabilities",
+                        lambda names=("CAP_NET_ADMIN",): [name for name in names
+                                                          if name in ("CAP_SETUID",
+                                                                      "CAP_SETGID")])
+    monkeypatch.setattr(cli.privileges, "is_already", lambda account: False)
+    path = tmp_path / "site.yaml"
+    path.write_text(json.dumps({"tunnels": {"gre1": GRE}}))
+    assert main(["run", str(path), "--user", "nobody"]) == 69
+    assert capsys.readouterr().err == (
+        "tunnelrouter run: --user nobody needs CAP_SETUID and CAP_SETGID to switch to that "
+        "user: start it as root (it keeps only CAP_NET_ADMIN and CAP_NET_RAW once started), "
+        "or run it as nobody with those two and no --user\n")
+
+
 # -- reload -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("flags, request_sent", [([], b"reload\n"),

@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 from tunnelrouter.io.errors import SystemProblem
 from tunnelrouter.io.loop import EPOLLERR, Loop
+from tunnelrouter.logs import event
 
 log = logging.getLogger("tunnelrouter")
 
@@ -45,10 +46,15 @@ class _Client:
 
 
 class ControlServer:
-    """``answer(request line) -> dict`` is called in the loop for each complete request."""
+    """``answer(request line) -> dict`` is called in the loop for each complete request.
+    ``owner``: ``(uid, gid)`` the router will run as (``run --user``): the socket becomes
+    theirs, so that ``tunnelrouter reload`` as that user reaches it, and so does its directory
+    if the router made it, so that the router can remove the socket when it stops."""
 
-    def __init__(self, path: str, loop: Loop, answer: Callable[[str], dict]):
+    def __init__(self, path: str, loop: Loop, answer: Callable[[str], dict],
+                 owner: tuple[int, int] | None = None):
         self.path = path
+        self.owner = owner
         self.loop = loop
         self.answer = answer
         self.clients: dict[int, _Client] = {}
@@ -58,11 +64,15 @@ class ControlServer:
 
     def open(self) -> None:
         """Listen on ``path``; a stale socket there is replaced, anything else refused."""
-        _claim(self.path)
+        made_directory = _claim(self.path)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             listener.bind(self.path)
             os.chmod(self.path, 0o660)
+            if self.owner is not None:
+                os.chown(self.path, *self.owner)
+                if made_directory:
+                    os.chown(os.path.dirname(self.path) or ".", *self.owner)
             listener.listen(BACKLOG)
         except OSError as error:
             listener.close()
@@ -81,7 +91,9 @@ class ControlServer:
                 return
             except OSError as error:
                 # EMFILE and friends: the client stays in the backlog; do not spin on it.
-                log.warning("control socket: cannot accept a client: %s", error.strerror)
+                log.warning("control socket: cannot accept a client: %s", error.strerror,
+                            extra=event("control_accept_failed", limited=True,
+                                        errno=error.errno))
                 return
             if len(self.clients) >= MAX_CLIENTS:
                 self._evict_oldest()
@@ -173,10 +185,12 @@ class ControlServer:
                 pass
 
 
-def _claim(path: str) -> None:
+def _claim(path: str) -> bool:
     """Make ``path`` free for our socket: create its directory, remove a stale socket;
-    refuse a live one (another router answers there) and anything that is not a socket."""
+    refuse a live one (another router answers there) and anything that is not a socket.
+    True if the directory was made here."""
     directory = os.path.dirname(path) or "."
+    made = not os.path.isdir(directory)
     try:
         os.makedirs(directory, mode=0o750, exist_ok=True)
     except OSError as error:
@@ -185,7 +199,7 @@ def _claim(path: str) -> None:
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
-        return
+        return made
     except OSError as error:
         raise SystemProblem(f"cannot look at {path}: {error.strerror}{_hint(error)}") from None
     if not stat.S_ISSOCK(mode):
@@ -211,6 +225,7 @@ def _claim(path: str) -> None:
         os.unlink(path)
     except OSError as error:
         raise SystemProblem(f"cannot remove the stale socket {path}: {error.strerror}") from None
+    return made
 
 
 def _hint(error: OSError) -> str:

@@ -20,6 +20,7 @@ from tunnelrouter.forward.tcp import PipePool, TcpForward
 from tunnelrouter.forward.udp import UdpForward
 from tunnelrouter.io.errors import SystemProblem
 from tunnelrouter.io.loop import Loop
+from tunnelrouter.logs import event
 
 log = logging.getLogger("tunnelrouter")
 
@@ -91,7 +92,9 @@ class Forwarder:
     def warn_once(self, key: tuple, message: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
-            log.warning("%s (logged once)", message)
+            what, name = key
+            log.warning("%s (logged once)", message,
+                        extra=event(f"forward_{what}_failed", forward=name))
 
     def close(self) -> None:
         for forward in (*self.forwards.values(), *self.retired):

@@ -16,9 +16,12 @@ import subprocess
 import sys
 import time
 
+from tunnelrouter import logs
 from tunnelrouter.forward.channel import Channel
 from tunnelrouter.forward.config import ForwardConfig
 from tunnelrouter.io.loop import Loop
+from tunnelrouter.io.privileges import Account
+from tunnelrouter.logs import event
 
 log = logging.getLogger("tunnelrouter")
 
@@ -28,9 +31,14 @@ RESTART_FIRST, RESTART_LONGEST = 1.0, 30.0
 
 
 class ForwarderProcess:
-    def __init__(self, forwards: dict[str, ForwardConfig], loop: Loop):
+    """``run_as``: the user the process runs as when the router still runs as root and will
+    drop to it (``run --user``); it then has no capability at all. None: as the router."""
+
+    def __init__(self, forwards: dict[str, ForwardConfig], loop: Loop,
+                 run_as: Account | None = None):
         self.forwards = forwards
         self.loop = loop
+        self.run_as = run_as
         self.process: subprocess.Popen | None = None
         self.channel: Channel | None = None
         self.restarts = 0
@@ -43,11 +51,14 @@ class ForwarderProcess:
         """Start the process and apply the forwards: ``(key path, message)`` for each that
         cannot listen (then the caller closes this and does not start)."""
         router_end, worker_end = socket.socketpair()
+        user = {} if self.run_as is None else {
+            "user": self.run_as.uid, "group": self.run_as.gid, "extra_groups": []}
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "tunnelrouter.forward.worker", str(worker_end.fileno())],
+                [sys.executable, "-m", "tunnelrouter.forward.worker", str(worker_end.fileno()),
+                 *logs.child_arguments()],
                 pass_fds=(worker_end.fileno(),), stdin=subprocess.DEVNULL,
-                start_new_session=True)   # a terminal's ^C is the router's to act on
+                start_new_session=True, **user)   # a terminal's ^C is the router's to act on
         except OSError as error:
             router_end.close()
             return [("forwards", f"cannot start the forwarder process: {error.strerror}")]
@@ -108,7 +119,8 @@ class ForwarderProcess:
         self._status = {}
         self._restart_at = time.monotonic() + self._restart_delay
         log.warning("the forwarder process ended (exit status %s); its connections are gone; "
-                    "starting it again in %.0f s", code, self._restart_delay)
+                    "starting it again in %.0f s", code, self._restart_delay,
+                    extra=event("forwarder_ended", exit_status=code))
 
     def tick(self, now: float) -> None:
         if self._restart_at is None or now < self._restart_at:
@@ -119,8 +131,10 @@ class ForwarderProcess:
             self._restart_at = None
             self._restart_delay = RESTART_FIRST
             for path, message in problems:
-                log.warning("forwarder started again without %s: %s", path, message)
-            log.info("forwarder process started again")
+                log.warning("forwarder started again without %s: %s", path, message,
+                            extra=event("forward_not_restarted", key=path, problem=message))
+            log.info("forwarder process started again",
+                     extra=event("forwarder_restarted", restarts=self.restarts))
             return
         self.close()
         self._restart_delay = min(self._restart_delay * 2, RESTART_LONGEST)

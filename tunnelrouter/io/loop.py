@@ -20,6 +20,8 @@ import socket
 import time
 from collections.abc import Callable
 
+from tunnelrouter.logs import event
+
 log = logging.getLogger("tunnelrouter")
 
 EPOLLIN, EPOLLOUT, EPOLLERR = select.EPOLLIN, select.EPOLLOUT, select.EPOLLERR
@@ -115,7 +117,8 @@ class Loop:
         if (where, type(error)) not in self._faults_seen:
             self._faults_seen.add((where, type(error)))
             log.error("internal error in %s (the router carries on; this is logged once): %r",
-                      where, error, exc_info=error)
+                      where, error, exc_info=error,
+                      extra=event("internal_error", where=where, error=type(error).__name__))
 
     def stop(self) -> None:
         self._stopping = True

@@ -142,8 +142,9 @@ class Netlink:
         try:
             function(*args, **kwargs)
         except (NetlinkError, OSError) as error:
-            raise SystemProblem(f"the kernel refused to {what}: {_reason(error)}",
-                                path) from None
+            number = error.code if isinstance(error, NetlinkError) else error.errno
+            raise SystemProblem(f"the kernel refused to {what}: {_reason(error)}", path,
+                                number) from None
 
     def close(self) -> None:
         if self._ipr is not None:
@@ -179,7 +180,7 @@ def _device_sysctl(family: str, device: str, setting: str) -> None:
     try:
         path.write_text("1")
     except OSError as error:
-        raise SystemProblem(f"cannot set {path}: {error.strerror}") from None
+        raise SystemProblem(f"cannot set {path}: {error.strerror}", errno=error.errno) from None
 
 
 # -- link events ------------------------------------------------------------------------
@@ -213,7 +214,8 @@ class LinkMonitor:
             self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
             self.sock.bind((0, RTMGRP_LINK))
         except OSError as error:
-            raise SystemProblem(f"cannot listen to link events: {error.strerror}") from None
+            raise SystemProblem(f"cannot listen to link events: {error.strerror}",
+                                errno=error.errno) from None
         self.sock.setblocking(False)
         self.fd = self.sock.fileno()
         self.overflowed = False

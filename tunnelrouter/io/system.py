@@ -9,6 +9,7 @@ import socket
 
 from tunnelrouter.io.device import TunTapDevice
 from tunnelrouter.io.errors import SystemProblem
+from tunnelrouter.io import privileges
 from tunnelrouter.io.netlink import LinkMonitor, Netlink
 from tunnelrouter.io.systemd import Notifier
 from tunnelrouter.io.underlay import RawSocket, UdpSocket
@@ -33,6 +34,10 @@ class System:
     def notifier(self) -> Notifier:
         """systemd's notify socket, from the environment (outside systemd: silent)."""
         return Notifier()
+
+    def drop_privileges(self, account: privileges.Account) -> None:
+        """Become ``account`` with only the capabilities the router needs (``run --user``)."""
+        privileges.drop(account)
 
     def claim(self, name: str) -> socket.socket:
         """Hold ``name`` for as long as the returned socket is open; SystemProblem if another

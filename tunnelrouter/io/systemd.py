@@ -16,6 +16,8 @@ import os
 import socket
 import time
 
+from tunnelrouter.logs import event
+
 log = logging.getLogger("tunnelrouter")
 
 
@@ -65,7 +67,8 @@ class Notifier:
             if not self._failed:
                 self._failed = True
                 log.warning("cannot notify systemd at %s: %s (logged once)",
-                            self._address.replace("\0", "@"), error.strerror or error)
+                            self._address.replace("\0", "@"), error.strerror or error,
+                            extra=event("notify_failed", errno=error.errno))
             return
         self._failed = False
 
