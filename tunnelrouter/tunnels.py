@@ -34,7 +34,8 @@ from tunnelrouter.logs import event
 from tunnelrouter.modes import TunnelConfig, Underlay
 from tunnelrouter.tunnel.batch import BATCH_SIZE, VNET_HEADER_LENGTH, Batch
 from tunnelrouter.tunnel.counters import Counters
-from tunnelrouter.tunnel.endpoint import Demux, Endpoint, endpoint_for
+from tunnelrouter.tunnel.demux import Demux
+from tunnelrouter.tunnel.endpoint import Endpoint, endpoint_for
 from tunnelrouter.tunnel.liveness import DOWN
 
 log = logging.getLogger("tunnelrouter")

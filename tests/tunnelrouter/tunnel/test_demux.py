@@ -8,7 +8,7 @@ or on the one tunnel that takes it anyway to say why it is not its own.
 import pytest
 
 from tunnelrouter.modes import Underlay
-from tunnelrouter.tunnel.endpoint import Demux
+from tunnelrouter.tunnel.demux import Demux
 from tunnelrouter.tunnel.wan_error import ErrorOrigin
 
 from tests.tunnelrouter.tunnel.harness import (

@@ -9,7 +9,7 @@ from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest, IPv6
 from scapy.layers.l2 import GRE, Ether
 
 from encap.keepalive import ETHERTYPE_PROBE, MARKER, marker
-from tunnelrouter.tunnel.endpoint import Demux
+from tunnelrouter.tunnel.demux import Demux
 from tunnelrouter.tunnel.liveness import DOWN, UNKNOWN, UP
 
 from tests.tunnelrouter.tunnel.harness import (
