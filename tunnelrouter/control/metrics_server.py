@@ -6,61 +6,41 @@ picture, no locks); any other path is 404, any other method 405, a request that
 does not parse 400. Every answer closes the connection: a scrape a second is
 nothing to keep a connection for, and a closed connection holds no slot.
 
-As on the control socket, every socket is non-blocking: a client that connects and
-says nothing, or reads slowly, costs a slot and nothing else. At most
-``MAX_CLIENTS`` slots, the longest-waiting client evicted for a new one; a client
-is closed ``CLIENT_TIMEOUT`` seconds after it connected if its request is not
-complete, and as long again after its answer began if it has not read it. A
-request larger than ``MAX_REQUEST`` is answered 431 and closed. Nothing a client
-does stops the router.
+At most ``MAX_CLIENTS`` clients, each in a slot as ``slots.py`` says (as on the
+control socket); a request larger than ``MAX_REQUEST`` is answered 431 and
+closed. Nothing a client does stops the router.
 """
 
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import resource
 import socket
-import time
 from collections.abc import Callable
 
 from tunnelrouter.control.metrics import CONTENT_TYPE, families, process_families, render
+from tunnelrouter.control.slots import RECEIVE, Client, ClientSlots
 from tunnelrouter.forward.config import Endpoint
 from tunnelrouter.io.errors import SystemProblem
-from tunnelrouter.io.loop import EPOLLERR, Loop
-
-log = logging.getLogger("tunnelrouter")
+from tunnelrouter.io.loop import Loop
 
 MAX_CLIENTS = 16
 BACKLOG = 64
-CLIENT_TIMEOUT = 5.0
 MAX_REQUEST = 8192       # the request line and headers; Prometheus sends about 300 bytes
-_RECEIVE = 4096
 _PATH = "/metrics"
 
 
-class _Client:
-    __slots__ = ("sock", "request", "reply", "deadline")
-
-    def __init__(self, sock: socket.socket, deadline: float):
-        self.sock = sock
-        self.request = b""
-        self.reply = b""
-        self.deadline = deadline
-
-
-class MetricsServer:
+class MetricsServer(ClientSlots):
     """Serves ``status()`` (``Router.status``) as metrics on ``endpoint``."""
 
+    max_clients, what, accept_event = MAX_CLIENTS, "metrics", "metrics_accept_failed"
+
     def __init__(self, endpoint: Endpoint, loop: Loop, status: Callable[[], dict]):
+        super().__init__(loop)
         self.endpoint = endpoint
-        self.loop = loop
         self.router_status = status
-        self.clients: dict[int, _Client] = {}
-        self.evicted = 0
         self.scrapes = 0
-        self._listener: socket.socket | None = None
 
     def open(self) -> None:
         """Listen; raise SystemProblem saying why not."""
@@ -76,50 +56,12 @@ class MetricsServer:
             listener.close()
             raise SystemProblem(f"cannot listen on {self.endpoint}: {error.strerror}"
                                 f"{_hint(error, self.endpoint)}") from None
-        listener.setblocking(False)
-        self._listener = listener
-        self.loop.watch(listener.fileno(), self._accept)
+        self._serve(listener)
 
-    def _accept(self, _events: int) -> None:
-        while True:
-            try:
-                sock, _ = self._listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as error:
-                # EMFILE and friends: the client stays in the backlog; do not spin on it.
-                log.warning("metrics: cannot accept a client: %s", error.strerror)
-                return
-            if len(self.clients) >= MAX_CLIENTS:
-                self._evict_oldest()
-            sock.setblocking(False)
-            fd = sock.fileno()
-            self.clients[fd] = _Client(sock, time.monotonic() + CLIENT_TIMEOUT)
-            self.loop.watch(fd, lambda events, fd=fd: self.handle(fd, events))
-
-    def _evict_oldest(self) -> None:
-        oldest = min(self.clients.values(), key=lambda client: client.deadline)
-        self.evicted += 1
-        self._close(oldest)
-
-    def handle(self, fd: int, events: int) -> None:
-        client = self.clients.get(fd)
-        if client is None:
-            return
-        try:
-            if client.reply:
-                self._send(client)
-            elif events & EPOLLERR:
-                self._close(client)
-            else:
-                self._receive(client)
-        except OSError:
-            self._close(client)
-
-    def _receive(self, client: _Client) -> None:
+    def _receive(self, client: Client) -> None:
         while b"\r\n\r\n" not in client.request and b"\n\n" not in client.request:
             try:
-                chunk = client.sock.recv(_RECEIVE)
+                chunk = client.sock.recv(RECEIVE)
             except (BlockingIOError, InterruptedError):
                 return
             if not chunk:
@@ -132,8 +74,7 @@ class MetricsServer:
                 break
         if not client.reply:
             client.reply = self._answer(client.request)
-        client.deadline = time.monotonic() + CLIENT_TIMEOUT
-        self._send(client)
+        self._answer_with_reply(client)
 
     def _answer(self, request: bytes) -> bytes:
         line = request.split(b"\n", 1)[0].rstrip(b"\r")
@@ -153,42 +94,6 @@ class MetricsServer:
             return _response(500, "Internal Server Error", b"internal error; see the log\n")
         self.scrapes += 1
         return _response(200, "OK", body, CONTENT_TYPE, head=method == b"HEAD")
-
-    def _send(self, client: _Client) -> None:
-        try:
-            sent = client.sock.send(client.reply)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError as error:
-            if error.errno not in (errno.EPIPE, errno.ECONNRESET):
-                log.debug("metrics: client went away: %s", error.strerror)
-            self._close(client)
-            return
-        client.reply = client.reply[sent:]
-        if not client.reply:
-            self._close(client)
-        else:
-            # Wake for room to write only: a client that keeps sending while it does not
-            # read would otherwise wake the loop again and again until its timeout.
-            self.loop.want(client.sock.fileno(), readable=False, writable=True)
-
-    def tick(self, now: float) -> None:
-        for client in [c for c in self.clients.values() if c.deadline < now]:
-            self._close(client)
-
-    def _close(self, client: _Client) -> None:
-        fd = client.sock.fileno()
-        self.clients.pop(fd, None)
-        self.loop.forget(fd)
-        client.sock.close()
-
-    def close(self) -> None:
-        for client in list(self.clients.values()):
-            self._close(client)
-        if self._listener is not None:
-            self.loop.forget(self._listener.fileno())
-            self._listener.close()
-            self._listener = None
 
     def status(self) -> dict:
         return {"listen": str(self.endpoint), "clients": len(self.clients),

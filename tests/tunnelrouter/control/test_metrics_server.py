@@ -5,25 +5,26 @@ Everything runs in the test's thread: the loop is driven with ``run_once``; a se
 that blocked would hang the test, so a timer turns a hang into a failure.
 """
 
-import signal
 import socket
 import time
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tunnelrouter.control.metrics_server import CLIENT_TIMEOUT, MAX_CLIENTS, MAX_REQUEST, \
+from tunnelrouter.control.metrics_server import MAX_CLIENTS, MAX_REQUEST, \
     MetricsServer
+from tunnelrouter.control.slots import CLIENT_TIMEOUT
 from tunnelrouter.forward.config import parse_endpoint
 from tunnelrouter.io.errors import SystemProblem
 from tunnelrouter.io.loop import Loop
 
 from tests.tunnelrouter.doubles import ask
 
-HANG = 20   # seconds: far beyond anything these tests do, short of a blocked call
 SCRAPE = b"GET /metrics HTTP/1.1\r\nHost: router\r\nAccept: text/plain\r\n\r\n"
 STATUS = {"started": 1764760000.5, "internal_errors": 0, "unattributed": {},
           "tunnels": {}, "config": {"generation": 3, "loaded": 1764760100.0}}
+
+pytestmark = pytest.mark.usefixtures("no_hang")
 
 
 def free_port(address: str = "127.0.0.1") -> int:
@@ -84,17 +85,6 @@ def parse(answer: bytes) -> tuple[int, dict, bytes]:
     headers = dict(line.split(": ", 1) for line in header_lines)
     assert int(headers["Content-Length"]) == len(body) or not body
     return int(status_line.split()[1]), headers, body
-
-
-@pytest.fixture(autouse=True)
-def no_hang():
-    def hung(*_):
-        raise TimeoutError(f"blocked for {HANG} s: a call in the loop blocks")
-    previous = signal.signal(signal.SIGALRM, hung)
-    signal.setitimer(signal.ITIMER_REAL, HANG)
-    yield
-    signal.setitimer(signal.ITIMER_REAL, 0)
-    signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture

@@ -9,20 +9,20 @@ that blocked would hang the test, so a timer turns a hang into a failure.
 import errno
 import json
 import os
-import signal
 import socket
 import stat
 import time
 
 import pytest
 
-from tunnelrouter.control.server import CLIENT_TIMEOUT, MAX_CLIENTS, MAX_REQUEST, ControlServer
+from tunnelrouter.control.server import MAX_CLIENTS, MAX_REQUEST, ControlServer
+from tunnelrouter.control.slots import CLIENT_TIMEOUT
 from tunnelrouter.io.errors import SystemProblem
 from tunnelrouter.io.loop import Loop
 
 from tests.tunnelrouter.doubles import ask
 
-HANG = 20   # seconds: far beyond anything these tests do, short of a blocked call
+pytestmark = pytest.mark.usefixtures("no_hang")
 
 
 class Served:
@@ -60,17 +60,6 @@ class Served:
             sock.close()
         self.server.close()
         self.loop.close()
-
-
-@pytest.fixture(autouse=True)
-def no_hang():
-    def hung(*_):
-        raise TimeoutError(f"blocked for {HANG} s: a call in the loop blocks")
-    previous = signal.signal(signal.SIGALRM, hung)
-    signal.setitimer(signal.ITIMER_REAL, HANG)
-    yield
-    signal.setitimer(signal.ITIMER_REAL, 0)
-    signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture
