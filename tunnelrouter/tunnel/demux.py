@@ -55,7 +55,8 @@ class Demux:
         key_of, endpoints, views, starts, ends = self.key_of, self.endpoints, batch.views, \
             batch.starts, batch.ends
         addresses, targets = batch.addresses, batch.endpoints
-        heard = None   # the tunnel last told that its peer was heard: once a run, not a packet
+        # The tunnel and peer last told that the peer was heard: once a run, not a packet.
+        heard, heard_from = None, None
         for i in range(batch.count):
             datagram = views[i][:ends[i]]
             source = addresses[i]
@@ -65,8 +66,9 @@ class Demux:
                 endpoint = self._stray(key, source)
             if endpoint is not None and endpoint.decapsulate(batch, i, datagram, now):
                 targets[i] = endpoint
-                if endpoint is not heard:
-                    endpoint.heard_at, heard = now, endpoint
+                if endpoint is not heard or source != heard_from:
+                    endpoint.heard(source, now)
+                    heard, heard_from = endpoint, source
             else:
                 targets[i] = None
 

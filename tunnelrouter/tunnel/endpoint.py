@@ -124,7 +124,7 @@ class Endpoint:
         self.keepalive_at, self.keepalive_values = self.keepalive.at, self.keepalive.values
         self.liveness = Liveness(None if config.keepalive == "off" else config.keepalive,
                                  config.keepalive_retries)
-        # The last datagram accepted from a peer for the device (set by the Demux, per run).
+        # The last datagram accepted from a peer for the device (``heard``, once a run).
         self.heard_at: float | None = None
         # The receive policy (allowed-ips, rate-limit); None: let everything in.
         self.inner_source_check = None if config.allowed_ips is None else \
@@ -207,6 +207,11 @@ class Endpoint:
         return self.liveness.status(to_wall) | {"peers": {
             peer: {"latest_rx": None if heard is None else heard + to_wall}
             for peer, heard in self._peers_heard()}}
+
+    def heard(self, peer: str, now: float) -> None:
+        """A datagram from ``peer`` was accepted for the device (the Demux says so once a
+        run of them)."""
+        self.heard_at = now
 
     def _peers_heard(self):
         """Each peer and when its latest datagram was accepted (for the device, or an
@@ -646,7 +651,6 @@ class UdpEndpoint(Endpoint):
             return False
         if not super().decapsulate(batch, i, datagram, now):
             return False
-        self.heard_from[batch.addresses[i]] = now
         frame, fdb = batch.packets[i], self.fdb
         if fdb.learning and not frame[6] & 1:
             # Frames come in runs from one sender: the MAC learnt last needs no lookup
@@ -668,6 +672,9 @@ class UdpEndpoint(Endpoint):
             self.fdb.take_over(old.fdb, self.destinations)
             self.heard_from = {peer: heard for peer, heard in old.heard_from.items()
                                if peer in self.destinations}
+
+    def heard(self, peer: str, now: float) -> None:
+        self.heard_at = self.heard_from[peer] = now
 
     def _keepalive(self, batch: Batch, i: int, packet: memoryview, now: float) -> bool:
         self.heard_from[batch.addresses[i]] = now
