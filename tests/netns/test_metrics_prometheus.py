@@ -92,7 +92,9 @@ def test_prometheus_scrapes_the_router_and_sees_its_tunnel_counters_move(netns, 
         "TunnelrouterPeerDown", "TunnelrouterTrafficFarAboveUsual",
         "tunnel:tunnelrouter_tunnel_bytes:usual_rate5m"}
     assert all(rule["health"] == "ok" for group in rules for rule in group["rules"]), rules
-    assert show(routers["m1"])["metrics"]["scrapes"] >= 3
+    # The router counts the scrapes it answered: one a second, as Prometheus was told.
+    wait_until(lambda: show(routers["m1"])["metrics"]["scrapes"] >= 3, 10,
+               "the router to have answered three scrapes")
     prometheus.terminate()
     prometheus.wait(timeout=10)
     log.close()
