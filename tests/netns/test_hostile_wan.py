@@ -210,9 +210,18 @@ def start_sending(ns, datagrams: list[tuple[str, bytes, str, int]], *, repeat: i
 
 def sent(sender) -> int:
     """How many datagrams a sender of :func:`start_sending` sent, once it is done."""
+    return outcome(sender)[0]
+
+
+def outcome(sender) -> tuple[int, int]:
+    """``(sent, failed)`` of a sender of :func:`start_sending`, once it is done. What left is
+    between the two: in the storm below, the datagrams counted and those the socket dropped
+    add up to ``sent`` exactly, except in some runs under load, where they came to one more:
+    a send counted as failed whose datagram still left, the only way one more can have."""
     out, err = sender.communicate(timeout=sender.seconds + 30)
     assert sender.returncode == 0, err
-    return json.loads(out)["sent"]
+    result = json.loads(out)
+    return result["sent"], result["failed"]
 
 
 def send(ns, datagrams: list[tuple[str, bytes, str, int]], **how) -> int:
@@ -511,14 +520,16 @@ def test_storm_that_overflows_the_socket_then_echoes_unreachables_is_survived(ne
     m2.process.send_signal(signal.SIGSTOP)
     time.sleep(STALL_SECONDS)
     m2.process.send_signal(signal.SIGCONT)
-    flooded = sent(sender)
+    flooded, failed = outcome(sender)
     wait_until(lambda: socket_queue(m2.ns, "raw", WAN["m2"], GRE)[0] == 0, 30,
                "M2 to read what its socket queued")
     _, overflowed = socket_queue(m2.ns, "raw", WAN["m2"], GRE)
     assert overflowed > 0, f"the flood of {flooded} never filled M2's socket queue"
     drops = drops_since(before, m2.counters("gre1"))
     assert set(drops) == {"inner_malformed"}, drops
-    assert drops["inner_malformed"] <= flooded - overflowed, (drops, flooded, overflowed)
+    # Each datagram the socket kept is counted once, none twice.
+    assert drops["inner_malformed"] <= flooded + failed - overflowed, (
+        drops, flooded, failed, overflowed)
     assert ping(m1.ns, M2_INSIDE) == 3
 
     # M2's router down: its kernel answers every datagram M1 sends with protocol-unreachable.
