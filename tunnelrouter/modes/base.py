@@ -30,7 +30,7 @@ from tunnelrouter.units import Duration
 if TYPE_CHECKING:
     from ipaddress import IPv4Address, IPv6Address
 
-    from tunnelrouter.tunnel.keepalive import Keepalive
+    from tunnelrouter.modes.keepalive import Keepalive
 
 DEFAULT_UNDERLAY_MTU = 1500
 Problem = tuple[tuple, str]   # (key path below the tunnel, message)

@@ -15,7 +15,7 @@ from encap.gre import FLAG_CHECKSUM, FLAG_KEY, Gre, gre_key, header_length
 from encap.wire import IpProto
 
 from tunnelrouter.modes.base import Address, Mode, TunnelConfig, Underlay, register
-from tunnelrouter.tunnel.keepalive import EthernetKeepalive, GreKeepalive
+from tunnelrouter.modes.keepalive import EthernetKeepalive, GreKeepalive
 
 GRE_HEADER_MINIMUM = 4
 _FLAGS_AND_WORDS = struct.Struct("!H2xII")

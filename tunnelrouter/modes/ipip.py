@@ -12,7 +12,7 @@ from encap.ipip import IpInIp
 from encap.wire import IpProto
 
 from tunnelrouter.modes.base import Address, Mode, TunnelConfig, Underlay, register
-from tunnelrouter.tunnel.keepalive import IpipKeepalive, SitKeepalive
+from tunnelrouter.modes.keepalive import IpipKeepalive, SitKeepalive
 
 
 class IpipConfig(TunnelConfig):

@@ -17,7 +17,7 @@ from encap.wire import VXLAN_PORT
 
 from tunnelrouter.modes.base import (UNREADABLE, Address, Mode, Port, Strict, TunnelConfig,
                                      Underlay, register)
-from tunnelrouter.tunnel.keepalive import EthernetKeepalive
+from tunnelrouter.modes.keepalive import EthernetKeepalive
 
 # Linux's max_fdb is unlimited by default; a router facing a spoofing peer needs a bound.
 DEFAULT_MAX_FDB = 4096

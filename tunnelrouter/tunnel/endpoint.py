@@ -29,12 +29,12 @@ from encap.mtu import IPV4_MINIMUM_MTU, IPV6_MINIMUM_MTU
 from encap.wire import ETHERNET_HEADER_LENGTH, HEADROOM
 
 from tunnelrouter.modes import TunnelConfig, Underlay
+from tunnelrouter.modes.keepalive import Action
 from tunnelrouter.tunnel.allowed import inner_source_check
 from tunnelrouter.tunnel.batch import Batch
 from tunnelrouter.tunnel.counters import Counters
 from tunnelrouter.tunnel.fdb import Fdb
 from tunnelrouter.tunnel.icmp import IcmpReplies
-from tunnelrouter.tunnel.keepalive import Action
 from tunnelrouter.tunnel.liveness import Liveness
 from tunnelrouter.tunnel.pmtu import PathMtu
 from tunnelrouter.tunnel.ratelimit import PeerRateLimit
