@@ -50,6 +50,11 @@ def marker(nonce: bytes, number: int) -> bytes:
     return MARKER.pack(MAGIC, nonce, number & 0xFFFFFFFF)
 
 
+def ends_in_marker(tail) -> bool:
+    """Whether ``tail`` ends in a marker, anybody's."""
+    return len(tail) >= MARKER_LENGTH and tail[-MARKER_LENGTH:][:len(MAGIC)] == MAGIC
+
+
 def probe_number(tail, nonce: bytes) -> int | None:
     """The number in a marker at the end of ``tail`` if it carries ``nonce``, else None."""
     if len(tail) < MARKER_LENGTH:

@@ -20,6 +20,7 @@ def test_a_marker_gives_back_its_number_to_its_nonce_only(number):
     marker = keepalive.marker(NONCE, number)
     assert keepalive.probe_number(b"anything before" + marker, NONCE) == number
     assert keepalive.probe_number(marker, b"87654321") is None
+    assert keepalive.ends_in_marker(b"x" + marker) and not keepalive.ends_in_marker(marker[1:])
 
 
 @given(st.binary(max_size=64))

@@ -17,6 +17,7 @@ import enum
 import ipaddress
 
 from encap import keepalive as probe
+from encap.errors import DropReason
 from encap.gre import FLAG_CHECKSUM, FLAG_KEY, FLAG_SEQUENCE
 from encap.wire import IPV4_HEADER_LENGTH, IpProto
 
@@ -36,6 +37,9 @@ class Keepalive:
 
     at: int = 0
     values: frozenset[int] = frozenset()
+    # A drop reason the tunnel's codec gives our own probe coming back, if it does (GRE
+    # protocol 0 is nothing to deliver): such a datagram is looked at as an answer first.
+    answer_reason: DropReason | None = None
 
     def __init__(self, config):
         self.local = ipaddress.ip_address(config.local).packed
@@ -59,6 +63,7 @@ class GreKeepalive(Keepalive):
     """Cisco-style: GRE protocol 0 inside, reflected by the peer's routing."""
 
     at, values = 9, frozenset({IpProto.GRE})
+    answer_reason = DropReason.GRE_UNKNOWN_PROTOCOL
 
     def __init__(self, config):
         super().__init__(config)

@@ -21,8 +21,8 @@ from encap.ecn import (DROP, ECN_MASK, UNUSED_COMBINATIONS, decapsulated_ecn, ou
 from encap.errors import DecodeError, DropReason
 from encap.fragment import fragment_ipv4
 from encap.gso import segment_count, segment_tcp
-from encap.keepalive import MAGIC, MARKER_LENGTH
 from encap.icmp import Icmp4Type, Icmp4Unreachable, Icmp6Type, relayed_error
+from encap.keepalive import ends_in_marker
 from encap.ipv4 import FLAG_DONT_FRAGMENT, Ipv4Outer, Ipv4Tunnel
 from encap.mss import clamp_mss, clamp_mss_in_frame
 from encap.mtu import IPV4_MINIMUM_MTU, IPV6_MINIMUM_MTU
@@ -181,7 +181,7 @@ class Endpoint:
         if action is Action.ANSWERED:
             if self.liveness.answered(detail, now):
                 return True
-            if detail[-MARKER_LENGTH:-MARKER_LENGTH + len(MAGIC)] != MAGIC:
+            if not ends_in_marker(detail):
                 return False      # protocol 253 or an echo reply of somebody else's
             self.counters.drops[DropReason.KEEPALIVE_NOT_OURS] += 1
             return True
@@ -289,8 +289,7 @@ class Endpoint:
         try:
             packet = self.codec.decap(datagram)
         except DecodeError as error:
-            # A GRE keepalive comes back as GRE protocol 0, which is nothing to deliver.
-            if error.reason is not DropReason.GRE_UNKNOWN_PROTOCOL or \
+            if error.reason is not self.keepalive.answer_reason or \
                     not self.liveness.answered(datagram, now):
                 self.counters.drops[error.reason] += 1
             return False
