@@ -1,4 +1,4 @@
-/* encap._gso: encap/gso.py's segment_tcp, coalesce and finish_checksum in C.
+/* encap._gso: encap/gso.py's segment_tcp, coalesce, join and finish_checksum in C.
  *
  * The same operations with the same results, byte for byte (tests/encap/test_gso.py
  * holds them to it); only faster: the checksum sums 64 bits at a time, and the
@@ -18,6 +18,9 @@
 #define TCP_ACK 0x10
 #define TCP_CWR 0x80
 #define MAX_COALESCED 0xFFFF
+#define MAX_TRAIN_SEGMENTS 128
+#define ETHERTYPE_IPV4 0x0800
+#define ETHERTYPE_IPV6 0x86DD
 
 static inline uint16_t get16(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
 static inline uint32_t get32(const uint8_t *p) {
@@ -194,19 +197,26 @@ typedef struct {
     uint8_t flags;
 } Segment;
 
-static int joinable(const uint8_t *p, Py_ssize_t length, Py_ssize_t l2, Segment *s) {
+/* Whether the packet may be joined to others (gso.py's _joinable): a TCP data segment
+ * (ACK, maybe PSH) or a UDP datagram with data, no IPv4 options or fragments, no IPv6
+ * extension headers, exact lengths, a valid checksum, and behind an Ethernet header the
+ * EtherType of its IP version. */
+static int joinable(const uint8_t *p, Py_ssize_t length, Py_ssize_t l2, int ethernet,
+                    Segment *s) {
     if (length < l2 + 28)
         return 0;
     const uint8_t *ip = p + l2;
     int version = ip[0] >> 4;
     if (version == 4) {
         s->protocol = ip[9];
-        if (ip[0] != 0x45 || (ip[6] & 0x3F) || ip[7] || get16(ip + 2) != length - l2)
+        if (ip[0] != 0x45 || (ip[6] & 0x3F) || ip[7] || get16(ip + 2) != length - l2 ||
+            (ethernet && get16(ip - 2) != ETHERTYPE_IPV4))
             return 0;
         s->transport = l2 + 20;
     } else if (version == 6) {
         s->protocol = ip[6];
-        if (length < l2 + 48 || get16(ip + 4) != length - l2 - 40)
+        if (length < l2 + 48 || get16(ip + 4) != length - l2 - 40 ||
+            (ethernet && get16(ip - 2) != ETHERTYPE_IPV6))
             return 0;
         s->transport = l2 + 40;
     } else {
@@ -268,23 +278,97 @@ static int same_stream(const uint8_t *first, const Segment *f, const uint8_t *pa
            same_range(first, packet, t + 20, s->header_end);
 }
 
+typedef struct {
+    const uint8_t *data;
+    Py_ssize_t length;
+} Packet;
+
+typedef struct {
+    Py_ssize_t end, gso_size, transport;
+    int joined;
+} Run;
+
+/* Copy packets[0] to out + start and join to it what follows of its stream, as far as
+ * out_length allows (room for packets[0] is the caller's to check). Returns how many
+ * packets the run took. */
+static Py_ssize_t join_run(const Packet *packets, Py_ssize_t count, Py_ssize_t l2, int ethernet,
+                           uint8_t *out, Py_ssize_t out_length, Py_ssize_t start, Run *run) {
+    const uint8_t *first = packets[0].data;
+    Py_ssize_t end = start + packets[0].length, i = 1;
+    memcpy(out + start, first, packets[0].length);
+    Segment f, s;
+    run->gso_size = run->transport = 0;
+    run->joined = 1;
+    if (joinable(first, packets[0].length, l2, ethernet, &f)) {
+        Py_ssize_t size = packets[0].length - f.header_end;
+        uint32_t next_sequence = f.sequence + (uint32_t)size;
+        uint8_t flags = f.flags;
+        Py_ssize_t limit = MAX_COALESCED + (f.version == 6 ? 40 : 0);
+        int tcp = f.protocol == PROTO_TCP;
+        while (i < count && !(flags & TCP_PSH) && (tcp || run->joined < MAX_UDP_SEGMENTS)) {
+            const uint8_t *packet = packets[i].data;
+            Py_ssize_t length = packets[i].length;
+            if (!joinable(packet, length, l2, ethernet, &s))
+                break;
+            Py_ssize_t added = length - f.header_end;
+            if ((tcp && s.sequence != next_sequence) || added > size ||
+                end + added - start - l2 > limit || end + added > out_length ||
+                !same_stream(first, &f, packet, &s, l2))
+                break;
+            memcpy(out + end, packet + s.header_end, added);
+            end += added;
+            next_sequence += (uint32_t)added;
+            flags |= s.flags;
+            run->joined++;
+            i++;
+            if (added < size)
+                break;
+        }
+        if (run->joined > 1) {
+            uint8_t *ip = out + start + l2;
+            if (f.version == 4)
+                set_ipv4_length(ip, (uint16_t)(end - start - l2), get16(ip + 4));
+            else
+                put16(ip + 4, (uint16_t)(end - start - l2 - 40));
+            uint8_t *header = out + start + f.transport;
+            uint32_t whole = (uint32_t)(end - start - f.transport);
+            uint16_t pseudo = (uint16_t)pseudo_sum_of(ip, f.version, whole, f.protocol);
+            if (tcp) {
+                header[13] = flags;
+                put16(header + 16, pseudo);
+            } else {
+                put16(header + 4, (uint16_t)whole);
+                put16(header + 6, pseudo);
+            }
+            run->gso_size = size;
+            run->transport = f.transport;
+        }
+    }
+    run->end = end;
+    return i;
+}
+
 static PyObject *coalesce(PyObject *self, PyObject *args) {
     PyObject *packets;
     Py_ssize_t count, l2, headroom;
+    int ethernet;
     Py_buffer arena;
-    if (!PyArg_ParseTuple(args, "Onnw*n", &packets, &count, &l2, &arena, &headroom))
+    if (!PyArg_ParseTuple(args, "Onnpw*n", &packets, &count, &l2, &ethernet, &arena, &headroom))
         return NULL;
     PyObject *runs = PyList_New(0);
     Py_buffer *views = NULL;
+    Packet *parts = NULL;
     Py_ssize_t got = 0;
     if (runs == NULL)
         goto fail;
-    if (count < 0 || l2 < 0 || headroom < 0) {
-        PyErr_SetString(PyExc_ValueError, "count, l2 and headroom may not be negative");
+    if (count < 0 || l2 < 0 || headroom < 0 || (ethernet && l2 < 14)) {
+        PyErr_SetString(PyExc_ValueError, "count, l2 and headroom may not be negative, and an "
+                                          "Ethernet link header is 14 bytes at least");
         goto fail;
     }
     views = PyMem_Calloc(count ? count : 1, sizeof(Py_buffer));
-    if (views == NULL) {
+    parts = PyMem_Calloc(count ? count : 1, sizeof(Packet));
+    if (views == NULL || parts == NULL) {
         PyErr_NoMemory();
         goto fail;
     }
@@ -296,88 +380,78 @@ static PyObject *coalesce(PyObject *self, PyObject *args) {
         Py_DECREF(item);
         if (failed)
             goto fail;
+        parts[got].data = views[got].buf;
+        parts[got].length = views[got].len;
     }
-    uint8_t *out = arena.buf;
     Py_ssize_t at = 0, i = 0;
     while (i < count) {
-        const uint8_t *first = views[i].buf;
-        Py_ssize_t first_length = views[i].len;
-        Py_ssize_t start = at + headroom, end = start + first_length;
-        if (end > arena.len) {
+        Py_ssize_t start = at + headroom;
+        if (start + parts[i].length > arena.len) {
             PyErr_SetString(PyExc_ValueError, "the arena is too small for the packets");
             goto fail;
         }
-        memcpy(out + start, first, first_length);
-        at = end;
-        i++;
-        Segment f, s;
-        Py_ssize_t size = 0, transport = 0;
-        int joined = 1;
-        if (joinable(first, first_length, l2, &f)) {
-            size = first_length - f.header_end;
-            uint32_t next_sequence = f.sequence + (uint32_t)size;
-            uint8_t flags = f.flags;
-            Py_ssize_t limit = MAX_COALESCED + (f.version == 6 ? 40 : 0);
-            int tcp = f.protocol == PROTO_TCP;
-            while (i < count && !(flags & TCP_PSH) && (tcp || joined < MAX_UDP_SEGMENTS)) {
-                const uint8_t *packet = views[i].buf;
-                Py_ssize_t length = views[i].len;
-                if (!joinable(packet, length, l2, &s))
-                    break;
-                Py_ssize_t added = length - f.header_end;
-                if ((tcp && s.sequence != next_sequence) || added > size ||
-                    end + added - start - l2 > limit || end + added > arena.len ||
-                    !same_stream(first, &f, packet, &s, l2))
-                    break;
-                memcpy(out + end, packet + s.header_end, added);
-                end += added;
-                at = end;
-                next_sequence += (uint32_t)added;
-                flags |= s.flags;
-                joined++;
-                i++;
-                if (added < size)
-                    break;
-            }
-            if (joined > 1) {
-                uint8_t *ip = out + start + l2;
-                if (f.version == 4)
-                    set_ipv4_length(ip, (uint16_t)(end - start - l2), get16(ip + 4));
-                else
-                    put16(ip + 4, (uint16_t)(end - start - l2 - 40));
-                uint8_t *header = out + start + f.transport;
-                uint32_t whole = (uint32_t)(end - start - f.transport);
-                uint16_t pseudo = (uint16_t)pseudo_sum_of(ip, f.version, whole, f.protocol);
-                if (tcp) {
-                    header[13] = flags;
-                    put16(header + 16, pseudo);
-                } else {
-                    put16(header + 4, (uint16_t)whole);
-                    put16(header + 6, pseudo);
-                }
-                transport = f.transport;
-            }
-        }
-        PyObject *run = Py_BuildValue("nnnni", start, end, joined > 1 ? size : 0, transport,
-                                      joined);
-        if (run == NULL || PyList_Append(runs, run) < 0) {
-            Py_XDECREF(run);
+        Run run;
+        i += join_run(parts + i, count - i, l2, ethernet, arena.buf, arena.len, start, &run);
+        at = run.end;
+        PyObject *entry = Py_BuildValue("nnnni", start, run.end, run.gso_size, run.transport,
+                                        run.joined);
+        if (entry == NULL || PyList_Append(runs, entry) < 0) {
+            Py_XDECREF(entry);
             goto fail;
         }
-        Py_DECREF(run);
+        Py_DECREF(entry);
     }
     for (Py_ssize_t k = 0; k < got; k++)
         PyBuffer_Release(&views[k]);
     PyMem_Free(views);
+    PyMem_Free(parts);
     PyBuffer_Release(&arena);
     return runs;
 fail:
     for (Py_ssize_t k = 0; k < got; k++)
         PyBuffer_Release(&views[k]);
     PyMem_Free(views);
+    PyMem_Free(parts);
     PyBuffer_Release(&arena);
     Py_XDECREF(runs);
     return NULL;
+}
+
+/* gso.py's join: the run that starts at train[at:], in a train of datagrams of step bytes
+ * each (the last may be shorter) that ends at end, copied to out[0:]. */
+static PyObject *join(PyObject *self, PyObject *args) {
+    Py_buffer train, out;
+    Py_ssize_t at, end, step, l2;
+    int ethernet;
+    if (!PyArg_ParseTuple(args, "y*nnnnpw*", &train, &at, &end, &step, &l2, &ethernet, &out))
+        return NULL;
+    PyObject *result = NULL;
+    if (at < 0 || at > end || end > train.len || step <= 0 || l2 < 0 || (ethernet && l2 < 14)) {
+        PyErr_SetString(PyExc_ValueError, "at, end, step or l2 out of range");
+        goto done;
+    }
+    Packet parts[MAX_TRAIN_SEGMENTS];
+    Py_ssize_t count = 0;
+    for (Py_ssize_t k = at; k < end && count < MAX_TRAIN_SEGMENTS; k += step, count++) {
+        parts[count].data = (const uint8_t *)train.buf + k;
+        parts[count].length = end - k < step ? end - k : step;
+    }
+    if (count == 0) {
+        parts[0].data = train.buf;
+        parts[0].length = 0;
+        count = 1;
+    }
+    if (parts[0].length > out.len) {
+        PyErr_SetString(PyExc_ValueError, "out is too small for a datagram of the train");
+        goto done;
+    }
+    Run run;
+    join_run(parts, count, l2, ethernet, out.buf, out.len, 0, &run);
+    result = Py_BuildValue("nnni", run.end, run.gso_size, run.transport, run.joined);
+done:
+    PyBuffer_Release(&train);
+    PyBuffer_Release(&out);
+    return result;
 }
 
 static PyMethodDef methods[] = {
@@ -387,8 +461,10 @@ static PyMethodDef methods[] = {
     {"finish_checksum", finish_checksum, METH_VARARGS,
      "finish_checksum(packet, start, offset) -> False if the offsets do not fit"},
     {"coalesce", coalesce, METH_VARARGS,
-     "coalesce(packets, count, l2, arena, headroom) -> "
+     "coalesce(packets, count, l2, ethernet, arena, headroom) -> "
      "[(start, end, gso_size, transport, joined)]"},
+    {"join", join, METH_VARARGS,
+     "join(train, at, end, step, l2, ethernet, out) -> (end, gso_size, transport, joined)"},
     {NULL, NULL, 0, NULL},
 };
 

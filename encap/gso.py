@@ -24,12 +24,13 @@ import struct
 
 from encap.checksum import internet_checksum, ones_complement_sum, pseudo_header_sum
 from encap.errors import DecodeError, DropReason
-from encap.wire import IpProto
+from encap.wire import EtherType, IpProto
 
 TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK, TCP_URG, TCP_ECE, TCP_CWR = (
     0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80)
 MAX_COALESCED = 0xFFFF       # an IPv4 total length, an IPv6 payload length
 MAX_UDP_SEGMENTS = 64        # the most datagrams Linux's UDP GRO and GSO take in one
+MAX_TRAIN_SEGMENTS = 128     # the most datagrams join looks at in one train (GRO makes <= 64)
 _IPV4_LENGTH_ID = struct.Struct("!HH")
 _IPV4_CHECKSUM_AT = 10
 _TCP_SEQUENCE = struct.Struct("!I")
@@ -168,11 +169,11 @@ class _Segment:
     __slots__ = ("version", "protocol", "transport", "header_end", "sequence", "flags")
 
 
-def _joinable(packet, l2: int) -> _Segment | None:
+def _joinable(packet, l2: int, ethernet: bool) -> _Segment | None:
     """The layout of ``packet`` if it may be joined to others: a TCP data segment (ACK,
     maybe PSH) or a UDP datagram with data, no IPv4 options or fragments, no IPv6
     extension headers, exact lengths and a valid checksum (an IPv4 UDP datagram may
-    have none)."""
+    have none); behind an Ethernet header (``ethernet``), the EtherType of its version."""
     length = len(packet)
     if length < l2 + 28:
         return None
@@ -180,12 +181,14 @@ def _joinable(packet, l2: int) -> _Segment | None:
     if version == 4:
         protocol = packet[l2 + 9]
         if packet[l2] != 0x45 or packet[l2 + 6] & 0x3F or packet[l2 + 7] or \
-                _U16.unpack_from(packet, l2 + 2)[0] != length - l2:
+                _U16.unpack_from(packet, l2 + 2)[0] != length - l2 or \
+                ethernet and _U16.unpack_from(packet, l2 - 2)[0] != EtherType.IPV4:
             return None
         transport = l2 + 20
     elif version == 6:
         protocol = packet[l2 + 6]
-        if length < l2 + 48 or _U16.unpack_from(packet, l2 + 4)[0] != length - l2 - 40:
+        if length < l2 + 48 or _U16.unpack_from(packet, l2 + 4)[0] != length - l2 - 40 or \
+                ethernet and _U16.unpack_from(packet, l2 - 2)[0] != EtherType.IPV6:
             return None
         transport = l2 + 40
     else:
@@ -240,13 +243,66 @@ def _same_stream(first, first_segment: _Segment, packet, segment: _Segment, l2: 
         first[transport + 20:segment.header_end] == packet[transport + 20:segment.header_end]
 
 
-def coalesce(packets, count: int, l2: int, arena,
+def _join_run(packets, count: int, l2: int, ethernet: bool, arena,
+              start: int) -> tuple[int, int, int, int]:
+    """Copy ``packets[0]`` to ``arena[start:]`` and join to it what follows of its stream
+    among ``packets[:count]``, as far as the arena holds: ``(end, gso_size, transport,
+    joined)``, as :func:`coalesce` describes them."""
+    first = packets[0]
+    end = start + len(first)
+    arena[start:end] = first
+    first_segment = _joinable(first, l2, ethernet)
+    if first_segment is None:
+        return end, 0, 0, 1
+    tcp = first_segment.protocol == IpProto.TCP
+    size = len(first) - first_segment.header_end
+    next_sequence = (first_segment.sequence + size) & 0xFFFFFFFF
+    flags = first_segment.flags
+    joined = 1
+    while joined < count and not flags & TCP_PSH and (tcp or joined < MAX_UDP_SEGMENTS):
+        packet = packets[joined]
+        segment = _joinable(packet, l2, ethernet)
+        added = len(packet) - first_segment.header_end if segment is not None else 0
+        if segment is None or (tcp and segment.sequence != next_sequence) or \
+                added > size or end + added - start - l2 > MAX_COALESCED + (
+                    40 if first_segment.version == 6 else 0) or end + added > len(arena) or \
+                not _same_stream(first, first_segment, packet, segment, l2):
+            break
+        arena[end:end + added] = packet[segment.header_end:]
+        end += added
+        next_sequence = (next_sequence + added) & 0xFFFFFFFF
+        flags |= segment.flags
+        joined += 1
+        if added < size:
+            break  # a short one ends the super-packet, as it ends a burst
+    if joined == 1:
+        return end, 0, 0, 1
+    transport = start + first_segment.transport
+    if first_segment.version == 4:
+        _set_ipv4_length(arena, start + l2, end - start - l2,
+                         _IPV4_LENGTH_ID.unpack_from(arena, start + l2 + 2)[1])
+    else:
+        _U16.pack_into(arena, start + l2 + 4, end - start - l2 - 40)
+    # CHECKSUM_PARTIAL: the field holds the pseudo-header sum, folded, not inverted.
+    pseudo = _pseudo_sum(arena, start + l2, first_segment.version, end - transport,
+                         first_segment.protocol)
+    if tcp:
+        arena[transport + 13] = flags
+        _U16.pack_into(arena, transport + _TCP_CHECKSUM_AT, pseudo)
+    else:
+        _U16.pack_into(arena, transport + 4, end - transport)
+        _U16.pack_into(arena, transport + _UDP_CHECKSUM_AT, pseudo)
+    return end, size, first_segment.transport, joined
+
+
+def coalesce(packets, count: int, l2: int, ethernet: bool, arena,
              headroom: int) -> list[tuple[int, int, int, int, int]]:
     """Copy ``packets[:count]`` into ``arena``, joining consecutive segments of one TCP
     stream, and consecutive datagrams of one UDP flow, into super-packets, with
     ``headroom`` bytes left free before each.
 
-    ``l2`` is the length of the link header in front of each IP packet (14 on TAP).
+    ``l2`` is the length of the link header in front of each IP packet (14 on TAP),
+    which is Ethernet's (ending in the EtherType) if ``ethernet``.
     Returns one ``(start, end, gso_size, transport, joined)`` per packet written: a
     super-packet has the gso_size of its parts (every one but the last that size),
     the length of the whole in its IP (and UDP) header, and in its checksum field the
@@ -256,68 +312,39 @@ def coalesce(packets, count: int, l2: int, arena,
     numbers, the same flags but PSH, which ends a super-packet, the same options); UDP
     as ``udp_gro_receive`` does, at most 64 datagrams.
     """
+    if ethernet and l2 < 14:
+        raise ValueError("an Ethernet link header is 14 bytes at least")
     runs: list[tuple[int, int, int, int, int]] = []
-    at = 0
-    i = 0
+    at = i = 0
     while i < count:
-        first = packets[i]
         start = at + headroom
-        end = start + len(first)
-        arena[start:end] = first
-        at = end
-        i += 1
-        first_segment = _joinable(first, l2)
-        if first_segment is None:
-            runs.append((start, end, 0, 0, 1))
-            continue
-        tcp = first_segment.protocol == IpProto.TCP
-        size = len(first) - first_segment.header_end
-        next_sequence = (first_segment.sequence + size) & 0xFFFFFFFF
-        flags = first_segment.flags
-        joined = 1
-        while i < count and not flags & TCP_PSH and (tcp or joined < MAX_UDP_SEGMENTS):
-            packet = packets[i]
-            segment = _joinable(packet, l2)
-            added = len(packet) - first_segment.header_end if segment is not None else 0
-            if segment is None or (tcp and segment.sequence != next_sequence) or \
-                    added > size or end + added - start - l2 > MAX_COALESCED + (
-                        40 if first_segment.version == 6 else 0) or \
-                    not _same_stream(first, first_segment, packet, segment, l2):
-                break
-            arena[end:end + added] = packet[segment.header_end:]
-            end += added
-            at = end
-            next_sequence = (next_sequence + added) & 0xFFFFFFFF
-            flags |= segment.flags
-            joined += 1
-            i += 1
-            if added < size:
-                break  # a short one ends the super-packet, as it ends a burst
-        if joined == 1:
-            runs.append((start, end, 0, 0, 1))
-            continue
-        transport = start + first_segment.transport
-        if first_segment.version == 4:
-            _set_ipv4_length(arena, start + l2, end - start - l2,
-                             _IPV4_LENGTH_ID.unpack_from(arena, start + l2 + 2)[1])
-        else:
-            _U16.pack_into(arena, start + l2 + 4, end - start - l2 - 40)
-        # CHECKSUM_PARTIAL: the field holds the pseudo-header sum, folded, not inverted.
-        pseudo = _pseudo_sum(arena, start + l2, first_segment.version, end - transport,
-                             first_segment.protocol)
-        if tcp:
-            arena[transport + 13] = flags
-            _U16.pack_into(arena, transport + _TCP_CHECKSUM_AT, pseudo)
-        else:
-            _U16.pack_into(arena, transport + 4, end - transport)
-            _U16.pack_into(arena, transport + _UDP_CHECKSUM_AT, pseudo)
-        runs.append((start, end, size, first_segment.transport, joined))
+        if start + len(packets[i]) > len(arena):
+            raise ValueError("the arena is too small for the packets")
+        at, gso_size, transport, joined = _join_run(packets[i:count], count - i, l2, ethernet,
+                                                    arena, start)
+        runs.append((start, at, gso_size, transport, joined))
+        i += joined
     return runs
+
+
+def join(train, at: int, end: int, step: int, l2: int, ethernet: bool,
+         out) -> tuple[int, int, int, int]:
+    """:func:`coalesce`'s first run for datagrams that lie one after the other in ``train``
+    (what a UDP socket's GRO hands over): from ``train[at:end]``, every ``step`` bytes one
+    (the last may be shorter), into ``out[0:]``. Returns ``(end, gso_size, transport,
+    joined)``: ``joined`` datagrams were taken, ``out[:end]`` is what they make."""
+    if not 0 <= at <= end <= len(train) or step <= 0 or l2 < 0 or ethernet and l2 < 14:
+        raise ValueError("at, end, step or l2 out of range")
+    datagrams = [train[k:min(k + step, end)] for k in range(at, end, step)][:MAX_TRAIN_SEGMENTS] \
+        or [train[at:at]]
+    if len(datagrams[0]) > len(out):
+        raise ValueError("out is too small for a datagram of the train")
+    return _join_run(datagrams, len(datagrams), l2, ethernet, out, 0)
 
 
 # -- the accelerator ----------------------------------------------------------------------
 
-PYTHON = (segment_tcp, finish_checksum, coalesce)   # the reference, kept for the tests
+PYTHON = (segment_tcp, finish_checksum, coalesce, join)   # the reference, kept for the tests
 
 try:
     from encap import _gso
@@ -338,3 +365,4 @@ if _gso is not None:
             raise _malformed()
 
     coalesce = _gso.coalesce  # noqa: F811
+    join = _gso.join  # noqa: F811

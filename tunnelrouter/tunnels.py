@@ -210,7 +210,9 @@ class TunnelSet:
                 if kind is Underlay.RAW:
                     underlay = self.system.raw_socket(local, number)
                 else:
-                    underlay = self.system.udp_socket(local, number, config.pmtu_discovery)
+                    underlay = self.system.udp_socket(local, number, config.pmtu_discovery,
+                                                      config.kind.link_header,
+                                                      config.kind.ethernet)
             except SystemProblem as problem:
                 key = "port" if "port" in problem.message and kind is Underlay.UDP else "local"
                 raise SystemProblem(problem.message, (key,)) from None
@@ -345,21 +347,32 @@ class TunnelSet:
 
     def _deliver(self, batch: Batch) -> None:
         """Write what the demultiplexer left in ``batch`` into the tunnels' devices, a run of
-        packets for one device at a time, so that the device can join TCP segments."""
-        packets, targets, devices, run = batch.packets, batch.endpoints, self.devices, \
+        packets for one device at a time, so that the device can join TCP segments; what
+        the socket joined already goes as it is."""
+        packets, targets, gso_sizes, run = batch.packets, batch.endpoints, batch.gso_sizes, \
             self._delivery
         receiver = None
         for i in range(batch.count):
             endpoint = targets[i]
             if endpoint is None:
                 continue
-            if endpoint is not receiver:
+            if endpoint is not receiver or gso_sizes[i]:
                 if run:
                     self._write_run(receiver, run, batch.scratch)
                 receiver = endpoint
+                if gso_sizes[i]:
+                    self._write_joined(endpoint, packets[i], gso_sizes[i], batch.joined[i])
+                    continue
             run.append(packets[i])
         if run:
             self._write_run(receiver, run, batch.scratch)
+
+    def _write_joined(self, endpoint: Endpoint, packet, gso_size: int, joined: int) -> None:
+        device = self.devices[endpoint.name]
+        if device is None:
+            endpoint.counters.drops[DropReason.DEVICE_DOWN] += joined
+        else:
+            device.write_joined(packet, gso_size, joined, endpoint.counters)
 
     def _write_run(self, endpoint: Endpoint, run: list, scratch: bytearray) -> None:
         device = self.devices[endpoint.name]

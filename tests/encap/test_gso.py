@@ -19,7 +19,7 @@ from encap.wire import IpProto
 from tests.encap.strategies import mutated
 
 IMPLEMENTATIONS = [pytest.param(gso.PYTHON, id="python")] + (
-    [pytest.param((gso.segment_tcp, gso.finish_checksum, gso.coalesce), id="c")]
+    [pytest.param((gso.segment_tcp, gso.finish_checksum, gso.coalesce, gso.join), id="c")]
     if gso.ACCELERATED else [])
 TIMESTAMPS = [("NOP", None), ("NOP", None), ("Timestamp", (1000, 2000))]
 PROPERTY = settings(max_examples=150, deadline=None,
@@ -183,9 +183,9 @@ def test_a_checksum_field_outside_the_packet_is_a_decode_error(implementation, s
 
 # -- coalescing -----------------------------------------------------------------------------
 
-def join(implementation, packets, l2: int = 0, headroom: int = 10):
+def join(implementation, packets, l2: int = 0, headroom: int = 10, ethernet: bool = False):
     arena = bytearray(sum(map(len, packets)) + headroom * len(packets) + 64)
-    runs = implementation[2](packets, len(packets), l2, arena, headroom)
+    runs = implementation[2](packets, len(packets), l2, ethernet, arena, headroom)
     assert sum(joined for *_, joined in runs) == len(packets)
     return [(bytes(arena[start:end]), size, transport) for start, end, size, transport, _ in runs]
 
@@ -218,11 +218,20 @@ def test_consecutive_segments_of_a_stream_become_one_super_packet_that_cuts_back
 def test_on_tap_the_ethernet_header_is_kept_and_must_match(implementation):
     ether = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02", type=0x0800))
     segments = [ether + s for s in stream(4, [1000, 1000])]
-    [(joined, size, transport)] = join(implementation, segments, l2=14)
+    [(joined, size, transport)] = join(implementation, segments, l2=14, ethernet=True)
     assert joined[:14] == ether and (size, transport) == (1000, 34)
     other = bytes(Ether(src="02:00:00:00:00:03", dst="02:00:00:00:00:02", type=0x0800))
     assert [size for _, size, _ in join(implementation, [segments[0], other + segments[1][14:]],
-                                        l2=14)] == [0, 0]
+                                        l2=14, ethernet=True)] == [0, 0]
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("ethertype", [0x0806, 0x86DD, 0x8100])
+def test_on_tap_an_ip_packet_behind_another_ethertype_is_never_joined(implementation, ethertype):
+    ether = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02", type=ethertype))
+    segments = [ether + s for s in stream(4, [1000, 1000])]
+    assert [size for _, size, _ in join(implementation, segments, l2=14, ethernet=True)] == [0, 0]
+    assert [size for _, size, _ in join(implementation, segments, l2=14)] == [1000]
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
@@ -390,6 +399,98 @@ def test_c_joins_exactly_as_the_reference(data):
     packets = [data.draw(st.one_of(st.just(p), mutated(st.just(p)))) for p in packets]
     assume(all(packets))
     assert join(gso.PYTHON, packets) == join((None, None, gso.coalesce), packets)
+
+
+def train_of(datagrams_: list[bytes]) -> tuple[bytes, int]:
+    """What a UDP socket's GRO hands over: equal datagrams end to end (the last may be
+    shorter), and their size."""
+    step = len(datagrams_[0])
+    assert all(len(d) == step for d in datagrams_[:-1]) and len(datagrams_[-1]) <= step
+    return b"".join(datagrams_), step
+
+
+def joined_train(implementation, train: bytes, step: int, l2: int, ethernet: bool, at: int = 0):
+    out = bytearray(len(train) + 64)
+    end, size, transport, joined = implementation[3](train, at, len(train), step, l2, ethernet,
+                                                     out)
+    return bytes(out[:end]), size, transport, joined
+
+
+def vxlan_and_ethernet(version: int = 4) -> bytes:
+    return bytes(VXLAN(vni=4242)) + bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02",
+                                                type=0x0800 if version == 4 else 0x86DD))
+
+
+VXLAN_AND_ETHERNET = vxlan_and_ethernet()
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("version", [4, 6])
+def test_a_gro_train_of_vxlan_datagrams_joins_into_one_datagram_of_the_whole_stream(
+        implementation, version):
+    # As UDP GRO hands a VXLAN receiver 40 datagrams of one inner TCP stream: one datagram
+    # whose inner packet is the super-packet GRO of the inner stream would have made.
+    outer = [vxlan_and_ethernet(version) + segment
+             for segment in stream(version, [1380] * 39 + [700])]
+    train, step = train_of(outer)
+    joined, size, transport, count = joined_train(implementation, train, step, 22, True)
+    assert (size, transport, count) == (1380, 22 + (20 if version == 4 else 40), 40)
+    assert joined[:22] == outer[0][:22]
+    [(expected, _, _)] = join(implementation, [d[22:] for d in outer], l2=0)
+    assert joined[22:] == expected
+    assert cut(implementation, joined[8:], 14, size) == [d[8:] for d in outer]
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_a_train_joins_from_where_it_is_told_and_stops_where_the_stream_does(implementation):
+    ether = VXLAN_AND_ETHERNET
+    first, second = stream(4, [500, 500], seq=0), stream(4, [500, 500], seq=7000)
+    train, step = train_of([ether + s for s in first + second])
+    assert joined_train(implementation, train, step, 22, True)[1:] == (500, 42, 2)
+    assert joined_train(implementation, train, step, 22, True, at=2 * step)[1:] == (500, 42, 2)
+    assert joined_train(implementation, train, step, 22, True, at=3 * step) == (
+        ether + second[1], 0, 0, 1)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_a_train_with_other_vxlan_headers_is_not_joined_across_them(implementation):
+    other = bytes(VXLAN(vni=7)) + VXLAN_AND_ETHERNET[8:]
+    segments = stream(4, [500, 500])
+    train, step = train_of([VXLAN_AND_ETHERNET + segments[0], other + segments[1]])
+    assert joined_train(implementation, train, step, 22, True)[1:] == (0, 0, 1)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+def test_an_empty_datagram_is_a_train_of_one(implementation):
+    assert joined_train(implementation, b"", 1, 22, True) == (b"", 0, 0, 1)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("at, end, step, out", [(-1, 10, 5, 64), (0, 11, 5, 64), (6, 5, 5, 64),
+                                                 (0, 10, 0, 64), (0, 10, 5, 4)])
+def test_a_train_out_of_range_is_a_caller_error(implementation, at, end, step, out):
+    with pytest.raises(ValueError):
+        implementation[3](bytes(10), at, end, step, 0, False, bytearray(out))
+
+
+@needs_accelerator
+@PROPERTY
+@given(data=st.data())
+def test_c_joins_trains_exactly_as_the_reference(data):
+    version = data.draw(st.sampled_from([4, 6]))
+    size = data.draw(st.integers(1, 1400))
+    count = data.draw(st.integers(1, 10))
+    last = data.draw(st.integers(1, size))
+    packets = [vxlan_and_ethernet(version) + s
+               for s in stream(version, [size] * (count - 1) + [last])]
+    step = len(packets[0])
+    train = bytearray(b"".join(packets))
+    for _ in range(data.draw(st.integers(0, 3))):
+        train[data.draw(st.integers(0, len(train) - 1))] = data.draw(st.integers(0, 255))
+    at = data.draw(st.sampled_from([0, step * data.draw(st.integers(0, count - 1))]))
+    ethernet = data.draw(st.booleans())
+    assert joined_train(gso.PYTHON, bytes(train), step, 22, ethernet, at) == \
+        joined_train((None, None, None, gso.join), bytes(train), step, 22, ethernet, at)
 
 
 @needs_accelerator

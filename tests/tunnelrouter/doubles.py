@@ -333,9 +333,10 @@ class MemorySystem(System):
                                                                    udp=False)
         return RawSocket(wire_socket, local)
 
-    def udp_socket(self, local: str, port: int, dont_fragment: bool) -> UdpSocket:
+    def udp_socket(self, local: str, port: int, dont_fragment: bool, link_header: int = 0,
+                   ethernet: bool = False) -> UdpSocket:
         wire_socket = self.sockets[(local, port)] = WireSocket(self.wire, local, port, udp=True)
-        return UdpSocket(wire_socket, local)
+        return UdpSocket(wire_socket, local, link_header, ethernet)
 
     def netlink(self) -> MemoryNetlink:
         return self.netlink_double

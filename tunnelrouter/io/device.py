@@ -68,6 +68,7 @@ class TunTapDevice:
         self.super_packets = super_packets
         self._owner = owner
         self._link_header = ETHERNET_HEADER_LENGTH if ethernet else 0
+        self._joined_header = bytearray(VNET_HEADER_LENGTH)
         os.set_blocking(fd, False)
 
     @classmethod
@@ -166,23 +167,13 @@ class TunTapDevice:
         """Deliver ``packets``, joining TCP segments and UDP datagrams into super-packets in
         ``scratch`` (large enough for all of them, each behind a virtio-net header)."""
         link = self._link_header
-        runs = coalesce(packets, len(packets), link, scratch, VNET_HEADER_LENGTH)
+        runs = coalesce(packets, len(packets), link, bool(link), scratch, VNET_HEADER_LENGTH)
         view = memoryview(scratch)
-        pack = VNET_HEADER.pack_into
         for start, end, gso_size, transport, joined in runs:
             header = start - VNET_HEADER_LENGTH
             if gso_size:
-                ip = start + link
-                protocol = scratch[ip + 9] if scratch[ip] >> 4 == 4 else scratch[ip + 6]
-                if protocol == _PROTOCOL_TCP:
-                    header_end = transport + (scratch[start + transport + 12] >> 4) * 4
-                    gso_type = GSO_TCPV4 if scratch[ip] >> 4 == 4 else GSO_TCPV6
-                    checksum_offset = _TCP_CHECKSUM_OFFSET
-                else:
-                    header_end, gso_type, checksum_offset = transport + 8, GSO_UDP_L4, \
-                        _UDP_CHECKSUM_OFFSET
-                pack(scratch, header, NEEDS_CSUM, gso_type, header_end, gso_size, transport,
-                     checksum_offset)
+                header_end = self._super_packet_header(scratch, start, transport, gso_size,
+                                                       scratch, header)
                 length = end - start + (joined - 1) * header_end
             else:
                 scratch[header:start] = _NO_OFFLOAD
@@ -190,6 +181,36 @@ class TunTapDevice:
             if self._deliver((view[header:end],), counters, joined):
                 counters.rx_packets += joined
                 counters.rx_bytes += length
+
+    def write_joined(self, packet: memoryview, gso_size: int, joined: int,
+                     counters: Counters) -> None:
+        """Deliver a super-packet that ``joined`` packets of ``gso_size`` payload bytes make
+        (``encap.gso.join`` made it, as ``coalesce`` makes them in ``write_batch``)."""
+        link = self._link_header
+        transport = link + (20 if packet[link] >> 4 == 4 else 40)
+        header_end = self._super_packet_header(packet, 0, transport, gso_size,
+                                               self._joined_header, 0)
+        if self._deliver((self._joined_header, packet), counters, joined):
+            counters.rx_packets += joined
+            counters.rx_bytes += len(packet) + (joined - 1) * header_end
+
+    def _super_packet_header(self, data, start: int, transport: int, gso_size: int, out,
+                             at: int) -> int:
+        """Write the virtio-net header of the super-packet at ``data[start:]`` (its TCP or UDP
+        header ``transport`` bytes in, the pseudo-header sum in its checksum) to ``out[at:]``;
+        return the length of the headers each of its packets repeats."""
+        ip = start + self._link_header
+        version = data[ip] >> 4
+        if (data[ip + 9] if version == 4 else data[ip + 6]) == _PROTOCOL_TCP:
+            header_end = transport + (data[start + transport + 12] >> 4) * 4
+            gso_type = GSO_TCPV4 if version == 4 else GSO_TCPV6
+            checksum_offset = _TCP_CHECKSUM_OFFSET
+        else:
+            header_end, gso_type, checksum_offset = transport + 8, GSO_UDP_L4, \
+                _UDP_CHECKSUM_OFFSET
+        VNET_HEADER.pack_into(out, at, NEEDS_CSUM, gso_type, header_end, gso_size, transport,
+                              checksum_offset)
+        return header_end
 
     def _deliver(self, buffers, counters: Counters, packets: int = 1) -> bool:
         try:

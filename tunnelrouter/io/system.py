@@ -22,8 +22,9 @@ class System:
     def raw_socket(self, local: str, protocol: int) -> RawSocket:
         return RawSocket.open(local, protocol)
 
-    def udp_socket(self, local: str, port: int, dont_fragment: bool) -> UdpSocket:
-        return UdpSocket.open(local, port, dont_fragment)
+    def udp_socket(self, local: str, port: int, dont_fragment: bool, link_header: int = 0,
+                   ethernet: bool = False) -> UdpSocket:
+        return UdpSocket.open(local, port, dont_fragment, link_header, ethernet)
 
     def netlink(self) -> Netlink:
         return Netlink()

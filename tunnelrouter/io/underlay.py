@@ -21,7 +21,7 @@ import struct
 import sys
 
 from encap.errors import DecodeError, DropReason
-from encap.gso import segment_tcp
+from encap.gso import join, segment_tcp
 from encap.wire import HEADROOM
 
 from tunnelrouter.io.errors import SystemProblem
@@ -55,6 +55,7 @@ SOL_UDP, UDP_SEGMENT, UDP_GRO = 17, 103, 104
 UDP_GSO_SEGMENTS = 64
 UDP_GSO_BYTES = 65000
 GRO_TRAIN = 65536
+GRO_TRAINS_KEPT = 4
 _RECEIVE_ANCILLARY = _TOS_SPACE + socket.CMSG_SPACE(4)
 
 
@@ -269,11 +270,12 @@ class RawSocket(UnderlaySocket):
     def read_batch(self, batch: Batch) -> int:
         """Read datagrams into ``batch`` until none waits or it is full; return how many."""
         count = self._receive_many(batch) if self._mmsg is not None else self._receive(batch)
-        buffers, starts, tos = batch.buffers, batch.starts, batch.tos
+        buffers, starts, tos, gso_sizes = batch.buffers, batch.starts, batch.tos, batch.gso_sizes
         for i in range(count):
             buffer = buffers[i]
             starts[i] = (buffer[0] & 0x0F) * 4
             tos[i] = buffer[1]
+            gso_sizes[i] = 0   # the batch is shared with UDP sockets, which join datagrams
         batch.count = count
         return count
 
@@ -319,7 +321,11 @@ class UdpSocket(UnderlaySocket):
     class. DF is the socket's: ``dont_fragment`` for every datagram, or for none."""
 
     @classmethod
-    def open(cls, local: str, port: int, dont_fragment: bool = True) -> "UdpSocket":
+    def open(cls, local: str, port: int, dont_fragment: bool = True, link_header: int = 0,
+             ethernet: bool = False) -> "UdpSocket":
+        """``link_header``: what precedes the inner IP packet in every datagram (the tunnel
+        header, and an Ethernet header if ``ethernet``); 0 if that varies (nothing is
+        joined)."""
         family = socket.AF_INET6 if ":" in local else socket.AF_INET
         sock = _socket(family, socket.SOCK_DGRAM, 0, local)
         try:
@@ -339,7 +345,7 @@ class UdpSocket(UnderlaySocket):
         except BaseException:
             sock.close()
             raise
-        return cls(sock, local)
+        return cls(sock, local, link_header, ethernet)
 
     def _send_segments(self, segments: memoryview, stride: int, destination, marking,
                        counters: Counters) -> tuple[int, int]:
@@ -367,11 +373,17 @@ class UdpSocket(UnderlaySocket):
             sent_bytes += len(part)
         return sent, sent_bytes
 
-    def __init__(self, sock: socket.socket, local: str):
+    def __init__(self, sock: socket.socket, local: str, link_header: int = 0,
+                 ethernet: bool = False):
         super().__init__(sock, local)
-        # UDP GRO: one receive is a train of datagrams of one size from one sender,
-        # handed to the batch one by one; what does not fit waits here for the next.
-        self._train = bytearray(GRO_TRAIN)
+        # UDP GRO: one receive is a train of datagrams of one size from one sender. The
+        # datagrams of one TCP stream (or UDP flow) in it become one datagram of the batch,
+        # their inner packets joined behind the first's headers (encap.gso.join), as GRO
+        # would have joined them had the kernel known the tunnel; the rest go one by one.
+        # What does not fit in the batch waits here for the next.
+        self._link_header, self._ethernet = link_header, ethernet
+        # Trains of one stream received back to back are joined across: room for a few.
+        self._train = bytearray(GRO_TRAINS_KEPT * GRO_TRAIN)
         self._train_view = memoryview(self._train)
         self._train_at = self._train_end = self._train_step = self._train_left = 0
         self._train_tos, self._train_source = 0, ""
@@ -384,11 +396,16 @@ class UdpSocket(UnderlaySocket):
 
     def read_batch(self, batch: Batch) -> int:
         count = self._unload_train(batch, 0)
-        receive, train, capacity = self.sock.recvmsg_into, (self._train_view,), batch.capacity
-        space, failures = _RECEIVE_ANCILLARY, 0
+        receive, space, capacity = self.sock.recvmsg_into, _RECEIVE_ANCILLARY, batch.capacity
+        failures = 0
         while count < capacity and failures < capacity:
+            waiting = self._train_left
+            if waiting and not self._extendable(capacity - count):
+                count = self._unload_train(batch, count)
+                continue
+            behind = self._train_end if waiting else 0
             try:
-                n, ancillary, _, address = receive(train, space)
+                n, ancillary, _, address = receive((self._train_view[behind:],), space)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
@@ -401,31 +418,56 @@ class UdpSocket(UnderlaySocket):
                     step = int.from_bytes(data[:4], sys.byteorder) or n
                 elif data:
                     tos = data[self._tos_byte]
-            self._train_at, self._train_end, self._train_step = 0, n, step
-            self._train_left = -(-n // step) if n else 1   # an empty datagram is one too
-            self._train_tos, self._train_source = tos, address[0]
-            count = self._unload_train(batch, count)
+            left = -(-n // step) if n else 1   # an empty datagram is one too
+            if waiting:
+                # The same sender goes on with datagrams of the same size (or one shorter,
+                # which ends a train): one train of both.
+                if (step == self._train_step or left == 1 and 0 < n < self._train_step) and \
+                        tos == self._train_tos and address[0] == self._train_source:
+                    self._train_end, self._train_left = behind + n, waiting + left
+                    continue
+                count = self._unload_train(batch, count)   # all of it: _extendable saw room
+            self._train_at, self._train_end, self._train_step = behind, behind + n, step
+            self._train_left, self._train_tos, self._train_source = left, tos, address[0]
+        count = self._unload_train(batch, count)
         batch.count = count
         return count
 
+    def _extendable(self, room: int) -> bool:
+        """Whether the next train may be received behind the waiting one and joined to it:
+        the waiting one's datagrams are all whole, a train fits behind it, and the batch
+        has ``room`` for every datagram of it should the next not go on."""
+        step = self._train_step
+        return bool(self._link_header and step and self._train_left < room and
+                    (self._train_end - self._train_at) % step == 0 and
+                    self._train_end + GRO_TRAIN <= len(self._train))
+
     def _unload_train(self, batch: Batch, count: int) -> int:
-        """Hand what waits of the last train to the batch, from entry ``count`` on."""
+        """Hand what waits of the last train to the batch, from entry ``count`` on: a
+        joined datagram has its ``gso_sizes`` (its parts' payload size) and ``joined``."""
         at, end, step, train = self._train_at, self._train_end, self._train_step, self._train
-        left = self._train_left
+        left, link_header, ethernet = self._train_left, self._link_header, self._ethernet
         buffers, starts, ends, addresses, tos = batch.buffers, batch.starts, batch.ends, \
             batch.addresses, batch.tos
+        gso_sizes, joined_counts = batch.gso_sizes, batch.joined
         train_tos, source = self._train_tos, self._train_source
         while left and count < batch.capacity:
-            length = min(step, end - at)
-            buffers[count][:length] = train[at:at + length]
+            if link_header and left > 1:
+                length, gso_size, _, joined = join(train, at, end, step, link_header, ethernet,
+                                                   buffers[count])
+            else:
+                length, gso_size, joined = min(step, end - at), 0, 1
+                buffers[count][:length] = train[at:at + length]
             starts[count] = 0
             ends[count] = length
+            gso_sizes[count] = gso_size
+            joined_counts[count] = joined
             tos[count] = train_tos
             addresses[count] = source
             count += 1
-            at += length
-            left -= 1
-        self._train_at, self._train_left = at, left
+            at += joined * step
+            left -= joined
+        self._train_at, self._train_left = min(at, end), left
         return count
 
 

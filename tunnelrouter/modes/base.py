@@ -312,6 +312,10 @@ class Mode:
     unknown_key: ClassVar[DropReason]
     # ... unless the only tunnel with that peer takes it, to count why it is not its own.
     peer_owns_unknown_keys: ClassVar[bool] = False
+    # Underlay.UDP: the bytes in front of the inner IP packet in every datagram (the tunnel
+    # header, then Ethernet's on ethernet modes), behind which the socket joins a train's
+    # datagrams of one stream; 0: the header varies, nothing is joined.
+    link_header: ClassVar[int] = 0
 
     def codec(self, tunnel: TunnelConfig) -> Codec:
         """The codec of the tunnel header (the outer IP and UDP headers are not in it)."""

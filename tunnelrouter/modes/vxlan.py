@@ -13,7 +13,7 @@ from pydantic import Field, StrictBool, StrictInt, StrictStr, field_validator
 
 from encap.errors import DropReason
 from encap.vxlan import FLAG_VNI, HEADER_LENGTH, VNI_MAX, Vxlan
-from encap.wire import VXLAN_PORT
+from encap.wire import ETHERNET_HEADER_LENGTH, VXLAN_PORT
 
 from tunnelrouter.modes.base import (UNREADABLE, Address, Mode, Port, Strict, TunnelConfig,
                                      Underlay, register)
@@ -91,6 +91,7 @@ class VxlanMode(Mode):
     underlay_families = frozenset({4, 6})
     distinguished_by = "id"
     unknown_key = DropReason.VXLAN_UNKNOWN_VNI
+    link_header = HEADER_LENGTH + ETHERNET_HEADER_LENGTH
 
     def codec(self, tunnel: VxlanConfig) -> Vxlan:
         return Vxlan(tunnel.id)

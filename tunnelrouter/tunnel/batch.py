@@ -16,7 +16,10 @@ Packet ``i`` of ``count``:
   bytes into the packet (into ``packets[i]`` once the core has encapsulated it);
 - filled from the wire: the datagram ``buffers[i][:ends[i]]`` from ``addresses[i]``,
   whose tunnel header starts at ``starts[i]`` (after the outer IP header where the
-  socket gives that too) and whose outer TOS / traffic class was ``tos[i]``;
+  socket gives that too) and whose outer TOS / traffic class was ``tos[i]``; when
+  ``gso_sizes[i]`` is not 0, ``joined[i]`` datagrams of one inner TCP stream (or UDP
+  flow) that came in one train were joined into it: its inner packet is a
+  super-packet of parts of that many payload bytes;
 - after the core: ``packets[i]``, the bytes to pass on (None: dropped), and
   towards the wire ``destinations[i]`` (socket addresses) with ``ancillary[i]``
   (control messages, or None), towards a device ``endpoints[i]``, the tunnel
@@ -36,8 +39,9 @@ VNET_HEADER_LENGTH = 10  # struct virtio_net_hdr, in front of every TUN/TAP read
 
 class Batch:
     __slots__ = ("capacity", "buffers", "views", "device_views", "vnet_headers", "device_iovecs",
-                 "count", "starts", "ends", "gso_sizes", "ip_offsets", "tcp_offsets", "addresses", "tos",
-                 "packets", "destinations", "ancillary", "endpoints", "scratch", "answering")
+                 "count", "starts", "ends", "gso_sizes", "joined", "ip_offsets", "tcp_offsets",
+                 "addresses", "tos", "packets", "destinations", "ancillary", "endpoints",
+                 "scratch", "answering")
 
     def __init__(self, capacity: int = BATCH_SIZE, buffer_size: int = BUFFER_SIZE,
                  scratch_size: int = 0):
@@ -53,6 +57,7 @@ class Batch:
         self.scratch = bytearray(scratch_size)
         self.count = 0
         self.gso_sizes = [0] * capacity
+        self.joined = [1] * capacity
         self.ip_offsets = [0] * capacity
         self.tcp_offsets = [0] * capacity
         self.starts = [HEADROOM] * capacity
@@ -66,6 +71,10 @@ class Batch:
         # Endpoints that answered something in this batch from the wire (a peer's keepalive):
         # their outboxes wait to be sent.
         self.answering: list = []
+
+    def parts(self, i: int) -> int:
+        """How many datagrams from the wire entry ``i`` is (more than one if joined)."""
+        return self.joined[i] if self.gso_sizes[i] else 1
 
     def fill_from_device(self, packets) -> "Batch":
         """Copy ``packets`` in as a device read leaves them (tests and tools)."""
@@ -86,5 +95,6 @@ class Batch:
             self.addresses[i] = addresses[i] if addresses is not None else None
             self.tos[i] = tos[i] if tos is not None else 0
             self.gso_sizes[i] = 0
+            self.joined[i] = 1
         self.count = len(packets)
         return self

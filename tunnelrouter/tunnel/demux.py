@@ -63,7 +63,7 @@ class Demux:
             key = key_of(datagram, starts[i], source)
             endpoint = endpoints.get(key)
             if endpoint is None:
-                endpoint = self._stray(key, source)
+                endpoint = self._stray(key, source, batch.parts(i))
             if endpoint is not None and endpoint.decapsulate(batch, i, datagram, now):
                 targets[i] = endpoint
                 if endpoint is not heard or source != heard_from:
@@ -91,17 +91,17 @@ class Demux:
             endpoint.wan_error(error, now)
         return reached
 
-    def _stray(self, key: Hashable, source: str) -> Endpoint | None:
+    def _stray(self, key: Hashable, source: str, parts: int) -> Endpoint | None:
         """No tunnel has ``key``: the tunnel that takes the datagram anyway, to count why
-        it drops it, or None, counted here."""
+        it drops it, or None, counted here (``parts``: the datagrams it is)."""
         if key.__class__ is Unreadable:
-            self.counters.drops[key.reason] += 1
+            self.counters.drops[key.reason] += parts
             return None
         tunnels = self.sources.get(source)
         if tunnels is None:
-            self.counters.drops[DropReason.NOT_A_PEER] += 1
+            self.counters.drops[DropReason.NOT_A_PEER] += parts
             return None
         if self.peer_owns_unknown_keys and len(tunnels) == 1:
             return tunnels[0]
-        self.counters.drops[self.unknown_key] += 1
+        self.counters.drops[self.unknown_key] += parts
         return None

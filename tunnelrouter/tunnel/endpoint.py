@@ -239,27 +239,25 @@ class Endpoint:
         return (ttl if self.inherit_ttl else self.default_ttl if ttl else 0), \
             (tos & self.tos_inherited) | self.tos_fixed, fragmentable
 
-    def _decapsulate_ecn(self, packet: memoryview, outer: int) -> bool:
-        """RFC 6040 §4.2 on an arriving packet whose outer header is ECN-capable.
-        False: drop it (CE on a Not-ECT inner packet)."""
+    def _decapsulate_ecn(self, packet: memoryview, outer: int) -> DropReason | None:
+        """RFC 6040 §4.2 on an arriving packet whose outer header is ECN-capable: why to
+        drop it (CE on a Not-ECT inner packet), or None."""
         inner = inner_ip(packet, self.ethernet)
         if inner is None:
-            return True  # not IP: nothing to mark
+            return None  # not IP: nothing to mark
         try:
             inner_ecn = packet_ecn(inner)
         except DecodeError as error:
-            self.counters.drops[error.reason] += 1
-            return False
+            return error.reason
         ecn = decapsulated_ecn(inner_ecn, outer)
         if (inner_ecn, outer) in UNUSED_COMBINATIONS:
             self.counters.ecn_unused_combinations += 1
         if ecn == inner_ecn:
-            return True
+            return None
         if ecn == DROP:
-            self.counters.drops[DropReason.ECN_CE_ON_NOT_ECT] += 1
-            return False
+            return DropReason.ECN_CE_ON_NOT_ECT
         set_packet_ecn(inner, ecn)
-        return True
+        return None
 
     def _icmp_error(self, packet: memoryview, icmp_type: int, code: int, parameter: int,
                     now: float) -> None:
@@ -291,7 +289,7 @@ class Endpoint:
         except DecodeError as error:
             if error.reason is not self.keepalive.answer_reason or \
                     not self.liveness.answered(datagram, now):
-                self.counters.drops[error.reason] += 1
+                self._drop(batch, i, error.reason)
             return False
         if packet[self.keepalive_at] in self.keepalive_values and \
                 self._keepalive(batch, i, packet, now):
@@ -302,20 +300,28 @@ class Endpoint:
         if check is not None:
             refused = check(packet)
             if refused is not None:
-                self.counters.drops[refused] += 1
+                self._drop(batch, i, refused)
                 return False
         ecn = batch.tos[i] & ECN_MASK
-        if ecn and not self._decapsulate_ecn(packet, ecn):
-            return False
+        if ecn:
+            refused = self._decapsulate_ecn(packet, ecn)
+            if refused is not None:
+                self._drop(batch, i, refused)
+                return False
         limit = self.rate_limit
-        if limit is not None and not limit.admit(batch.addresses[i], len(packet), now):
-            self.counters.drops[DropReason.RATE_LIMITED] += 1
+        if limit is not None and not limit.admit(batch.addresses[i], len(packet), now,
+                                                 batch.parts(i)):
+            self._drop(batch, i, DropReason.RATE_LIMITED)
             return False
         mss = self.mss
         if mss is not None:
             self._clamp_mss(packet, mss[0], mss[1])
         batch.packets[i] = packet
         return True
+
+    def _drop(self, batch: Batch, i: int, reason: DropReason) -> None:
+        """Count datagram ``i`` of ``batch`` dropped: as many as were joined into it."""
+        self.counters.drops[reason] += batch.parts(i)
 
     # -- super-packets ---------------------------------------------------------------------
 
@@ -646,7 +652,7 @@ class UdpEndpoint(Endpoint):
         accepted."""
         destination = self.destinations.get(batch.addresses[i])
         if destination is None:
-            self.counters.drops[DropReason.NOT_A_PEER] += 1
+            self._drop(batch, i, DropReason.NOT_A_PEER)
             return False
         if not super().decapsulate(batch, i, datagram, now):
             return False

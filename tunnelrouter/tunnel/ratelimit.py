@@ -18,9 +18,10 @@ _UNLIMITED = float("inf")
 
 
 class PeerRateLimit:
-    """``admit(peer, size, now)``: whether ``peer`` may deliver a packet of ``size`` bytes now,
-    its tokens taken if so. A bucket holds ``burst`` seconds of its rate and starts full; a
-    rate not given is unlimited."""
+    """``admit(peer, size, now, packets=1)``: whether ``peer`` may deliver a packet of ``size``
+    bytes now (or that many packets of ``size`` bytes in all: what a socket joined from one
+    train is admitted or refused whole), its tokens taken if so. A bucket holds ``burst``
+    seconds of its rate and starts full; a rate not given is unlimited."""
 
     __slots__ = ("packet_rate", "byte_rate", "packet_burst", "byte_burst", "buckets", "admit")
 
@@ -38,7 +39,7 @@ class PeerRateLimit:
         buckets, packet_rate, byte_rate, packet_burst, byte_burst = \
             self.buckets, self.packet_rate, self.byte_rate, self.packet_burst, self.byte_burst
 
-        def admit(peer: str, size: int, now: float) -> bool:
+        def admit(peer: str, size: int, now: float, packets: int = 1) -> bool:
             bucket = buckets.get(peer)
             if bucket is None:
                 return True   # not a peer of the tunnel: refused before it gets here
@@ -49,9 +50,8 @@ class PeerRateLimit:
                     bucket[0] = min(packet_burst, bucket[0] + elapsed * packet_rate)
                     bucket[1] = min(byte_burst, bucket[1] + elapsed * byte_rate)
                 bucket[2] = now
-            packets = bucket[0]
-            if packets >= 1.0 and bucket[1] >= size:
-                bucket[0] = packets - 1.0
+            if bucket[0] >= packets and bucket[1] >= size:
+                bucket[0] -= packets
                 bucket[1] -= size
                 return True
             return False
