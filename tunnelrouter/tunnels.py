@@ -32,7 +32,7 @@ from tunnelrouter.io.system import System
 from tunnelrouter.io.underlay import UnderlaySocket
 from tunnelrouter.logs import event
 from tunnelrouter.modes import TunnelConfig, Underlay
-from tunnelrouter.tunnel.batch import BATCH_SIZE, VNET_HEADER_LENGTH, Batch
+from tunnelrouter.tunnel.batch import BATCH_SIZE, JOINED_ENTRIES, VNET_HEADER_LENGTH, Batch
 from tunnelrouter.tunnel.counters import Counters
 from tunnelrouter.tunnel.demux import Demux
 from tunnelrouter.tunnel.endpoint import Endpoint, endpoint_for
@@ -96,11 +96,13 @@ class TunnelSet:
         # Scratch: room to cut a super-packet into segments, or to join a whole batch.
         # A device read may be a 64 KB super-packet; a datagram is no larger than the
         # underlay's MTU (a larger one, reassembled from a peer's fragments, is cut short
-        # and dropped: its IP length says so).
+        # and dropped: its IP length says so), but a UDP socket's train joins into up to
+        # 64 KB, in the batch's first buffers.
         self._device_batch = Batch(scratch_size=SEGMENTS_SCRATCH)
         datagram = HEADROOM + max(WIRE_DATAGRAM, datagram_size)
         self._wire_batch = Batch(buffer_size=datagram,
-                                 scratch_size=BATCH_SIZE * (datagram + VNET_HEADER_LENGTH))
+                                 scratch_size=BATCH_SIZE * (datagram + VNET_HEADER_LENGTH),
+                                 large_buffers=JOINED_ENTRIES)
         self._delivery: list = []   # the packets of one wire batch for one device
         self._warned: set[tuple] = set()
 

@@ -32,6 +32,9 @@ segments cut from a super-packet, super-packets joined from segments.
 from encap.wire import HEADROOM
 
 BATCH_SIZE = 64          # at most this many packets per wakeup, so no descriptor starves the rest
+# Wire batches: how many of its entries hold a datagram joined from a train (64 KB each);
+# the rest, sized for one datagram, still join what fits in them.
+JOINED_ENTRIES = 16
 # A 64 KB super-packet, with an Ethernet header on TAP.
 BUFFER_SIZE = HEADROOM + 65536 + 64
 VNET_HEADER_LENGTH = 10  # struct virtio_net_hdr, in front of every TUN/TAP read and write
@@ -44,9 +47,12 @@ class Batch:
                  "scratch", "answering")
 
     def __init__(self, capacity: int = BATCH_SIZE, buffer_size: int = BUFFER_SIZE,
-                 scratch_size: int = 0):
+                 scratch_size: int = 0, large_buffers: int = 0):
+        """``large_buffers``: the first that many buffers hold a 64 KB super-packet whatever
+        ``buffer_size`` says (where a socket joins datagrams, see ``joined``)."""
         self.capacity = capacity
-        self.buffers = [bytearray(buffer_size) for _ in range(capacity)]
+        self.buffers = [bytearray(max(buffer_size, BUFFER_SIZE) if i < large_buffers else
+                                  buffer_size) for i in range(capacity)]
         self.views = [memoryview(buffer) for buffer in self.buffers]
         self.device_views = [view[HEADROOM:] for view in self.views]   # where a device read goes
         self.vnet_headers = bytearray(VNET_HEADER_LENGTH * capacity)

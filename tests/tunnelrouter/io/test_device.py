@@ -14,7 +14,7 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
 from encap.checksum import pseudo_header_sum
-from encap.gso import finish_checksum
+from encap.gso import finish_checksum, join
 from encap.wire import HEADROOM
 from tunnelrouter.io.device import (GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, NEEDS_CSUM,
                                     VNET_HEADER, TunTapDevice)
@@ -185,6 +185,33 @@ def test_datagrams_of_one_udp_flow_are_written_as_one_udp_gso_packet(device):
     header, packet = host.receive()
     assert header == (NEEDS_CSUM, GSO_UDP_L4, 28, 64, 20, 6)
     assert len(packet) == 28 + 640 and (counters.rx_packets, counters.rx_bytes) == (10, 920)
+
+
+@pytest.mark.parametrize("ethernet", [False, True])
+@pytest.mark.parametrize("parts", [
+    pytest.param(stream(4, [1448, 1448, 600]), id="tcp4"),
+    pytest.param(stream(6, [1428, 1428, 1428]), id="tcp6"),
+    pytest.param(datagrams(4, [64] * 10), id="udp4"),
+])
+def test_a_super_packet_a_socket_joined_is_written_as_write_batch_would_write_its_parts(
+        ethernet, parts):
+    link = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02",
+                       type=0x0800 if parts[0][0] >> 4 == 4 else 0x86DD)) if ethernet else b""
+    parts = [link + part for part in parts]
+    joined = bytearray(BUFFER_SIZE)
+    end, gso_size, _, count = join(b"".join(parts), 0, sum(map(len, parts)), len(parts[0]),
+                                   len(link), ethernet, joined)
+    written = []
+    for write in (lambda device, counters: device.write_joined(
+                      memoryview(joined)[:end], gso_size, count, counters),
+                  lambda device, counters: device.write_batch(parts, counters, bytearray(SCRATCH))):
+        device, host = make_device(ethernet)
+        counters = Counters()
+        write(device, counters)
+        written.append((host.receive(), counters.rx_packets, counters.rx_bytes))
+        device.close()
+        host.close()
+    assert written[0] == written[1] and written[0][1:] == (len(parts), sum(map(len, parts)))
 
 
 def test_what_cannot_be_joined_is_written_one_by_one_in_order(device):

@@ -114,8 +114,8 @@ def outgoing(*inner_lengths: int, header: int = 8) -> Batch:
     return batch
 
 
-def udp(fake: FakeSocket, local: str = "10.0.0.1") -> UdpSocket:
-    return UdpSocket(fake, local)
+def udp(fake: FakeSocket, local: str = "10.0.0.1", link_header: int = 0) -> UdpSocket:
+    return UdpSocket(fake, local, link_header)
 
 
 # -- sending -------------------------------------------------------------------------------
@@ -392,6 +392,81 @@ def test_a_gro_train_is_handed_to_the_batch_datagram_by_datagram_and_what_waits_
     assert batch.addresses[:3] == ["10.0.0.2", "10.0.0.2", "10.0.0.3"]
 
 
+TUNNEL_HEADER = bytes(range(8))   # what precedes each inner packet: link_header 8
+
+
+def stream_train(sizes, seq: int = 1000, flags: dict | None = None) -> tuple[bytes, list]:
+    """Datagrams of one inner TCP stream behind TUNNEL_HEADER, end to end as a GRO train:
+    the train and the datagrams."""
+    datagrams = []
+    for k, size in enumerate(sizes):
+        datagrams.append(TUNNEL_HEADER + tcp_packet(4, payload(size), (flags or {}).get(k, "A"),
+                                                    seq=seq, ip_id=k))
+        seq += size
+    return b"".join(datagrams), datagrams
+
+
+def entries(batch: Batch, count: int) -> list[tuple[int, int]]:
+    """(joined, gso_size) of each entry: (1, 0) for a datagram as it came."""
+    return [(batch.parts(i), batch.gso_sizes[i]) for i in range(count)]
+
+
+def test_a_train_of_one_stream_becomes_one_datagram_whose_inner_packet_cuts_back_into_it():
+    train, datagrams = stream_train([1000] * 5 + [300])
+    fake = FakeSocket(incoming=[(train, gro(len(datagrams[0])), ("10.0.0.2", 4789))])
+    sock, batch = udp(fake, link_header=8), Batch(4, large_buffers=1)
+    assert sock.read_batch(batch) == 1 and not sock.backlog
+    assert entries(batch, 1) == [(6, 1000)] and batch.tos[0] == 2
+    joined = bytes(batch.buffers[0][:batch.ends[0]])
+    assert joined[:8] == TUNNEL_HEADER
+    assert [TUNNEL_HEADER + s for s in cut((segment_tcp,), joined[8:], 0, 1000)] == datagrams
+
+
+def test_trains_of_one_stream_received_back_to_back_are_joined_across():
+    first, one = stream_train([1000] * 3)
+    second, two = stream_train([1000] * 2 + [500], seq=4000)
+    fake = FakeSocket(incoming=[(first, gro(len(one[0])), ("10.0.0.2", 4789)),
+                                (second, gro(len(two[0])), ("10.0.0.2", 4789))])
+    sock, batch = udp(fake, link_header=8), Batch(4, large_buffers=1)
+    assert sock.read_batch(batch) == 1 and entries(batch, 1) == [(6, 1000)]
+
+
+@pytest.mark.parametrize("why, second_from, second_seq", [
+    ("another sender", "10.0.0.3", 4000),
+    ("a gap in the stream", "10.0.0.2", 9000),
+])
+def test_what_does_not_go_on_with_the_stream_is_an_entry_of_its_own(why, second_from, second_seq):
+    first, one = stream_train([1000] * 3)
+    second, two = stream_train([1000] * 2, seq=second_seq)
+    fake = FakeSocket(incoming=[(first, gro(len(one[0])), ("10.0.0.2", 4789)),
+                                (second, gro(len(two[0])), (second_from, 4789))])
+    sock, batch = udp(fake, link_header=8), Batch(4, large_buffers=2)
+    assert sock.read_batch(batch) == 2 and entries(batch, 2) == [(3, 1000), (2, 1000)]
+    assert batch.addresses[:2] == ["10.0.0.2", second_from]
+
+
+def test_a_datagram_that_may_not_be_joined_stays_one_and_the_stream_goes_on_after_it():
+    train, datagrams = stream_train([1000] * 4, flags={1: "PA"})
+    fake = FakeSocket(incoming=[(train, gro(len(datagrams[0])), ("10.0.0.2", 4789))])
+    sock, batch = udp(fake, link_header=8), Batch(4, large_buffers=4)
+    assert sock.read_batch(batch) == 2 and entries(batch, 2) == [(2, 1000), (2, 1000)]
+
+
+def test_a_joined_datagram_grows_no_larger_than_the_buffer_it_is_joined_into():
+    train, datagrams = stream_train([1000] * 12)
+    fake = FakeSocket(incoming=[(train, gro(len(datagrams[0])), ("10.0.0.2", 4789))])
+    sock, batch = udp(fake, link_header=8), Batch(8, buffer_size=4000, large_buffers=0)
+    assert sock.read_batch(batch) == 4 and entries(batch, 4) == [(3, 1000)] * 4
+
+
+def test_without_a_link_header_nothing_is_joined():
+    train, datagrams = stream_train([1000] * 3)
+    fake = FakeSocket(incoming=[(train, gro(len(datagrams[0])), ("10.0.0.2", 4789))])
+    sock, batch = udp(fake), Batch(4, large_buffers=4)
+    assert sock.read_batch(batch) == 3 and entries(batch, 3) == [(1, 0)] * 3
+    assert [bytes(batch.buffers[i][:batch.ends[i]]) for i in range(3)] == datagrams
+
+
 def test_an_empty_datagram_is_one_entry_of_length_zero():
     fake = FakeSocket(incoming=[(b"", [], ("10.0.0.2", 4789))])
     sock, batch = udp(fake), Batch(4)
@@ -405,8 +480,9 @@ def opened():
     """``open(local, port=0, dont_fragment=True)``: a real UdpSocket, closed at the end."""
     sockets = []
 
-    def open_(local: str, port: int = 0, dont_fragment: bool = True) -> UdpSocket:
-        sock = UdpSocket.open(local, port, dont_fragment)
+    def open_(local: str, port: int = 0, dont_fragment: bool = True,
+              link_header: int = 0) -> UdpSocket:
+        sock = UdpSocket.open(local, port, dont_fragment, link_header)
         sockets.append(sock)
         return sock
     yield open_
@@ -521,3 +597,18 @@ def test_the_kernel_cuts_a_gso_send_and_gro_hands_the_datagrams_back_in_one_rece
             received.append(bytes(batch.buffers[i][:batch.ends[i]]))
     assert received == expected
     assert b.sock.receives <= 2   # one train (and the receive that finds nothing more)
+
+
+def test_a_gso_send_arrives_as_one_train_and_is_joined_into_the_super_packet_it_was(opened):
+    a, b = opened("127.0.0.1"), opened("127.0.0.1", link_header=8)
+    batch = super_packet(TUNNEL_HEADER, 10 * 1000, destinations=(("127.0.0.1", port(b)),))
+    sent = bytes(batch.packets[0])
+    a.send_batch(batch, Counters())
+    wait_readable(b)
+    batch = Batch(4, large_buffers=1)
+    assert b.read_batch(batch) == 1 and entries(batch, 1) == [(10, 1000)]
+    joined = bytes(batch.buffers[0][:batch.ends[0]])
+    # The same packet but for what a super-packet on its way to a device carries instead:
+    # the pseudo-header sum for a checksum, the flags of every part.
+    assert joined[:8] == sent[:8] and IP(joined[8:])[TCP].payload == IP(sent[8:])[TCP].payload
+    assert cut((segment_tcp,), joined[8:], 0, 1000) == cut((segment_tcp,), sent[8:], 0, 1000)

@@ -151,3 +151,42 @@ def test_the_datagrams_of_a_batch_share_its_time_and_so_one_refill():
         delivered = sum(tunnel.endpoint.decapsulate(batch, i, batch.views[i][:batch.ends[i]], now)
                         for i in range(batch.count))
         assert delivered == (5 if now == 100.0 else 1)
+
+
+# -- datagrams a UDP socket joined from one train ---------------------------------------------
+
+def joined_batch(datagram: bytes, parts: int, source: str = REMOTE):
+    """A batch of one datagram that a socket joined from ``parts`` of one train."""
+    batch = wire_batch([datagram], source, Harness("vxlan").underlay)
+    batch.gso_sizes[0], batch.joined[0] = 1000, parts
+    return batch
+
+
+def test_a_joined_datagram_is_refused_whole_and_counted_as_every_part_it_was():
+    tunnel = Harness("vxlan", **{"allowed-ips": ALLOWED["vxlan"]})
+    batch = joined_batch(from_host("vxlan", spoofed=True), 5)
+    assert not tunnel.endpoint.decapsulate(batch, 0, batch.views[0][:batch.ends[0]], 1.0)
+    assert tunnel.drops == {"source_not_allowed": 5}
+
+
+def test_a_joined_datagram_takes_a_token_for_each_part_or_none():
+    tunnel = Harness("vxlan", **{"rate-limit": {"packets": 1000, "burst": "8ms"}})
+    decapsulate = tunnel.endpoint.decapsulate
+    batch = joined_batch(from_host("vxlan"), 5)
+    assert decapsulate(batch, 0, batch.views[0][:batch.ends[0]], 1.0)       # 8 - 5 = 3 left
+    assert not decapsulate(batch, 0, batch.views[0][:batch.ends[0]], 1.0)   # 5 > 3: none taken
+    assert tunnel.drops == {"rate_limited": 5}
+    assert len(tunnel.receive(*[from_host("vxlan")] * 4, now=1.0)) == 3
+
+
+def test_a_joined_datagram_from_no_peer_is_counted_as_its_parts_where_it_is_refused():
+    tunnel = Harness("vxlan")
+    demux = Demux(tunnel.config.kind)
+    demux.add(tunnel.endpoint)
+    unknown_vni = vxlan_datagram(frame(inner4()), tunnel.config.id + 1)
+    for datagram, source in ((unknown_vni, REMOTE), (from_host("vxlan"), STRANGER)):
+        batch = joined_batch(datagram, 7, source)
+        demux.decapsulate(batch, 1.0)
+        assert batch.endpoints[0] is None
+    assert demux.counters.drops_by_label() == {"vxlan_unknown_vni": 7}
+    assert tunnel.drops == {"not_a_peer": 7}
