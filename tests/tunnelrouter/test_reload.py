@@ -267,8 +267,10 @@ def test_twenty_reloads_of_other_tunnels_leave_an_unchanged_one_forwarding(site)
 
 
 def free_port() -> int:
+    """A port free on every address (a test may move a listener from 127.0.0.1 to the
+    wildcard of the same port)."""
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
+        probe.bind(("0.0.0.0", 0))
         return probe.getsockname()[1]
 
 
