@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from encap.ecn import EcnMode
 from tunnelrouter import config as config_module
 from tunnelrouter.cli import main
-from tunnelrouter.config import (MAX_FILE_BYTES, ConfigError, Problem, load_config, parse_config,
-                                 read_yaml, render)
+from tunnelrouter.config import MAX_FILE_BYTES, ConfigError, load_config, parse_config, render
+from tunnelrouter.yaml_reader import Problem, read_yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "site-a.yaml"

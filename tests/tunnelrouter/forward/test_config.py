@@ -5,7 +5,8 @@ import ipaddress
 
 import pytest
 
-from tunnelrouter.config import ConfigError, parse_config, read_yaml
+from tunnelrouter.config import ConfigError, parse_config
+from tunnelrouter.yaml_reader import read_yaml
 from tunnelrouter.forward.config import Endpoint, Rate
 
 WEB = {"listen": "0.0.0.0:8080", "to": "10.2.1.10:80"}
