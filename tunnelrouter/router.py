@@ -16,6 +16,7 @@ once with the tunnel they concern.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -223,6 +224,7 @@ class Router:
     def run(self) -> None:
         """Serve until SIGTERM or SIGINT, then clean up."""
         self.handle_signals()
+        settle_memory()
         self.notifier.ready(self._summary())
         try:
             self.loop.run(self.tick, TICK)
@@ -283,6 +285,7 @@ class Router:
                 f"{self.config_path}: cannot apply: {path + ': ' if path else ''}{message}"
                 for path, message in problems])
         failures = self._apply(changes, new)
+        settle_memory()
         return self._reloaded(False, "applied" if not failures else "applied with failures",
                               changes, new, failures)
 
@@ -439,3 +442,13 @@ class Router:
             status["internal_errors"] += self.forwarder.faults
             status["forwards"] = self.forwarder.status()
         return status
+
+
+def settle_memory() -> None:
+    """Collect the garbage that start-up or a reload left, then freeze what stays: later
+    cyclic collections walk only what is new, never again the ~50 000 objects the router
+    holds for its life (a walk of them all stops the loop, and every tunnel with it, for
+    ~40 ms; Python starts one whenever enough new objects have survived)."""
+    gc.unfreeze()   # what a reload let go of is collected too, not kept frozen
+    gc.collect()
+    gc.freeze()

@@ -13,6 +13,7 @@ import yaml
 
 from tunnelrouter.config import load_config, parse_config
 from tunnelrouter.reload import plan
+from tunnelrouter import router as router_module
 from tunnelrouter.router import Router
 
 from tests.tunnelrouter.doubles import MemorySystem, Wire, ask, drive, host_packets
@@ -93,6 +94,19 @@ def site(tmp_path):
     yield make
     for each in made:
         each.router.close()
+
+
+def test_an_applied_reload_settles_memory_and_a_refused_or_empty_one_does_not(site,
+                                                                              monkeypatch):
+    a = site({"gre1": GRE})
+    settled = []
+    monkeypatch.setattr(router_module, "settle_memory", lambda: settled.append(True))
+    assert a.router.reload()["result"] == "unchanged"
+    a.path.write_text("tunnels: [")
+    assert a.router.reload()["result"] == "refused"
+    assert settled == []
+    a.path.write_text(yaml.safe_dump({"tunnels": {"gre1": GRE, "ipip1": IPIP}}))
+    assert a.router.reload()["result"] == "applied" and settled == [True]
 
 
 def test_an_added_tunnel_comes_up_and_the_others_are_not_touched(site):

@@ -6,12 +6,14 @@ scapy builds the inner packets and reads the ICMP errors the router writes into 
 """
 
 import errno
+import gc
 import json
 import logging
 import os
 import signal
 import socket
 import time
+import weakref
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -618,6 +620,36 @@ def test_sigterm_ends_run_which_removes_everything_the_router_made(make_router, 
     assert system.links == {} and system.hosts == {}
     assert all(wire_socket.sock.fileno() == -1 for wire_socket in system.sockets.values())
     assert {number: signal.getsignal(number) for number in handlers} == handlers
+
+
+def test_settling_memory_collects_the_cycles_left_behind_and_freezes_what_stays():
+    class Node:
+        pass
+    cycle = Node()
+    cycle.itself = cycle
+    collected = weakref.ref(cycle)
+    del cycle
+    try:
+        router_module.settle_memory()
+        assert collected() is None
+        assert gc.get_freeze_count() > 0       # what stays is out of the collector's way
+    finally:
+        gc.unfreeze()
+
+
+def test_run_settles_memory_before_it_serves(make_router, monkeypatch):
+    monkeypatch.setattr(router_module, "TICK", 0.001)
+    router = make_router({"ipip1": every_mode(A, [B], 1)["ipip1"]})
+    settled, ticks = [], []
+    monkeypatch.setattr(router_module, "settle_memory", lambda: settled.append(len(ticks)))
+
+    def counting(now):
+        ticks.append(now)
+        if len(ticks) == 2:
+            router.stop()
+    router.tick = counting
+    router.run()
+    assert settled == [0]
 
 
 def test_under_systemd_run_says_ready_feeds_the_watchdog_from_its_loop_and_says_stopping(
