@@ -295,6 +295,34 @@ def _join_run(packets, count: int, l2: int, ethernet: bool, arena,
     return end, size, first_segment.transport, joined
 
 
+def gro_merged(packet, l2: int) -> int:
+    """Where the TCP header of ``packet`` (behind ``l2`` bytes of link header) starts if it
+    is a TCP super-packet as Linux's GRO leaves one for whoever reads it whole (a raw
+    socket, after GRE, IP-in-IP or 6in4 GRO on the receiving NIC): exact IP lengths, no IPv4
+    options or fragment, no IPv6 extension header, TCP, and in the checksum field the
+    pseudo-header sum of the whole (``tcp_gro_complete``), to be finished as a partial
+    checksum; 0 if it is not one."""
+    length = len(packet)
+    if length < l2 + 40:
+        return 0
+    version = packet[l2] >> 4
+    if version == 4:
+        if packet[l2] != 0x45 or packet[l2 + 9] != IpProto.TCP or packet[l2 + 6] & 0x3F or \
+                packet[l2 + 7] or _U16.unpack_from(packet, l2 + 2)[0] != length - l2:
+            return 0
+        transport = l2 + 20
+    elif version == 6:
+        if length < l2 + 60 or packet[l2 + 6] != IpProto.TCP or \
+                _U16.unpack_from(packet, l2 + 4)[0] != length - l2 - 40:
+            return 0
+        transport = l2 + 40
+    else:
+        return 0
+    checksum = _U16.unpack_from(packet, transport + _TCP_CHECKSUM_AT)[0]
+    return transport if checksum == _pseudo_sum(bytes(packet[:transport]), l2, version,
+                                                 length - transport) else 0
+
+
 def coalesce(packets, count: int, l2: int, ethernet: bool, arena,
              headroom: int) -> list[tuple[int, int, int, int, int]]:
     """Copy ``packets[:count]`` into ``arena``, joining consecutive segments of one TCP

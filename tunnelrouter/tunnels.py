@@ -32,7 +32,7 @@ from tunnelrouter.io.system import System
 from tunnelrouter.io.underlay import UnderlaySocket
 from tunnelrouter.logs import event
 from tunnelrouter.modes import TunnelConfig, Underlay
-from tunnelrouter.tunnel.batch import BATCH_SIZE, JOINED_ENTRIES, VNET_HEADER_LENGTH, Batch
+from tunnelrouter.tunnel.batch import BATCH_SIZE, BUFFER_SIZE, VNET_HEADER_LENGTH, Batch
 from tunnelrouter.tunnel.counters import Counters
 from tunnelrouter.tunnel.demux import Demux
 from tunnelrouter.tunnel.endpoint import Endpoint, endpoint_for
@@ -96,13 +96,14 @@ class TunnelSet:
         # Scratch: room to cut a super-packet into segments, or to join a whole batch.
         # A device read may be a 64 KB super-packet; a datagram is no larger than the
         # underlay's MTU (a larger one, reassembled from a peer's fragments, is cut short
-        # and dropped: its IP length says so), but a UDP socket's train joins into up to
-        # 64 KB, in the batch's first buffers.
+        # and dropped: its IP length says so), but what the kernel's GRO joined (raw
+        # sockets) or a UDP socket's train joins into is up to 64 KB: every wire buffer
+        # holds that.
         self._device_batch = Batch(scratch_size=SEGMENTS_SCRATCH)
         datagram = HEADROOM + max(WIRE_DATAGRAM, datagram_size)
-        self._wire_batch = Batch(buffer_size=datagram,
-                                 scratch_size=BATCH_SIZE * (datagram + VNET_HEADER_LENGTH),
-                                 large_buffers=JOINED_ENTRIES)
+        self._wire_batch = Batch(buffer_size=max(datagram, BUFFER_SIZE),
+                                 scratch_size=BATCH_SIZE * (datagram + VNET_HEADER_LENGTH))
+        self._single_limit = datagram   # longer than this, a packet is written alone
         self._delivery: list = []   # the packets of one wire batch for one device
         self._warned: set[tuple] = set()
 
@@ -353,19 +354,24 @@ class TunnelSet:
         the socket joined already goes as it is."""
         packets, targets, gso_sizes, run = batch.packets, batch.endpoints, batch.gso_sizes, \
             self._delivery
+        single = self._single_limit
         receiver = None
         for i in range(batch.count):
             endpoint = targets[i]
             if endpoint is None:
                 continue
-            if endpoint is not receiver or gso_sizes[i]:
+            packet = packets[i]
+            if endpoint is not receiver or gso_sizes[i] or len(packet) > single:
                 if run:
                     self._write_run(receiver, run, batch.scratch)
                 receiver = endpoint
                 if gso_sizes[i]:
-                    self._write_joined(endpoint, packets[i], gso_sizes[i], batch.joined[i])
+                    self._write_joined(endpoint, packet, gso_sizes[i], batch.joined[i])
                     continue
-            run.append(packets[i])
+                if len(packet) > single:   # would not fit its share of the scratch
+                    self._write_run(endpoint, [packet], batch.scratch)
+                    continue
+            run.append(packet)
         if run:
             self._write_run(receiver, run, batch.scratch)
 

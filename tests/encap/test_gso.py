@@ -502,3 +502,20 @@ def test_c_finishes_checksums_exactly_as_the_reference(packet, start, offset):
         buffer = bytearray(packet)
         results.append((reference_verdict(finish, buffer, start, offset), bytes(buffer)))
     assert results[0] == results[1]
+
+
+# -- what Linux's GRO leaves for a raw socket -----------------------------------------------
+
+@pytest.mark.parametrize("version", [4, 6])
+@pytest.mark.parametrize("l2", [0, 14])
+def test_a_super_packet_as_gro_leaves_it_is_told_from_a_packet_that_is_whole(version, l2):
+    link = bytes(Ether(type=0x0800 if version == 4 else 0x86DD)) if l2 else b""
+    segments = [link + s for s in stream(version, [1000] * 3)]
+    [(joined, size, transport)] = join(gso.PYTHON, segments, l2=l2, ethernet=bool(l2))
+    assert gso.gro_merged(joined, l2) == transport == l2 + (20 if version == 4 else 40)
+    assert gso.gro_merged(memoryview(joined), l2) == transport
+    assert gso.gro_merged(segments[0], l2) == 0                  # its checksum is whole
+    assert gso.gro_merged(joined[:-1], l2) == 0                  # the IP length disagrees
+    udp = [link + d for d in datagrams(version, [100] * 3)]
+    [(joined_udp, _, _)] = join(gso.PYTHON, udp, l2=l2, ethernet=bool(l2))
+    assert gso.gro_merged(joined_udp, l2) == 0                   # TCP only

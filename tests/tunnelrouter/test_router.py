@@ -22,6 +22,7 @@ from scapy.layers.inet import ICMP, IP, TCP, IPerror, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 
+from encap.gso import coalesce
 from encap.icmp import Icmp4Type, Icmp4Unreachable
 from encap.wire import IpProto, VXLAN_PORT
 from tunnelrouter import router as router_module
@@ -31,7 +32,7 @@ from tunnelrouter.io.device import GSO_TCPV4, GSO_TCPV6, NEEDS_CSUM, VNET_HEADER
 from tunnelrouter.router import Router, StartError
 from tunnelrouter.tunnel.wan_error import ErrorOrigin
 
-from tests.encap.test_gso import tcp_packet
+from tests.encap.test_gso import stream, tcp_packet
 from tests.tunnelrouter.doubles import MemorySystem, Wire, ask, drive, host_packets
 
 A, B, C = "10.0.0.1", "10.0.0.2", "10.0.0.3"   # C: a VTEP of A's that is never there
@@ -64,6 +65,14 @@ def ipv4(size: int = 100, src: str = HOST_A, dst: str = HOST_B, df: bool = True,
          tos: int = 0) -> bytes:
     return bytes(IP(src=src, dst=dst, flags="DF" if df else 0, id=9, tos=tos)
                  / UDP(sport=1, dport=2) / bytes(size - 28))
+
+
+def join_stream(version: int, parts: int, size: int = 1000) -> bytes:
+    """``parts`` segments of one TCP stream joined as Linux's GRO leaves them."""
+    segments = stream(version, [size] * parts)
+    arena = bytearray(sum(map(len, segments)) + 64)
+    [(start, end, *_)] = coalesce(segments, parts, 0, False, arena, 0)
+    return bytes(arena[start:end])
 
 
 def ipv6(size: int = 100, src: str = HOST_A6, dst: str = HOST_B6) -> bytes:
@@ -183,6 +192,22 @@ def test_two_routers_exchange_packets_both_ways_in_every_mode_at_once(pair):
                                     sum(map(len, sent_b)), {})
     assert a.status()["internal_errors"] == b.status()["internal_errors"] == 0
     assert a.status()["unattributed"] == b.status()["unattributed"] == {}
+
+
+@pytest.mark.parametrize("long_packet, gso_size", [
+    (join_stream(4, 5), 1480 - 52),          # GRO joined it: cut at the tunnel's largest segment
+    (tcp_packet(4, bytes(4000)), 0),         # whole (a peer's reassembled fragments): as it is
+    (tcp_packet(4, bytes(20000)), 0),        # and alone, past what a batch's scratch holds each
+])
+def test_a_long_datagram_from_a_raw_socket_reaches_the_device_as_the_kernel_left_it(
+        pair, long_packet, gso_size):
+    a, b = pair
+    datagram = bytes(IP(src=A, dst=B, proto=4, id=1) / long_packet)   # ipip1, from A's end
+    a.system.sockets[(A, 4)].sendto(datagram, (B, 0))
+    drive(a, b)
+    header, delivered = b.system.hosts["ipip1"].receive()
+    assert delivered == long_packet and header[3] == gso_size
+    assert counters(b, "ipip1")["rx_packets"] == (-(-5000 // gso_size) if gso_size else 1)
 
 
 @pytest.mark.parametrize("name, version", [("tap1", 4), ("ipip1", 4), ("sit1", 6), ("vx1", 4)])

@@ -17,9 +17,9 @@ Packet ``i`` of ``count``:
 - filled from the wire: the datagram ``buffers[i][:ends[i]]`` from ``addresses[i]``,
   whose tunnel header starts at ``starts[i]`` (after the outer IP header where the
   socket gives that too) and whose outer TOS / traffic class was ``tos[i]``; when
-  ``gso_sizes[i]`` is not 0, ``joined[i]`` datagrams of one inner TCP stream (or UDP
-  flow) that came in one train were joined into it: its inner packet is a
-  super-packet of parts of that many payload bytes;
+  ``gso_sizes[i]`` is not 0, its inner packet is a super-packet of ``joined[i]`` parts
+  of that many payload bytes (datagrams of one inner TCP stream or UDP flow that a UDP
+  socket joined from one train, or that the kernel's GRO joined before a raw socket);
 - after the core: ``packets[i]``, the bytes to pass on (None: dropped), and
   towards the wire ``destinations[i]`` (socket addresses) with ``ancillary[i]``
   (control messages, or None), towards a device ``endpoints[i]``, the tunnel
@@ -32,9 +32,6 @@ segments cut from a super-packet, super-packets joined from segments.
 from encap.wire import HEADROOM
 
 BATCH_SIZE = 64          # at most this many packets per wakeup, so no descriptor starves the rest
-# Wire batches: how many of its entries hold a datagram joined from a train (64 KB each);
-# the rest, sized for one datagram, still join what fits in them.
-JOINED_ENTRIES = 16
 # A 64 KB super-packet, with an Ethernet header on TAP.
 BUFFER_SIZE = HEADROOM + 65536 + 64
 VNET_HEADER_LENGTH = 10  # struct virtio_net_hdr, in front of every TUN/TAP read and write
@@ -47,12 +44,9 @@ class Batch:
                  "scratch", "answering")
 
     def __init__(self, capacity: int = BATCH_SIZE, buffer_size: int = BUFFER_SIZE,
-                 scratch_size: int = 0, large_buffers: int = 0):
-        """``large_buffers``: the first that many buffers hold a 64 KB super-packet whatever
-        ``buffer_size`` says (where a socket joins datagrams, see ``joined``)."""
+                 scratch_size: int = 0):
         self.capacity = capacity
-        self.buffers = [bytearray(max(buffer_size, BUFFER_SIZE) if i < large_buffers else
-                                  buffer_size) for i in range(capacity)]
+        self.buffers = [bytearray(buffer_size) for _ in range(capacity)]
         self.views = [memoryview(buffer) for buffer in self.buffers]
         self.device_views = [view[HEADROOM:] for view in self.views]   # where a device read goes
         self.vnet_headers = bytearray(VNET_HEADER_LENGTH * capacity)

@@ -20,7 +20,7 @@ from encap.ecn import (DROP, ECN_MASK, UNUSED_COMBINATIONS, decapsulated_ecn, ou
                        packet_ecn, set_packet_ecn)
 from encap.errors import DecodeError, DropReason
 from encap.fragment import fragment_ipv4
-from encap.gso import segment_count, segment_tcp
+from encap.gso import gro_merged, segment_count, segment_tcp
 from encap.icmp import Icmp4Type, Icmp4Unreachable, Icmp6Type, relayed_error
 from encap.keepalive import ends_in_marker
 from encap.ipv4 import FLAG_DONT_FRAGMENT, Ipv4Outer, Ipv4Tunnel
@@ -294,6 +294,8 @@ class Endpoint:
         if packet[self.keepalive_at] in self.keepalive_values and \
                 self._keepalive(batch, i, packet, now):
             return False
+        if len(packet) > self.frame_limit and not batch.gso_sizes[i]:
+            self._merged_by_gro(batch, i, packet)
         # Checked in the order the README's "Anti-spoofing and rate limits" gives; the rate
         # limit last, so that a peer is charged only for what is delivered.
         check = self.inner_source_check
@@ -318,6 +320,20 @@ class Endpoint:
             self._clamp_mss(packet, mss[0], mss[1])
         batch.packets[i] = packet
         return True
+
+    def _merged_by_gro(self, batch: Batch, i: int, packet: memoryview) -> None:
+        """A packet longer than the tunnel carries may be the receiving NIC's GRO at work:
+        Linux joins GRE, IP-in-IP and 6in4 datagrams of one TCP stream before a raw socket
+        reads them. Such a super-packet goes to the device as one, as if the socket had
+        joined it (``joined``), cut at the tunnel's largest segment. Anything else that
+        long (a peer's fragments, reassembled) goes on as it came."""
+        transport = gro_merged(packet, self.frame_overhead)
+        if transport:
+            header_end = transport + (packet[transport + 12] >> 4) * 4
+            size = self.frame_limit - header_end
+            if 0 < size and header_end < len(packet):
+                batch.gso_sizes[i] = size
+                batch.joined[i] = -(-(len(packet) - header_end) // size)
 
     def _drop(self, batch: Batch, i: int, reason: DropReason) -> None:
         """Count datagram ``i`` of ``batch`` dropped: as many as were joined into it."""

@@ -414,7 +414,7 @@ def entries(batch: Batch, count: int) -> list[tuple[int, int]]:
 def test_a_train_of_one_stream_becomes_one_datagram_whose_inner_packet_cuts_back_into_it():
     train, datagrams = stream_train([1000] * 5 + [300])
     fake = FakeSocket(incoming=[(train, gro(len(datagrams[0])), ("10.0.0.2", 4789))])
-    sock, batch = udp(fake, link_header=8), Batch(4, large_buffers=1)
+    sock, batch = udp(fake, link_header=8), Batch(4)
     assert sock.read_batch(batch) == 1 and not sock.backlog
     assert entries(batch, 1) == [(6, 1000)] and batch.tos[0] == 2
     joined = bytes(batch.buffers[0][:batch.ends[0]])
@@ -427,7 +427,7 @@ def test_trains_of_one_stream_received_back_to_back_are_joined_across():
     second, two = stream_train([1000] * 2 + [500], seq=4000)
     fake = FakeSocket(incoming=[(first, gro(len(one[0])), ("10.0.0.2", 4789)),
                                 (second, gro(len(two[0])), ("10.0.0.2", 4789))])
-    sock, batch = udp(fake, link_header=8), Batch(4, large_buffers=1)
+    sock, batch = udp(fake, link_header=8), Batch(4)
     assert sock.read_batch(batch) == 1 and entries(batch, 1) == [(6, 1000)]
 
 
@@ -440,7 +440,7 @@ def test_what_does_not_go_on_with_the_stream_is_an_entry_of_its_own(why, second_
     second, two = stream_train([1000] * 2, seq=second_seq)
     fake = FakeSocket(incoming=[(first, gro(len(one[0])), ("10.0.0.2", 4789)),
                                 (second, gro(len(two[0])), (second_from, 4789))])
-    sock, batch = udp(fake, link_header=8), Batch(4, large_buffers=2)
+    sock, batch = udp(fake, link_header=8), Batch(4)
     assert sock.read_batch(batch) == 2 and entries(batch, 2) == [(3, 1000), (2, 1000)]
     assert batch.addresses[:2] == ["10.0.0.2", second_from]
 
@@ -448,21 +448,21 @@ def test_what_does_not_go_on_with_the_stream_is_an_entry_of_its_own(why, second_
 def test_a_datagram_that_may_not_be_joined_stays_one_and_the_stream_goes_on_after_it():
     train, datagrams = stream_train([1000] * 4, flags={1: "PA"})
     fake = FakeSocket(incoming=[(train, gro(len(datagrams[0])), ("10.0.0.2", 4789))])
-    sock, batch = udp(fake, link_header=8), Batch(4, large_buffers=4)
+    sock, batch = udp(fake, link_header=8), Batch(4)
     assert sock.read_batch(batch) == 2 and entries(batch, 2) == [(2, 1000), (2, 1000)]
 
 
 def test_a_joined_datagram_grows_no_larger_than_the_buffer_it_is_joined_into():
     train, datagrams = stream_train([1000] * 12)
     fake = FakeSocket(incoming=[(train, gro(len(datagrams[0])), ("10.0.0.2", 4789))])
-    sock, batch = udp(fake, link_header=8), Batch(8, buffer_size=4000, large_buffers=0)
+    sock, batch = udp(fake, link_header=8), Batch(8, buffer_size=4000)
     assert sock.read_batch(batch) == 4 and entries(batch, 4) == [(3, 1000)] * 4
 
 
 def test_without_a_link_header_nothing_is_joined():
     train, datagrams = stream_train([1000] * 3)
     fake = FakeSocket(incoming=[(train, gro(len(datagrams[0])), ("10.0.0.2", 4789))])
-    sock, batch = udp(fake), Batch(4, large_buffers=4)
+    sock, batch = udp(fake), Batch(4)
     assert sock.read_batch(batch) == 3 and entries(batch, 3) == [(1, 0)] * 3
     assert [bytes(batch.buffers[i][:batch.ends[i]]) for i in range(3)] == datagrams
 
@@ -605,7 +605,7 @@ def test_a_gso_send_arrives_as_one_train_and_is_joined_into_the_super_packet_it_
     sent = bytes(batch.packets[0])
     a.send_batch(batch, Counters())
     wait_readable(b)
-    batch = Batch(4, large_buffers=1)
+    batch = Batch(4)
     assert b.read_batch(batch) == 1 and entries(batch, 1) == [(10, 1000)]
     joined = bytes(batch.buffers[0][:batch.ends[0]])
     # The same packet but for what a super-packet on its way to a device carries instead:

@@ -9,13 +9,14 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 
-from encap.gso import segment_tcp
+from encap.gso import coalesce, segment_tcp
 from encap.wire import HEADROOM
 from tunnelrouter.modes import Underlay
 from tunnelrouter.tunnel.batch import Batch
 
-from tests.encap.test_gso import checksums_valid, tcp_packet
-from tests.tunnelrouter.tunnel.harness import MAC_A, MAC_B, Harness, frame
+from tests.encap.test_gso import checksums_valid, stream, tcp_packet
+from tests.tunnelrouter.tunnel.harness import (MAC_A, MAC_B, REMOTE, Harness, frame, gre_datagram,
+                                              ipip_datagram, wire_batch)
 
 SCRATCH = 512 << 10
 MSS = 1200
@@ -134,3 +135,36 @@ def test_a_super_packet_the_scratch_space_could_not_hold_is_dropped_not_cut():
     batch = super_packet_batch(tcp_packet(4, bytes(60000)), False, gso_size=1)
     harness.endpoint.encapsulate(batch, 100.0)
     assert batch.packets[0] is None and harness.drops == {"inner_malformed": 1}
+
+
+# -- what the kernel's GRO joined before a raw socket read it ---------------------------------
+
+def gro_joined(version: int, parts: int, size: int = 1400) -> bytes:
+    """``parts`` segments of one stream joined as Linux's GRO leaves them: one IP header of
+    the whole length, the pseudo-header sum in the TCP checksum field."""
+    segments = stream(version, [size] * parts)
+    arena = bytearray(sum(map(len, segments)) + 64)
+    [(start, end, gso_size, _, joined)] = coalesce(segments, parts, 0, False, arena, 0)
+    assert (gso_size, joined) == (size, parts)
+    return bytes(arena[start:end])
+
+
+@pytest.mark.parametrize("mode, version", [("gre", 4), ("ipip", 4), ("sit", 6), ("gre", 6)])
+def test_a_datagram_the_kernels_gro_joined_goes_to_the_device_as_a_super_packet(mode, version):
+    tunnel = Harness(mode)
+    joined = gro_joined(version, 5)
+    datagram = gre_datagram(joined) if mode == "gre" else ipip_datagram(joined)
+    batch = wire_batch([datagram], REMOTE, Underlay.RAW)
+    assert tunnel.endpoint.decapsulate(batch, 0, batch.views[0][:batch.ends[0]], 1.0)
+    transport = 20 if version == 4 else 40
+    segment = tunnel.endpoint.frame_limit - transport - 32    # the tunnel's largest, 32: options
+    assert batch.packets[0] == joined
+    assert (batch.gso_sizes[0], batch.joined[0]) == (segment, -(-5 * 1400 // segment))
+
+
+def test_a_long_packet_the_gro_did_not_make_goes_on_as_it_came():
+    tunnel = Harness("gre")
+    whole = tcp_packet(4, bytes(3000))          # a full checksum: a peer's reassembled fragments
+    batch = wire_batch([gre_datagram(whole)], REMOTE, Underlay.RAW)
+    assert tunnel.endpoint.decapsulate(batch, 0, batch.views[0][:batch.ends[0]], 1.0)
+    assert batch.packets[0] == whole and batch.gso_sizes[0] == 0
