@@ -333,7 +333,7 @@ class Endpoint:
             size = self.frame_limit - header_end
             if 0 < size and header_end < len(packet):
                 batch.gso_sizes[i] = size
-                batch.joined[i] = -(-(len(packet) - header_end) // size)
+                batch.joined[i] = segment_count(len(packet) - header_end, size)
 
     def _drop(self, batch: Batch, i: int, reason: DropReason) -> None:
         """Count datagram ``i`` of ``batch`` dropped: as many as were joined into it."""
