@@ -110,10 +110,10 @@ static int inner_layout(const uint8_t *p, Py_ssize_t length, Py_ssize_t inner_ip
 static PyObject *segment_tcp(PyObject *self, PyObject *args) {
     Py_buffer source, arena;
     Py_ssize_t inner_ip, transport, gso_size;
-    int outer_ipv4;
+    int outer_ipv4, remote_checksum = 0;
     PyObject *result = NULL;
-    if (!PyArg_ParseTuple(args, "y*nnnpw*", &source, &inner_ip, &transport, &gso_size,
-                          &outer_ipv4, &arena))
+    if (!PyArg_ParseTuple(args, "y*nnnpw*|p", &source, &inner_ip, &transport, &gso_size,
+                          &outer_ipv4, &arena, &remote_checksum))
         return NULL;
     const uint8_t *src = source.buf;
     uint8_t *dst = arena.buf;
@@ -156,11 +156,14 @@ static PyObject *segment_tcp(PyObject *self, PyObject *args) {
         if (k < count - 1)
             segment_flags &= ~(TCP_FIN | TCP_PSH);
         tcp[13] = segment_flags;
-        put16(tcp + 16, 0);
         uint32_t tcp_length = (uint32_t)(length - transport);
-        uint32_t sum = ones_sum(tcp, tcp_length,
-                                pseudo_sum(segment + inner_ip, version, tcp_length));
-        put16(tcp + 16, (uint16_t)~sum);
+        uint32_t pseudo = pseudo_sum(segment + inner_ip, version, tcp_length);
+        if (remote_checksum) {
+            put16(tcp + 16, (uint16_t)pseudo);
+            continue;
+        }
+        put16(tcp + 16, 0);
+        put16(tcp + 16, (uint16_t)~ones_sum(tcp, tcp_length, pseudo));
     }
     result = Py_BuildValue("nnn", count, stride, last_length);
 done:
@@ -197,12 +200,18 @@ typedef struct {
     uint8_t flags;
 } Segment;
 
+/* Whether two one's-complement sums are equal (0 and 0xFFFF are both zero). */
+static int same_sum(uint16_t a, uint16_t b) {
+    return a == b || ((a | b) == 0xFFFF && !(a & b));
+}
+
 /* Whether the packet may be joined to others (gso.py's _joinable): a TCP data segment
  * (ACK, maybe PSH) or a UDP datagram with data, no IPv4 options or fragments, no IPv6
- * extension headers, exact lengths, a valid checksum, and behind an Ethernet header the
- * EtherType of its IP version. */
+ * extension headers, exact lengths, a valid checksum (or, if remote_checksum, the
+ * pseudo-header sum a sender left for the receiver to finish), and behind an Ethernet
+ * header the EtherType of its IP version. */
 static int joinable(const uint8_t *p, Py_ssize_t length, Py_ssize_t l2, int ethernet,
-                    Segment *s) {
+                    int remote_checksum, Segment *s) {
     if (length < l2 + 28)
         return 0;
     const uint8_t *ip = p + l2;
@@ -244,8 +253,10 @@ static int joinable(const uint8_t *p, Py_ssize_t length, Py_ssize_t l2, int ethe
         return 0;
     }
     uint32_t transport_length = (uint32_t)(length - s->transport);
-    if (!unchecked && ones_sum(header, transport_length,
-                               pseudo_sum_of(ip, version, transport_length, s->protocol)) != 0xFFFF)
+    uint32_t pseudo = pseudo_sum_of(ip, version, transport_length, s->protocol);
+    uint16_t field = get16(header + (s->protocol == PROTO_TCP ? 16 : 6));
+    int left_to_us = remote_checksum && same_sum(field, (uint16_t)pseudo);
+    if (!unchecked && !left_to_us && ones_sum(header, transport_length, pseudo) != 0xFFFF)
         return 0;
     s->version = version;
     return 1;
@@ -292,14 +303,15 @@ typedef struct {
  * out_length allows (room for packets[0] is the caller's to check). Returns how many
  * packets the run took. */
 static Py_ssize_t join_run(const Packet *packets, Py_ssize_t count, Py_ssize_t l2, int ethernet,
-                           uint8_t *out, Py_ssize_t out_length, Py_ssize_t start, Run *run) {
+                           int remote_checksum, uint8_t *out, Py_ssize_t out_length,
+                           Py_ssize_t start, Run *run) {
     const uint8_t *first = packets[0].data;
     Py_ssize_t end = start + packets[0].length, i = 1;
     memcpy(out + start, first, packets[0].length);
     Segment f, s;
     run->gso_size = run->transport = 0;
     run->joined = 1;
-    if (joinable(first, packets[0].length, l2, ethernet, &f)) {
+    if (joinable(first, packets[0].length, l2, ethernet, remote_checksum, &f)) {
         Py_ssize_t size = packets[0].length - f.header_end;
         uint32_t next_sequence = f.sequence + (uint32_t)size;
         uint8_t flags = f.flags;
@@ -308,7 +320,7 @@ static Py_ssize_t join_run(const Packet *packets, Py_ssize_t count, Py_ssize_t l
         while (i < count && !(flags & TCP_PSH) && (tcp || run->joined < MAX_UDP_SEGMENTS)) {
             const uint8_t *packet = packets[i].data;
             Py_ssize_t length = packets[i].length;
-            if (!joinable(packet, length, l2, ethernet, &s))
+            if (!joinable(packet, length, l2, ethernet, remote_checksum, &s))
                 break;
             Py_ssize_t added = length - f.header_end;
             if ((tcp && s.sequence != next_sequence) || added > size ||
@@ -391,7 +403,7 @@ static PyObject *coalesce(PyObject *self, PyObject *args) {
             goto fail;
         }
         Run run;
-        i += join_run(parts + i, count - i, l2, ethernet, arena.buf, arena.len, start, &run);
+        i += join_run(parts + i, count - i, l2, ethernet, 0, arena.buf, arena.len, start, &run);
         at = run.end;
         PyObject *entry = Py_BuildValue("nnnni", start, run.end, run.gso_size, run.transport,
                                         run.joined);
@@ -422,8 +434,9 @@ fail:
 static PyObject *join(PyObject *self, PyObject *args) {
     Py_buffer train, out;
     Py_ssize_t at, end, step, l2;
-    int ethernet;
-    if (!PyArg_ParseTuple(args, "y*nnnnpw*", &train, &at, &end, &step, &l2, &ethernet, &out))
+    int ethernet, remote_checksum = 0;
+    if (!PyArg_ParseTuple(args, "y*nnnnpw*|p", &train, &at, &end, &step, &l2, &ethernet, &out,
+                          &remote_checksum))
         return NULL;
     PyObject *result = NULL;
     if (at < 0 || at > end || end > train.len || step <= 0 || l2 < 0 || (ethernet && l2 < 14)) {
@@ -446,7 +459,7 @@ static PyObject *join(PyObject *self, PyObject *args) {
         goto done;
     }
     Run run;
-    join_run(parts, count, l2, ethernet, out.buf, out.len, 0, &run);
+    join_run(parts, count, l2, ethernet, remote_checksum, out.buf, out.len, 0, &run);
     result = Py_BuildValue("nnni", run.end, run.gso_size, run.transport, run.joined);
 done:
     PyBuffer_Release(&train);
@@ -456,7 +469,8 @@ done:
 
 static PyMethodDef methods[] = {
     {"segment_tcp", segment_tcp, METH_VARARGS,
-     "segment_tcp(datagram, inner_ip, transport, gso_size, outer_ipv4, arena) -> "
+     "segment_tcp(datagram, inner_ip, transport, gso_size, outer_ipv4, arena, "
+     "remote_checksum=False) -> "
      "(count, stride, last_length), or None if the packet does not parse"},
     {"finish_checksum", finish_checksum, METH_VARARGS,
      "finish_checksum(packet, start, offset) -> False if the offsets do not fit"},
@@ -464,7 +478,8 @@ static PyMethodDef methods[] = {
      "coalesce(packets, count, l2, ethernet, arena, headroom) -> "
      "[(start, end, gso_size, transport, joined)]"},
     {"join", join, METH_VARARGS,
-     "join(train, at, end, step, l2, ethernet, out) -> (end, gso_size, transport, joined)"},
+     "join(train, at, end, step, l2, ethernet, out, remote_checksum=False) -> "
+     "(end, gso_size, transport, joined)"},
     {NULL, NULL, 0, NULL},
 };
 

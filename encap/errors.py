@@ -33,6 +33,7 @@ class DropReason(enum.IntEnum):
     GRE_UNKNOWN_PROTOCOL = enum.auto()
     VXLAN_NO_VNI_FLAG = enum.auto()
     VXLAN_UNKNOWN_VNI = enum.auto()
+    VXLAN_REMOTE_CHECKSUM_OFF = enum.auto()  # the sender left the inner checksum to us: not agreed
     UDP_BAD_LENGTH = enum.auto()
     UDP_BAD_CHECKSUM = enum.auto()
     # Decided by the router, not by a codec: policy and delivery.

@@ -93,7 +93,7 @@ def segment_count(payload: int, gso_size: int) -> int:
 
 
 def segment_tcp(datagram, inner_ip: int, transport: int, gso_size: int, outer_ipv4: bool,
-                arena) -> tuple[int, int, int]:
+                arena, remote_checksum: bool = False) -> tuple[int, int, int]:
     """Cut ``datagram`` into segments of ``gso_size`` payload bytes, written into ``arena``
     one after the other at a stride of (headers + ``gso_size``) bytes.
 
@@ -103,7 +103,8 @@ def segment_tcp(datagram, inner_ip: int, transport: int, gso_size: int, outer_ip
     start (``outer_ipv4``) given the segment's length, the next identification and its
     checksum; the inner IP header with its own length (IPv4: the next identification
     and checksum); the TCP header with its sequence number, CWR on the first segment
-    only, FIN and PSH on the last only, and a full checksum.
+    only, FIN and PSH on the last only, and a full checksum; or, if the receiver finishes
+    it (``remote_checksum``), the segment's pseudo-header sum in its place.
 
     Returns ``(count, stride, last_length)``; the last segment may be shorter.
     """
@@ -141,11 +142,13 @@ def segment_tcp(datagram, inner_ip: int, transport: int, gso_size: int, outer_ip
             segment_flags &= ~(TCP_FIN | TCP_PSH)
         arena[at + transport + 13] = segment_flags
         checksum_at = at + transport + _TCP_CHECKSUM_AT
+        pseudo = _pseudo_sum(arena, at + inner_ip, version, length - transport)
+        if remote_checksum:
+            _U16.pack_into(arena, checksum_at, pseudo)
+            continue
         arena[checksum_at:checksum_at + 2] = b"\0\0"
-        tcp_length = length - transport
-        _U16.pack_into(arena, checksum_at, internet_checksum(
-            arena[at + transport:at + length],
-            _pseudo_sum(arena, at + inner_ip, version, tcp_length)))
+        _U16.pack_into(arena, checksum_at, internet_checksum(arena[at + transport:at + length],
+                                                             pseudo))
     return count, stride, last_length
 
 
@@ -169,11 +172,13 @@ class _Segment:
     __slots__ = ("version", "protocol", "transport", "header_end", "sequence", "flags")
 
 
-def _joinable(packet, l2: int, ethernet: bool) -> _Segment | None:
+def _joinable(packet, l2: int, ethernet: bool, remote_checksum: bool) -> _Segment | None:
     """The layout of ``packet`` if it may be joined to others: a TCP data segment (ACK,
     maybe PSH) or a UDP datagram with data, no IPv4 options or fragments, no IPv6
     extension headers, exact lengths and a valid checksum (an IPv4 UDP datagram may
-    have none); behind an Ethernet header (``ethernet``), the EtherType of its version."""
+    have none; with ``remote_checksum``, the pseudo-header sum a sender left for the
+    receiver to finish will do); behind an Ethernet header (``ethernet``), the EtherType
+    of its version."""
     length = len(packet)
     if length < l2 + 28:
         return None
@@ -211,15 +216,22 @@ def _joinable(packet, l2: int, ethernet: bool) -> _Segment | None:
         return None
     # An IPv4 UDP datagram may come without a checksum (0): the joined one gets one. IPv6
     # UDP must have one (RFC 8200 §8.1), and every other must be right.
-    unchecked = protocol == IpProto.UDP and version == 4 and \
-        _U16.unpack_from(packet, transport + 6)[0] == 0
-    if not unchecked and ones_complement_sum(
-            packet[transport:], _pseudo_sum(packet, l2, version, length - transport,
-                                             protocol)) != 0xFFFF:
+    field = _U16.unpack_from(packet, transport + (
+        _TCP_CHECKSUM_AT if protocol == IpProto.TCP else _UDP_CHECKSUM_AT))[0]
+    unchecked = protocol == IpProto.UDP and version == 4 and field == 0
+    pseudo = _pseudo_sum(packet, l2, version, length - transport, protocol)
+    left_to_us = remote_checksum and _same_sum(field, pseudo)
+    if not unchecked and not left_to_us and \
+            ones_complement_sum(packet[transport:], pseudo) != 0xFFFF:
         return None
     segment.version, segment.protocol, segment.transport, segment.header_end, segment.flags = \
         version, protocol, transport, header_end, flags
     return segment
+
+
+def _same_sum(a: int, b: int) -> bool:
+    """Whether two one's-complement sums are equal (0 and 0xFFFF are both zero)."""
+    return a == b or a | b == 0xFFFF and not a & b
 
 
 def _same_stream(first, first_segment: _Segment, packet, segment: _Segment, l2: int) -> bool:
@@ -243,15 +255,15 @@ def _same_stream(first, first_segment: _Segment, packet, segment: _Segment, l2: 
         first[transport + 20:segment.header_end] == packet[transport + 20:segment.header_end]
 
 
-def _join_run(packets, count: int, l2: int, ethernet: bool, arena,
-              start: int) -> tuple[int, int, int, int]:
+def _join_run(packets, count: int, l2: int, ethernet: bool, arena, start: int,
+              remote_checksum: bool = False) -> tuple[int, int, int, int]:
     """Copy ``packets[0]`` to ``arena[start:]`` and join to it what follows of its stream
     among ``packets[:count]``, as far as the arena holds: ``(end, gso_size, transport,
     joined)``, as :func:`coalesce` describes them."""
     first = packets[0]
     end = start + len(first)
     arena[start:end] = first
-    first_segment = _joinable(first, l2, ethernet)
+    first_segment = _joinable(first, l2, ethernet, remote_checksum)
     if first_segment is None:
         return end, 0, 0, 1
     tcp = first_segment.protocol == IpProto.TCP
@@ -261,7 +273,7 @@ def _join_run(packets, count: int, l2: int, ethernet: bool, arena,
     joined = 1
     while joined < count and not flags & TCP_PSH and (tcp or joined < MAX_UDP_SEGMENTS):
         packet = packets[joined]
-        segment = _joinable(packet, l2, ethernet)
+        segment = _joinable(packet, l2, ethernet, remote_checksum)
         added = len(packet) - first_segment.header_end if segment is not None else 0
         if segment is None or (tcp and segment.sequence != next_sequence) or \
                 added > size or end + added - start - l2 > MAX_COALESCED + (
@@ -355,19 +367,22 @@ def coalesce(packets, count: int, l2: int, ethernet: bool, arena,
     return runs
 
 
-def join(train, at: int, end: int, step: int, l2: int, ethernet: bool,
-         out) -> tuple[int, int, int, int]:
+def join(train, at: int, end: int, step: int, l2: int, ethernet: bool, out,
+         remote_checksum: bool = False) -> tuple[int, int, int, int]:
     """:func:`coalesce`'s first run for datagrams that lie one after the other in ``train``
     (what a UDP socket's GRO hands over): from ``train[at:end]``, every ``step`` bytes one
     (the last may be shorter), into ``out[0:]``. Returns ``(end, gso_size, transport,
-    joined)``: ``joined`` datagrams were taken, ``out[:end]`` is what they make."""
+    joined)``: ``joined`` datagrams were taken, ``out[:end]`` is what they make. With
+    ``remote_checksum``, a packet whose checksum field holds the pseudo-header sum (its
+    sender left the checksum to the receiver) is joined too: the joined one's checksum
+    is left partial anyway."""
     if not 0 <= at <= end <= len(train) or step <= 0 or l2 < 0 or ethernet and l2 < 14:
         raise ValueError("at, end, step or l2 out of range")
     datagrams = [train[k:min(k + step, end)] for k in range(at, end, step)][:MAX_TRAIN_SEGMENTS] \
         or [train[at:at]]
     if len(datagrams[0]) > len(out):
         raise ValueError("out is too small for a datagram of the train")
-    return _join_run(datagrams, len(datagrams), l2, ethernet, out, 0)
+    return _join_run(datagrams, len(datagrams), l2, ethernet, out, 0, remote_checksum)
 
 
 # -- the accelerator ----------------------------------------------------------------------
@@ -382,8 +397,10 @@ except ImportError:   # built without a C compiler: the reference serves
 ACCELERATED = _gso is not None
 
 if _gso is not None:
-    def segment_tcp(datagram, inner_ip, transport, gso_size, outer_ipv4, arena):  # noqa: F811
-        result = _gso.segment_tcp(datagram, inner_ip, transport, gso_size, outer_ipv4, arena)
+    def segment_tcp(datagram, inner_ip, transport, gso_size, outer_ipv4, arena,  # noqa: F811
+                    remote_checksum=False):
+        result = _gso.segment_tcp(datagram, inner_ip, transport, gso_size, outer_ipv4, arena,
+                                  remote_checksum)
         if result is None:
             raise _malformed()
         return result

@@ -51,11 +51,13 @@ def checksums_valid(packet: bytes) -> bool:
     return stored == [rebuilt[TCP].chksum] + ([rebuilt.chksum] if packet[0] >> 4 == 4 else [])
 
 
-def cut(implementation, datagram: bytes, inner_ip: int, gso_size: int, outer_ipv4=False):
+def cut(implementation, datagram: bytes, inner_ip: int, gso_size: int, outer_ipv4=False,
+        remote_checksum=False):
     segment = implementation[0]
     transport = inner_ip + (20 if datagram[inner_ip] >> 4 == 4 else 40)
     arena = bytearray(len(datagram) * 2 + 4096)
-    count, stride, last = segment(datagram, inner_ip, transport, gso_size, outer_ipv4, arena)
+    count, stride, last = segment(datagram, inner_ip, transport, gso_size, outer_ipv4, arena,
+                                  remote_checksum)
     return [bytes(arena[k * stride:k * stride + (stride if k < count - 1 else last)])
             for k in range(count)]
 
@@ -124,6 +126,27 @@ def test_vxlan_segments_repeat_the_vxlan_and_ethernet_headers(implementation):
         vxlan = VXLAN(segment)
         assert vxlan.vni == 4242 and vxlan[Ether].dst == "02:00:00:00:00:02"
         assert checksums_valid(segment[22:])
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("version", [4, 6])
+def test_segments_whose_checksum_the_receiver_finishes_hold_the_sum_that_finishes_them(
+        implementation, version):
+    # VXLAN remote checksum offload: each segment goes with its pseudo-header sum in the
+    # checksum field, which the receiver's finishing (over the TCP header and payload,
+    # from the field as it is) turns into the checksum scapy computes.
+    payload = bytes(range(256)) * 20
+    datagram = VXLAN_AND_ETHERNET[:22] if version == 4 else vxlan_and_ethernet(6)
+    segments = cut(implementation, datagram + super_packet(version, payload, "PA"), 22, 1448,
+                   remote_checksum=True)
+    whole = cut(implementation, datagram + super_packet(version, payload, "PA"), 22, 1448)
+    transport = 22 + (20 if version == 4 else 40)
+    assert len(segments) == 4
+    for segment, expected in zip(segments, whole):
+        assert segment != expected   # the checksum is not done
+        finished = bytearray(segment)
+        implementation[1](memoryview(finished)[8:], transport - 8, 16)
+        assert bytes(finished) == expected and checksums_valid(expected[22:])
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
@@ -352,12 +375,14 @@ needs_accelerator = pytest.mark.skipif(not gso.ACCELERATED, reason="encap._gso w
 @PROPERTY
 @given(version=st.sampled_from([4, 6]), payload=st.binary(max_size=9000),
        gso_size=st.integers(1, 3000), flags=st.sampled_from(["A", "PA", "FA", "AC", "FPAEC"]),
-       prefix=st.sampled_from([b"", bytes(8) + bytes(14)]))
-def test_c_cuts_exactly_as_the_reference(version, payload, gso_size, flags, prefix):
+       prefix=st.sampled_from([b"", bytes(8) + bytes(14)]), remote_checksum=st.booleans())
+def test_c_cuts_exactly_as_the_reference(version, payload, gso_size, flags, prefix,
+                                         remote_checksum):
     datagram = prefix + super_packet(version, payload, flags)
     outputs = []
     for implementation in (gso.PYTHON, (gso.segment_tcp,)):
-        outputs.append(cut(implementation, datagram, len(prefix), gso_size))
+        outputs.append(cut(implementation, datagram, len(prefix), gso_size,
+                           remote_checksum=remote_checksum))
     assert outputs[0] == outputs[1]
 
 
@@ -409,10 +434,11 @@ def train_of(datagrams_: list[bytes]) -> tuple[bytes, int]:
     return b"".join(datagrams_), step
 
 
-def joined_train(implementation, train: bytes, step: int, l2: int, ethernet: bool, at: int = 0):
+def joined_train(implementation, train: bytes, step: int, l2: int, ethernet: bool, at: int = 0,
+                 remote_checksum: bool = False):
     out = bytearray(len(train) + 64)
     end, size, transport, joined = implementation[3](train, at, len(train), step, l2, ethernet,
-                                                     out)
+                                                     out, remote_checksum)
     return bytes(out[:end]), size, transport, joined
 
 
@@ -460,6 +486,32 @@ def test_a_train_with_other_vxlan_headers_is_not_joined_across_them(implementati
     assert joined_train(implementation, train, step, 22, True)[1:] == (0, 0, 1)
 
 
+def vxlan_segments(version: int, sizes, remote_checksum: bool) -> list[bytes]:
+    """VXLAN datagrams of one TCP stream as cutting a super-packet makes them; with
+    ``remote_checksum``, their inner checksums left partial (remote checksum offload)."""
+    payload = bytes(range(256)) * (sum(sizes) // 256 + 1)
+    datagram = vxlan_and_ethernet(version) + super_packet(version, payload[:sum(sizes)])
+    return cut(gso.PYTHON, datagram, 22, sizes[0], remote_checksum=remote_checksum)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("version", [4, 6])
+def test_a_train_left_to_the_receiver_joins_only_where_the_receiver_agreed(implementation,
+                                                                           version):
+    partial, whole = (vxlan_segments(version, [1380] * 9 + [500], left) for left in (True, False))
+    # The same joined datagram either way: its checksum is left partial for the device.
+    assert joined_train(implementation, *train_of(partial), 22, True, remote_checksum=True) == \
+        joined_train(implementation, *train_of(whole), 22, True)
+    assert joined_train(implementation, *train_of(whole), 22, True, remote_checksum=True)[3] == 10
+    # Not agreed: a partial checksum is a wrong one.
+    assert joined_train(implementation, *train_of(partial), 22, True)[1:] == (0, 0, 1)
+    # Agreed, a checksum that is neither whole nor the pseudo-header sum still stops it.
+    broken = bytearray(partial[1])
+    broken[22 + (20 if version == 4 else 40) + 16] ^= 0x40
+    train, step = train_of([partial[0], bytes(broken)] + partial[2:])
+    assert joined_train(implementation, train, step, 22, True, remote_checksum=True)[3] == 1
+
+
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_an_empty_datagram_is_a_train_of_one(implementation):
     assert joined_train(implementation, b"", 1, 22, True) == (b"", 0, 0, 1)
@@ -481,16 +533,18 @@ def test_c_joins_trains_exactly_as_the_reference(data):
     size = data.draw(st.integers(1, 1400))
     count = data.draw(st.integers(1, 10))
     last = data.draw(st.integers(1, size))
-    packets = [vxlan_and_ethernet(version) + s
-               for s in stream(version, [size] * (count - 1) + [last])]
+    sizes = [size] * (count - 1) + [last]
+    partial = data.draw(st.booleans())
+    packets = vxlan_segments(version, sizes, partial)
     step = len(packets[0])
     train = bytearray(b"".join(packets))
     for _ in range(data.draw(st.integers(0, 3))):
         train[data.draw(st.integers(0, len(train) - 1))] = data.draw(st.integers(0, 255))
     at = data.draw(st.sampled_from([0, step * data.draw(st.integers(0, count - 1))]))
-    ethernet = data.draw(st.booleans())
-    assert joined_train(gso.PYTHON, bytes(train), step, 22, ethernet, at) == \
-        joined_train((None, None, None, gso.join), bytes(train), step, 22, ethernet, at)
+    ethernet, remote_checksum = data.draw(st.booleans()), data.draw(st.booleans())
+    assert joined_train(gso.PYTHON, bytes(train), step, 22, ethernet, at, remote_checksum) == \
+        joined_train((None, None, None, gso.join), bytes(train), step, 22, ethernet, at,
+                     remote_checksum)
 
 
 @needs_accelerator
