@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tunnelrouter.config import ConfigError, parse_config  # noqa: E402
 from tunnelrouter.modes import Underlay  # noqa: E402
+from tunnelrouter.tunnel import endpoint_for  # noqa: E402
 from tunnelrouter.tunnel.batch import Batch  # noqa: E402
 from tunnelrouter.tunnel.demux import Demux  # noqa: E402
-from tunnelrouter.tunnel.endpoint import endpoint_for  # noqa: E402
 
 LOCAL, REMOTE = "10.0.0.1", "10.0.0.2"
 BATCH = 64

@@ -37,8 +37,9 @@ from tunnelrouter.io.errors import SystemProblem
 from tunnelrouter.io.netlink import LinkEvent
 from tunnelrouter.io.system import System
 from tunnelrouter.io.systemd import Notifier
-from tunnelrouter.io.underlay import (EXTENDED_ERROR, IP_RECVERR, SOL_UDP, UDP_SEGMENT,
-                                      RawSocket, UdpSocket, _bind)
+from tunnelrouter.io.raw_socket import RawSocket
+from tunnelrouter.io.udp_socket import SOL_UDP, UDP_SEGMENT, UdpSocket
+from tunnelrouter.io.underlay import EXTENDED_ERROR, IP_RECVERR, bind
 from tunnelrouter.router import Router
 
 _DATA, _PENDING_ERROR = b"\0", b"\1"
@@ -91,7 +92,7 @@ class WireSocket:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             # The real sockets' message: one address and port per host, as UDP's.
-            _bind(self.sock, wire.name(local, number), f"{local} port {number}" if udp else local)
+            bind(self.sock, wire.name(local, number), f"{local} port {number}" if udp else local)
         except SystemProblem:
             self.sock.close()
             raise

@@ -1,9 +1,10 @@
 /* tunnelrouter.io._mmsg: sendmmsg(2) and recvmmsg(2), which Python's socket module lacks.
  *
  * One system call for a batch of datagrams instead of one each: for a raw socket,
- * which has no GSO, this is most of what batching can save. io/underlay.py uses these
- * on real sockets and falls back to one call per datagram where this module was not
- * built; the two give the same datagrams and the same counts (tests/tunnelrouter/io/).
+ * which has no GSO, this is most of what batching can save. io/underlay.py (sending) and
+ * io/raw_socket.py (receiving) use these on real sockets and fall back to one call per
+ * datagram where this module was not built; the two give the same datagrams and the
+ * same counts (tests/tunnelrouter/io/).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

@@ -11,8 +11,9 @@ from tunnelrouter.io.device import TunTapDevice
 from tunnelrouter.io.errors import SystemProblem
 from tunnelrouter.io import privileges
 from tunnelrouter.io.netlink import LinkMonitor, Netlink
+from tunnelrouter.io.raw_socket import RawSocket
 from tunnelrouter.io.systemd import Notifier
-from tunnelrouter.io.underlay import RawSocket, UdpSocket
+from tunnelrouter.io.udp_socket import UdpSocket
 
 
 class System:

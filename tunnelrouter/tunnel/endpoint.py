@@ -6,8 +6,12 @@ wire, a ``Demux`` (``demux.py``: one per underlay socket, for the tunnels that
 share it) hands each datagram of a batch to its endpoint, whose ``decapsulate``
 leaves in the batch the packet for the device (or nothing). Whatever else a
 packet calls for (an ICMP error to its sender, fragments, a changed path MTU, the
-answer to a peer's keepalive) waits in ``outbox`` for the I/O side. Every packet not passed on is counted under a
-``DropReason``; nothing here logs, and nothing here raises on what arrives.
+answer to a peer's keepalive) waits in ``outbox`` for the I/O side. Every packet
+not passed on is counted under a ``DropReason``; nothing here logs, and nothing
+here raises on what arrives.
+
+This is what every endpoint shares; ``raw_endpoint.py`` and ``udp_endpoint.py``
+are the two kinds, by what their datagrams travel in (``endpoint_for`` picks one).
 
 The common case costs a length comparison, the MSS clamp and the outer TTL/TOS
 rule; a packet larger than the learnt path MTU takes the slow path
@@ -23,17 +27,16 @@ from encap.fragment import fragment_ipv4
 from encap.gso import gro_merged, segment_count, segment_tcp
 from encap.icmp import Icmp4Type, Icmp4Unreachable, Icmp6Type, relayed_error
 from encap.keepalive import ends_in_marker
-from encap.ipv4 import FLAG_DONT_FRAGMENT, Ipv4Outer, Ipv4Tunnel
+from encap.ipv4 import FLAG_DONT_FRAGMENT
 from encap.mss import clamp_mss, clamp_mss_in_frame
 from encap.mtu import IPV4_MINIMUM_MTU, IPV6_MINIMUM_MTU
 from encap.wire import ETHERNET_HEADER_LENGTH, HEADROOM
 
-from tunnelrouter.modes import TunnelConfig, Underlay
+from tunnelrouter.modes import TunnelConfig
 from tunnelrouter.modes.keepalive import Action
 from tunnelrouter.tunnel.allowed import inner_source_check
 from tunnelrouter.tunnel.batch import Batch
 from tunnelrouter.tunnel.counters import Counters
-from tunnelrouter.tunnel.fdb import Fdb
 from tunnelrouter.tunnel.icmp import IcmpReplies
 from tunnelrouter.tunnel.liveness import Liveness
 from tunnelrouter.tunnel.pmtu import PathMtu
@@ -42,11 +45,8 @@ from tunnelrouter.tunnel.wan_error import ErrorOrigin, WanError
 
 # The outer TTL of a datagram that names none: also the UDP socket's own default.
 DEFAULT_TTL = 64
-MAX_PACKET = 0xFFFF
-FDB_SHOWN = 100    # status lists at most this many FDB entries (and counts them all)
 _ETHERTYPE_IPV4 = b"\x08\x00"
 _ETHERTYPE_IPV6 = b"\x86\xdd"
-_NOWHERE: tuple = ()
 # An IPv4 header's first byte, TOS, flags byte and TTL; of IPv6, the first two bytes.
 _IPV4_OUTER_FIELDS = struct.Struct("!BB4xBxB")
 
@@ -525,199 +525,3 @@ class Endpoint:
                 "packets": config.rate_limit.packets, "bytes": config.rate_limit.bytes_,
                 "burst": config.rate_limit.burst},
         }
-
-
-class RawEndpoint(Endpoint):
-    """A tunnel over a raw IP socket (gre, gretap, ipip, sit): the outer IPv4 header is
-    written here, per packet, with its TTL, TOS and DF."""
-
-    def __init__(self, config: TunnelConfig):
-        super().__init__(config)
-        self.header = self.mode.codec(config)
-        self.outer = Ipv4Outer(config.local.packed, config.remote.packed, self.mode.protocol,
-                               ttl=self.default_ttl, tos=self.tos_fixed,
-                               dont_fragment=config.pmtu_discovery)
-        self.codec = Ipv4Tunnel(self.outer, self.header)
-        self.destination = ((str(config.remote), 0),)
-
-    def encapsulate(self, batch: Batch, now: float, fragmentable: bool = False) -> None:
-        """Each packet of ``batch`` (from the device) becomes a datagram to the peer;
-        ``fragmentable``: with outer DF clear, whatever its size."""
-        views, buffers, starts, ends = batch.views, batch.buffers, batch.starts, batch.ends
-        packets, destinations, ancillary = batch.packets, batch.destinations, batch.ancillary
-        gso_sizes = batch.gso_sizes
-        limit = MAX_PACKET if fragmentable else self.frame_limit
-        ethernet, outer, destination = self.ethernet, self.outer, self.destination
-        encap_into, outer_fields, drops = self.codec.encap_into, self._outer_fields, \
-            self.counters.drops
-        mss = self.mss
-        keep_df = self.discovery and not fragmentable
-        for i in range(batch.count):
-            start, end = starts[i], ends[i]
-            packet = views[i][start:end]
-            packets[i] = None
-            # A super-packet is decided on, and encapsulated, as its first segment.
-            segment_end = self._first_segment(batch, i, packet) if gso_sizes[i] else end
-            if segment_end - start > limit or segment_end < 0:
-                self._refuse(batch, i, packet, segment_end, now)
-                continue
-            inner = inner_ip(packet, True) if ethernet else packet
-            if mss is not None and inner is not None:
-                clamp_mss(inner, mss[0], mss[1])
-            ttl, outer.tos, inner_fragmentable = outer_fields(inner)
-            if not ttl:
-                self._time_exceeded(packet, now)
-                continue
-            outer.ttl = ttl
-            # Outer DF as the inner IPv4 packet's (RFC 2003 §3.1): a packet that may be
-            # fragmented is fragmented by a narrow WAN link rather than lost before the
-            # path MTU is known; once it is, such packets are fragmented inside (_too_big).
-            flags = FLAG_DONT_FRAGMENT if keep_df and not inner_fragmentable else 0
-            if flags != outer.flags:  # the plain attribute: the property costs a call
-                outer.dont_fragment = bool(flags)
-            try:
-                header_start = encap_into(buffers[i], start, segment_end)
-            except DecodeError as error:
-                drops[error.reason] += 1
-                continue
-            packets[i] = views[i][header_start:end]
-            destinations[i] = destination
-            ancillary[i] = None  # the outer header is ours: no marking for the socket
-            if gso_sizes[i]:
-                # Each segment gets the next identification: skip those it will use.
-                segments = self._encapsulated_super_packet(batch, i, start - header_start)
-                outer.identification = (outer.identification + segments - 1) & 0xFFFF
-
-    def _send_outer_fragmented(self, packet: memoryview, now: float) -> None:
-        self._send_one(packet, now, fragmentable=True)
-
-    def _sender(self, batch: Batch, i: int) -> tuple:
-        return self.destination
-
-    def take_over(self, old: Endpoint) -> None:
-        super().take_over(old)
-        # The GRE receive window and send numbering go on, if both number their packets.
-        header, previous = self.header, getattr(old, "header", None)
-        if getattr(header, "sequence", False) and getattr(previous, "sequence", False):
-            header.take_over_sequence(previous)
-
-    def status(self, now: float) -> dict:
-        return super().status(now) | self.mode.codec_status(self.header)
-
-
-class UdpEndpoint(Endpoint):
-    """A tunnel over a UDP socket (VXLAN): the kernel writes the outer IP and UDP headers.
-
-    TTL and TOS go with each datagram as a marking the socket turns into ancillary
-    data (``ttl << 8 | tos``; None for the socket's own TTL 64 and TOS 0); the DF
-    bit is the socket's; the arriving TOS comes back per datagram for RFC 6040.
-    With several remotes and Ethernet inside, a forwarding database picks the
-    remote, and broadcast and unknown unicast go to all of them.
-    """
-
-    def __init__(self, config: TunnelConfig):
-        super().__init__(config)
-        self.codec = self.mode.codec(config)
-        port = config.port
-        # Source address -> where to send: one lookup checks the peer and gives the
-        # destinations to learn, the same tuple every time.
-        self.destinations = {str(peer): ((str(peer), port),) for peer in config.peers}
-        self.flood = tuple(destination for (destination,) in self.destinations.values())
-        static = {bytes.fromhex(entry.mac.replace(":", "")): ((str(entry.remote), port),)
-                  for entry in config.fdb}
-        self.fdb = Fdb(config.ageing, config.mac_learning, config.max_fdb, static)
-        self._learnt_mac, self._learnt_from, self._learnt_until = b"", None, 0.0
-        self.heard_from: dict[str, float] = {}   # remote -> the last datagram accepted
-
-    def encapsulate(self, batch: Batch, now: float, fragmentable: bool = False) -> None:
-        """As RawEndpoint's; never ``fragmentable``: DF is the socket's (RFC 7348 §4.3)."""
-        views, buffers, starts, ends = batch.views, batch.buffers, batch.starts, batch.ends
-        packets, destinations, ancillary = batch.packets, batch.destinations, batch.ancillary
-        limit, flood, lookup, default_ttl = self.frame_limit, self.flood, self.fdb.lookup, \
-            self.default_ttl
-        encap_into, outer_fields, drops = self.codec.encap_into, self._outer_fields, \
-            self.counters.drops
-        mss, gso_sizes = self.mss, batch.gso_sizes
-        for i in range(batch.count):
-            start, end = starts[i], ends[i]
-            frame = views[i][start:end]
-            packets[i] = None
-            segment_end = self._first_segment(batch, i, frame) if gso_sizes[i] else end
-            if segment_end - start > limit or segment_end < 0:
-                self._refuse(batch, i, frame, segment_end, now)
-                continue
-            inner = inner_ip(frame, True)
-            if mss is not None and inner is not None:
-                clamp_mss(inner, mss[0], mss[1])
-            ttl, tos, _ = outer_fields(inner)  # DF is the socket's: RFC 7348 §4.3
-            if not ttl:
-                ttl = default_ttl  # bridged frames are not routed: their TTL is not ours
-            try:
-                header_start = encap_into(buffers[i], start, segment_end)
-            except DecodeError as error:
-                drops[error.reason] += 1
-                continue
-            packets[i] = views[i][header_start:end]
-            destinations[i] = flood if frame[0] & 1 else (lookup(bytes(frame[0:6]), now) or flood)
-            ancillary[i] = None if ttl == DEFAULT_TTL and tos == 0 else ttl << 8 | tos
-            if gso_sizes[i]:
-                self._encapsulated_super_packet(batch, i, start - header_start)
-
-    def decapsulate(self, batch: Batch, i: int, datagram: memoryview, now: float) -> bool:
-        """As any endpoint, from one of the remotes only; the FDB learns from what is
-        accepted."""
-        destination = self.destinations.get(batch.addresses[i])
-        if destination is None:
-            self._drop(batch, i, DropReason.NOT_A_PEER)
-            return False
-        if not super().decapsulate(batch, i, datagram, now):
-            return False
-        frame, fdb = batch.packets[i], self.fdb
-        if fdb.learning and not frame[6] & 1:
-            # Frames come in runs from one sender: the MAC learnt last needs no lookup
-            # for a second (the FDB refreshes an entry about once a second anyway).
-            mac = frame[6:12]
-            if mac != self._learnt_mac or destination is not self._learnt_from or \
-                    now >= self._learnt_until:
-                mac = mac.tobytes()
-                if fdb.learn(mac, destination, now):
-                    self._learnt_mac, self._learnt_from, self._learnt_until = \
-                        mac, destination, now + 1.0
-                else:
-                    self.counters.fdb_full += 1
-        return True
-
-    def take_over(self, old: Endpoint) -> None:
-        super().take_over(old)
-        if isinstance(old, UdpEndpoint):
-            self.fdb.take_over(old.fdb, self.destinations)
-            self.heard_from = {peer: heard for peer, heard in old.heard_from.items()
-                               if peer in self.destinations}
-
-    def heard(self, peer: str, now: float) -> None:
-        self.heard_at = self.heard_from[peer] = now
-
-    def _keepalive(self, batch: Batch, i: int, packet: memoryview, now: float) -> bool:
-        self.heard_from[batch.addresses[i]] = now
-        return super()._keepalive(batch, i, packet, now)
-
-    def _sender(self, batch: Batch, i: int) -> tuple:
-        return self.destinations[batch.addresses[i]]
-
-    def _peers_heard(self):
-        return ((peer, self.heard_from.get(peer)) for peer in self.peers)
-
-    def tick(self, now: float) -> None:
-        super().tick(now)
-        self.fdb.expire(now)
-
-    def status(self, now: float) -> dict:
-        return super().status(now) | {"vni": self.config.id, "fdb_entries": len(self.fdb),
-                                      "fdb": self.fdb.as_list(now, FDB_SHOWN)}
-
-
-def endpoint_for(config: TunnelConfig) -> Endpoint:
-    """The endpoint for a tunnel, by what its mode's datagrams travel in."""
-    if config.kind.underlay is Underlay.RAW:
-        return RawEndpoint(config)
-    return UdpEndpoint(config)

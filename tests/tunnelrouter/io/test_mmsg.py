@@ -11,7 +11,7 @@ import pytest
 
 from encap.wire import HEADROOM
 from tunnelrouter.io import underlay
-from tunnelrouter.io.underlay import UdpSocket
+from tunnelrouter.io.udp_socket import UdpSocket
 from tunnelrouter.tunnel.batch import Batch
 from tunnelrouter.tunnel.counters import Counters
 

@@ -29,8 +29,8 @@ from encap.udp import Udp
 from encap.wire import HEADROOM, IpProto
 from tunnelrouter.config import ConfigError, parse_config
 from tunnelrouter.modes import MODES, TunnelConfig, Underlay
+from tunnelrouter.tunnel import endpoint_for
 from tunnelrouter.tunnel.batch import Batch
-from tunnelrouter.tunnel.endpoint import endpoint_for
 
 PACKAGE = Path(__file__).resolve().parents[3] / "tunnelrouter"
 # `ip link add ... type gre|gretap|vxlan|ipip|sit` over a 1500-byte IPv4 underlay.

@@ -24,8 +24,8 @@ from scapy.layers.vxlan import VXLAN
 from encap.wire import HEADROOM
 from tunnelrouter.config import parse_config
 from tunnelrouter.modes import TunnelConfig, Underlay
+from tunnelrouter.tunnel import endpoint_for
 from tunnelrouter.tunnel.batch import Batch
-from tunnelrouter.tunnel.endpoint import endpoint_for
 from tunnelrouter.tunnel.wan_error import ErrorOrigin, WanError
 
 LOCAL, REMOTE, OTHER, THIRD, STRANGER = "10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4", "10.9.9.9"

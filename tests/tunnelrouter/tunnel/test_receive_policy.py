@@ -6,8 +6,8 @@ tokens charged only for what is delivered."""
 import pytest
 
 from encap.ecn import CE
+from tunnelrouter.tunnel import endpoint_for
 from tunnelrouter.tunnel.demux import Demux
-from tunnelrouter.tunnel.endpoint import endpoint_for
 
 from tests.tunnelrouter.tunnel.harness import (
     HOST_A, HOST_A6, MODES, OTHER, REMOTE, STRANGER, Harness, frame, gre_datagram, inner4,
