@@ -78,7 +78,14 @@ class Plain(Row):
         self.command = "kernel routing through wan1 and wan2"
 
 
+# Remote checksum offload as Linux's VXLAN takes it: it needs the outer UDP checksum.
+KERNEL_REMOTE_CHECKSUM = ("udpcsum", "remcsumtx", "remcsumrx")
+
+
+@dataclass
 class KernelVxlan(Row):
+    options: tuple[str, ...] = ()
+
     def start(self, topo: Topology, workdir: Path) -> None:
         slot = self.slot
         self.device = f"vxk{slot.k}"
@@ -86,12 +93,13 @@ class KernelVxlan(Row):
             ns = topo[router]
             ns.ip("link", "add", self.device, "type", "vxlan", "id", str(100 + slot.k),
                   "local", slot.wan(side), "remote", slot.wan(3 - side),
-                  "dstport", str(VXLAN_KERNEL_PORT), "dev", "wan")
+                  "dstport", str(VXLAN_KERNEL_PORT), "dev", "wan", *self.options)
             ns.ip("addr", "add", f"{slot.tunnel(side)}/30", "dev", self.device)
             ns.ip("link", "set", self.device, "up")
             ns.ip("route", "add", slot.prefix(3 - side), "via", slot.tunnel(3 - side))
         self.command = (f"ip link add {self.device} type vxlan id {100 + slot.k} local L remote R "
-                        f"dstport {VXLAN_KERNEL_PORT} dev wan (MTU 1450)")
+                        f"dstport {VXLAN_KERNEL_PORT} dev wan {' '.join(self.options)} "
+                        f"(MTU 1450)").replace("  ", " ")
 
 
 TR_MODES = ("gre", "ipip", "sit", "vxlan", "gretap")
@@ -101,13 +109,15 @@ TR_MODES = ("gre", "ipip", "sit", "vxlan", "gretap")
 class Tunnelrouter(Row):
     mode: str = "gre"
     binary: str = ""
+    remote_checksum: bool = False   # vxlan: remote checksum offload both ways
 
     def device_name(self) -> str:
         return {"gre": "gre", "ipip": "ipip", "sit": "six", "vxlan": "vx",
                 "gretap": "tap"}[self.mode] + str(self.slot.k)
 
     def config(self, side: int) -> dict:
-        return tunnelrouter_config(self.mode, self.slot, side, self.device)
+        return tunnelrouter_config(self.mode, self.slot, side, self.device,
+                                   self.remote_checksum)
 
     def start(self, topo: Topology, workdir: Path) -> None:
         slot = self.slot
@@ -129,12 +139,15 @@ class Tunnelrouter(Row):
         self.command = f"{self.binary} run CONFIG (mode {self.mode})"
 
 
-def tunnelrouter_config(mode: str, slot: Slot, side: int, device: str) -> dict:
+def tunnelrouter_config(mode: str, slot: Slot, side: int, device: str,
+                        remote_checksum: bool = False) -> dict:
     """One side's configuration of a tunnelrouter row (``side`` 1 is M1)."""
     far = 3 - side
     tunnel: dict = {"mode": mode, "local": slot.wan(side)}
     if mode == "vxlan":
         tunnel |= {"remotes": [slot.wan(far)], "id": 4242, "port": 4789}
+        if remote_checksum:
+            tunnel |= {"remote-checksum-tx": True, "remote-checksum-rx": True}
     else:
         tunnel["remote"] = slot.wan(far)
     if mode in ("gre", "gretap"):
@@ -322,18 +335,23 @@ def wait_for_device(topo: Topology, router: str, device: str, process: subproces
 
 # -- the catalogue -------------------------------------------------------------------------
 
+# id -> (kind, title, inner family, what the kind is given beyond them)
 ROW_KINDS = {
-    "plain": (Plain, "plain routing (no tunnel)", 4),
-    "kernel-vxlan": (KernelVxlan, "kernel VXLAN", 4),
-    "tr-gre": (Tunnelrouter, "tunnelrouter gre (key)", 4),
-    "tr-ipip": (Tunnelrouter, "tunnelrouter ipip", 4),
-    "tr-sit": (Tunnelrouter, "tunnelrouter sit (IPv6 inner)", 6),
-    "tr-vxlan": (Tunnelrouter, "tunnelrouter vxlan", 4),
-    "tr-gretap": (Tunnelrouter, "tunnelrouter gretap (key)", 4),
-    "openvpn": (OpenVpn, "OpenVPN p2p, no crypto", 4),
-    "tinc": (Tinc, "tinc, Cipher/Digest none", 4),
-    "fastd": (Fastd, "fastd, method null", 4),
-    "socat": (Socat, "socat TUN<->UDP", 4),
+    "plain": (Plain, "plain routing (no tunnel)", 4, {}),
+    "kernel-vxlan": (KernelVxlan, "kernel VXLAN", 4, {}),
+    "kernel-vxlan-rco": (KernelVxlan, "kernel VXLAN, remote checksum offload", 4,
+                         {"options": KERNEL_REMOTE_CHECKSUM}),
+    "tr-gre": (Tunnelrouter, "tunnelrouter gre (key)", 4, {"mode": "gre"}),
+    "tr-ipip": (Tunnelrouter, "tunnelrouter ipip", 4, {"mode": "ipip"}),
+    "tr-sit": (Tunnelrouter, "tunnelrouter sit (IPv6 inner)", 6, {"mode": "sit"}),
+    "tr-vxlan": (Tunnelrouter, "tunnelrouter vxlan", 4, {"mode": "vxlan"}),
+    "tr-vxlan-rco": (Tunnelrouter, "tunnelrouter vxlan, remote checksum offload", 4,
+                     {"mode": "vxlan", "remote_checksum": True}),
+    "tr-gretap": (Tunnelrouter, "tunnelrouter gretap (key)", 4, {"mode": "gretap"}),
+    "openvpn": (OpenVpn, "OpenVPN p2p, no crypto", 4, {}),
+    "tinc": (Tinc, "tinc, Cipher/Digest none", 4, {}),
+    "fastd": (Fastd, "fastd, method null", 4, {}),
+    "socat": (Socat, "socat TUN<->UDP", 4, {}),
 }
 DEFAULT_ROWS = ("plain", "kernel-vxlan", "tr-gre", "tr-ipip", "tr-sit", "tr-vxlan",
                 "openvpn", "tinc", "fastd", "socat")
@@ -346,14 +364,14 @@ def make_rows(ids: list[str], builds: dict[str, str]) -> list[Row]:
     ``tr-gre@LABEL``. Slots are numbered in order."""
     rows: list[Row] = []
     for row_id in ids:
-        cls, title, family = ROW_KINDS[row_id]
+        cls, title, family, given = ROW_KINDS[row_id]
         if cls is Tunnelrouter:
             for label, binary in builds.items():
                 name = row_id if len(builds) == 1 else f"{row_id}@{label}"
                 shown = title if len(builds) == 1 else f"{title} [{label}]"
-                rows.append(Tunnelrouter(name, shown, family, mode=row_id[3:], binary=binary))
+                rows.append(Tunnelrouter(name, shown, family, binary=binary, **given))
         else:
-            rows.append(cls(row_id, title, family))
+            rows.append(cls(row_id, title, family, **given))
     for k, row in enumerate(rows, start=1):
         row.slot = Slot(k, row.family)
     return rows

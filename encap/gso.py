@@ -24,7 +24,7 @@ import struct
 
 from encap.checksum import internet_checksum, ones_complement_sum, pseudo_header_sum
 from encap.errors import DecodeError, DropReason
-from encap.wire import EtherType, IpProto
+from encap.wire import TCP_CHECKSUM_OFFSET, UDP_CHECKSUM_OFFSET, EtherType, IpProto
 
 TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK, TCP_URG, TCP_ECE, TCP_CWR = (
     0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80)
@@ -34,8 +34,6 @@ MAX_TRAIN_SEGMENTS = 128     # the most datagrams join looks at in one train (GR
 _IPV4_LENGTH_ID = struct.Struct("!HH")
 _IPV4_CHECKSUM_AT = 10
 _TCP_SEQUENCE = struct.Struct("!I")
-_TCP_CHECKSUM_AT = 16
-_UDP_CHECKSUM_AT = 6
 _U16 = struct.Struct("!H")
 # What two segments of one stream share, compared as bytes: IPv4 TOS, flags and
 # fragment offset, TTL, protocol, addresses (not length, identification, checksum);
@@ -141,7 +139,7 @@ def segment_tcp(datagram, inner_ip: int, transport: int, gso_size: int, outer_ip
         if k < count - 1:
             segment_flags &= ~(TCP_FIN | TCP_PSH)
         arena[at + transport + 13] = segment_flags
-        checksum_at = at + transport + _TCP_CHECKSUM_AT
+        checksum_at = at + transport + TCP_CHECKSUM_OFFSET
         pseudo = _pseudo_sum(arena, at + inner_ip, version, length - transport)
         if remote_checksum:
             _U16.pack_into(arena, checksum_at, pseudo)
@@ -217,7 +215,7 @@ def _joinable(packet, l2: int, ethernet: bool, remote_checksum: bool) -> _Segmen
     # An IPv4 UDP datagram may come without a checksum (0): the joined one gets one. IPv6
     # UDP must have one (RFC 8200 §8.1), and every other must be right.
     field = _U16.unpack_from(packet, transport + (
-        _TCP_CHECKSUM_AT if protocol == IpProto.TCP else _UDP_CHECKSUM_AT))[0]
+        TCP_CHECKSUM_OFFSET if protocol == IpProto.TCP else UDP_CHECKSUM_OFFSET))[0]
     unchecked = protocol == IpProto.UDP and version == 4 and field == 0
     pseudo = _pseudo_sum(packet, l2, version, length - transport, protocol)
     left_to_us = remote_checksum and _same_sum(field, pseudo)
@@ -300,10 +298,10 @@ def _join_run(packets, count: int, l2: int, ethernet: bool, arena, start: int,
                          first_segment.protocol)
     if tcp:
         arena[transport + 13] = flags
-        _U16.pack_into(arena, transport + _TCP_CHECKSUM_AT, pseudo)
+        _U16.pack_into(arena, transport + TCP_CHECKSUM_OFFSET, pseudo)
     else:
         _U16.pack_into(arena, transport + 4, end - transport)
-        _U16.pack_into(arena, transport + _UDP_CHECKSUM_AT, pseudo)
+        _U16.pack_into(arena, transport + UDP_CHECKSUM_OFFSET, pseudo)
     return end, size, first_segment.transport, joined
 
 
@@ -330,7 +328,7 @@ def gro_merged(packet, l2: int) -> int:
         transport = l2 + 40
     else:
         return 0
-    checksum = _U16.unpack_from(packet, transport + _TCP_CHECKSUM_AT)[0]
+    checksum = _U16.unpack_from(packet, transport + TCP_CHECKSUM_OFFSET)[0]
     return transport if checksum == _pseudo_sum(bytes(packet[:transport]), l2, version,
                                                  length - transport) else 0
 

@@ -15,7 +15,7 @@ from encap.errors import DecodeError
 from encap.ipv4 import FRAGMENT_OFFSET_MASK, TOTAL_LENGTH
 from encap.ipv6 import LATER_FRAGMENT, walk_extension_headers
 from encap.wire import (ETHERNET_HEADER_LENGTH, IPV4_HEADER_LENGTH, IPV6_HEADER_LENGTH,
-                        TCP_HEADER_LENGTH, EtherType, IpProto)
+                        TCP_CHECKSUM_OFFSET, TCP_HEADER_LENGTH, EtherType, IpProto)
 
 U16 = struct.Struct("!H")
 # What decides whether a packet is a TCP SYN, in one read per family, for the
@@ -30,7 +30,6 @@ CHECKSUM_TO_FIRST_MSS = struct.Struct("!H4sH")
 # Plain int: an IntEnum member lookup costs ~10x a global on the hot path (Python 3.11).
 _PROTOCOL_TCP = int(IpProto.TCP)
 TCP_FLAGS_OFFSET = 13
-TCP_CHECKSUM_OFFSET = 16
 TCP_FLAG_SYN = 0x02
 OPTION_END = 0
 OPTION_NOP = 1

@@ -22,7 +22,7 @@ import struct
 
 from encap.codec import Codec
 from encap.errors import DecodeError, DropReason, EncapConfigError
-from encap.wire import ETHERNET_HEADER_LENGTH
+from encap.wire import ETHERNET_HEADER_LENGTH, TCP_CHECKSUM_OFFSET, UDP_CHECKSUM_OFFSET
 
 VXLAN_HEADER = struct.Struct("!II")
 HEADER_LENGTH = 8
@@ -32,7 +32,6 @@ FLAG_REMOTE_CHECKSUM = 0x00200000   # the C flag (Linux's VXLAN_HF_RCO)
 _REMOTE_CHECKSUM_UDP = 0x80         # the O bit of the VNI word's last byte
 _REMOTE_CHECKSUM_START = 0x7F       # and the start, halved
 REMOTE_CHECKSUM_MAX_START = _REMOTE_CHECKSUM_START << 1
-_TCP_CHECKSUM_OFFSET, _UDP_CHECKSUM_OFFSET = 16, 6
 
 
 def vxlan_decap(view: memoryview) -> tuple[int, memoryview]:
@@ -53,9 +52,9 @@ def remote_checksum_field(checksum_start: int, checksum_offset: int) -> int | No
     done."""
     if checksum_start & 1 or not 0 <= checksum_start <= REMOTE_CHECKSUM_MAX_START:
         return None
-    if checksum_offset == _TCP_CHECKSUM_OFFSET:
+    if checksum_offset == TCP_CHECKSUM_OFFSET:
         return checksum_start >> 1
-    if checksum_offset == _UDP_CHECKSUM_OFFSET:
+    if checksum_offset == UDP_CHECKSUM_OFFSET:
         return _REMOTE_CHECKSUM_UDP | checksum_start >> 1
     return None
 
@@ -67,7 +66,7 @@ def remote_checksum(view) -> tuple[int, int] | None:
     if not flags & FLAG_REMOTE_CHECKSUM:
         return None
     return (vni_word & _REMOTE_CHECKSUM_START) << 1, \
-        _UDP_CHECKSUM_OFFSET if vni_word & _REMOTE_CHECKSUM_UDP else _TCP_CHECKSUM_OFFSET
+        UDP_CHECKSUM_OFFSET if vni_word & _REMOTE_CHECKSUM_UDP else TCP_CHECKSUM_OFFSET
 
 
 class Vxlan(Codec):

@@ -201,6 +201,7 @@ class TunnelSet:
         endpoint = endpoint_for(config)
         underlay = self._underlay_for(config)
         self.demuxes[config.kind.underlay_end(config)].add(endpoint)
+        self._agree_on_checksums(config.kind.underlay_end(config))
         tunnel = self.tunnels[config.name] = _Tunnel(config, endpoint, underlay)
         self.devices[config.name] = None
         self._make_device(tunnel)
@@ -225,6 +226,13 @@ class TunnelSet:
             self.loop.watch(underlay.fd, self._wire_handler(end))
         return self.underlays[end]
 
+    def _agree_on_checksums(self, end) -> None:
+        """A UDP socket joins datagrams whose inner checksums were left to the receiver only
+        if a tunnel on it takes such datagrams (VXLAN's remote-checksum-rx)."""
+        if end in self.underlays and end[0] is Underlay.UDP:
+            self.underlays[end].remote_checksum = any(
+                endpoint.remote_checksum_rx for endpoint in self.demuxes[end].endpoints.values())
+
     def remove(self, name: str) -> None:
         """Take a tunnel down: its device goes (with its addresses and routes), its end is
         released, and its socket closed if no other tunnel uses it."""
@@ -238,6 +246,7 @@ class TunnelSet:
         self.demuxes[config.kind.underlay_end(config)].remove(tunnel.endpoint)
         self.release(claim_names(config))
         self._close_unused_underlays()
+        self._agree_on_checksums(config.kind.underlay_end(config))
 
     def release(self, names) -> None:
         held = {claim for tunnel in self.tunnels.values() for claim in claim_names(tunnel.config)}
@@ -268,6 +277,8 @@ class TunnelSet:
         tunnel.config, tunnel.endpoint, tunnel.underlay = config, endpoint, underlay
         self.release(claim_names(old))
         self._close_unused_underlays()
+        for end in {old.kind.underlay_end(old), config.kind.underlay_end(config)}:
+            self._agree_on_checksums(end)
         device = tunnel.device
         if device is None:
             return   # made anew, as configured now, when it is restored

@@ -55,6 +55,16 @@ def test_row_configurations_are_valid_tunnelrouter_configurations(mode):
         assert str(tunnel.local) == f"10.99.{side}.7"
 
 
+def test_the_remote_checksum_rows_turn_it_on_at_both_ends_of_both_kinds():
+    kernel, router = make_rows(["kernel-vxlan-rco", "tr-vxlan-rco"], {"A": "/a/tr"})
+    assert kernel.options == ("udpcsum", "remcsumtx", "remcsumrx")
+    assert router.mode == "vxlan"
+    router.device = router.device_name()
+    for side in (1, 2):
+        tunnel = parse_config(router.config(side)).tunnels[router.device]
+        assert tunnel.remote_checksum_tx and tunnel.remote_checksum_rx
+
+
 @pytest.mark.parametrize("mode", ["gre", "vxlan"])
 def test_scale_configurations_are_valid_and_carry_the_traffic_in_the_last_tunnel(mode):
     slot = Slot(3)

@@ -9,14 +9,27 @@ received, drop nothing, and learn the kernel device's MAC in its FDB.
 The kernel sends from a hashed source port and listens on 4789 only, so this
 also checks that tunnelrouter answers to the configured port, not to the
 datagram's source port.
+
+With remote checksum offload agreed on both sides (the kernel's ``udpcsum
+remcsumtx remcsumrx``, tunnelrouter's ``remote-checksum-tx/-rx``), the same
+transfer goes with the inner checksums left to the receiver each way, as a
+capture of the WAN shows, and each one tunnelrouter left is the one that
+finishes into the checksum scapy computes.
 """
 
 import hashlib
 import json
 
 import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Ether
+from scapy.layers.vxlan import VXLAN
+from scapy.utils import rdpcap
 
-from tests.netns.routers import VENV_BIN, WAN, show, start_router, wait_for, without_dad
+from encap.checksum import internet_checksum
+from encap.vxlan import FLAG_REMOTE_CHECKSUM, remote_checksum
+
+from tests.netns.routers import VENV_BIN, WAN, capture, show, start_router, wait_for, without_dad
 
 pytestmark = pytest.mark.netns
 
@@ -68,8 +81,7 @@ print(hashlib.sha256(data).hexdigest(), got, digest.hexdigest(), flush=True)
 """
 
 
-@pytest.fixture
-def vxlan_pair(netns, tmp_path):
+def kernel_vxlan_and_router(netns, tmp_path, remote_checksum: bool = False):
     m1, m2 = netns("m1"), netns("m2")
     wan = netns.veth(m1, m2)
     for ns, end, address in ((m1, wan.a_name, WAN["m1"]), (m2, wan.b_name, WAN["m2"])):
@@ -78,9 +90,15 @@ def vxlan_pair(netns, tmp_path):
     # A kernel stack sending over veth leaves UDP checksums to "hardware": finish them
     # in software so what tunnelrouter's socket receives is exactly what a NIC would send.
     m2.run("ethtool", "-K", wan.b_name, "tx", "off")
+    if remote_checksum:
+        # A capture in M2 is to show datagrams as they crossed the wire: M1 sends them one
+        # by one (no GSO datagrams over veth), and M2's GRO does not join them.
+        m1.run("ethtool", "-K", wan.a_name, "tx", "off")
+        m2.run("ethtool", "-K", wan.b_name, "gro", "off")
 
     m2.ip("link", "add", "vx0", "type", "vxlan", "id", "42", "local", WAN["m2"],
-          "dstport", "4789", "srcport", "49152", "49160", "dev", wan.b_name)
+          "dstport", "4789", "srcport", "49152", "49160", "dev", wan.b_name,
+          *(("udpcsum", "remcsumtx", "remcsumrx") if remote_checksum else ()))
     m2.run("bridge", "fdb", "append", "00:00:00:00:00:00", "dev", "vx0", "dst", WAN["m1"])
     m2.ip("addr", "add", f"{INNER['m2'][0]}/24", "dev", "vx0")
     m2.ip("addr", "add", f"{INNER['m2'][1]}/64", "dev", "vx0", "nodad")
@@ -88,9 +106,16 @@ def vxlan_pair(netns, tmp_path):
 
     process, control = start_router(m1, {"tunnels": {TUNNEL: {
         "mode": "vxlan", "id": 42, "local": WAN["m1"], "remotes": [WAN["m2"]],
-        "addresses": [f"{INNER['m1'][0]}/24", f"{INNER['m1'][1]}/64"]}}}, tmp_path, "m1")
+        "addresses": [f"{INNER['m1'][0]}/24", f"{INNER['m1'][1]}/64"],
+        "remote-checksum-tx": remote_checksum, "remote-checksum-rx": remote_checksum}}},
+        tmp_path, "m1")
     wait_for(control, process)
-    return m1, m2, process, control
+    return m1, m2, process, control, wan
+
+
+@pytest.fixture
+def vxlan_pair(netns, tmp_path):
+    return kernel_vxlan_and_router(netns, tmp_path)[:4]
 
 
 def ping(ns, address: str) -> None:
@@ -123,9 +148,7 @@ def test_pings_both_ways_with_kernel_vxlan(vxlan_pair):
     assert any(e.get("mac") == router_mac and e.get("dst") == WAN["m1"] for e in entries), entries
 
 
-def test_tcp_megabyte_each_way_through_kernel_vxlan(vxlan_pair):
-    m1, m2, process, control = vxlan_pair
-    # Server in M2 (behind the kernel VTEP), client in M1 (behind tunnelrouter).
+def transfer_megabyte_each_way(m1, m2, process, control):
     server = m2.popen(str(VENV_BIN / "python"), "-c", SERVER, INNER["m2"][0], str(TRANSFER))
     assert server.stdout.readline().strip() == "listening", server.stderr.read()
     client = m1.run(str(VENV_BIN / "python"), "-c", CLIENT, INNER["m2"][0], str(TRANSFER),
@@ -143,3 +166,37 @@ def test_tcp_megabyte_each_way_through_kernel_vxlan(vxlan_pair):
     assert counters["rx_bytes"] > TRANSFER and counters["tx_bytes"] > TRANSFER, counters
     assert not counters["drops"], counters["drops"]
     assert process.poll() is None
+
+
+def test_tcp_megabyte_each_way_through_kernel_vxlan(vxlan_pair):
+    # Server in M2 (behind the kernel VTEP), client in M1 (behind tunnelrouter).
+    transfer_megabyte_each_way(*vxlan_pair)
+
+
+def test_remote_checksum_offload_each_way_with_kernel_vxlan(netns, tmp_path):
+    m1, m2, process, control, wan = kernel_vxlan_and_router(netns, tmp_path, True)
+    with capture(m2, wan.b_name, tmp_path / "wan.pcap", "udp port 4789") as pcap:
+        transfer_megabyte_each_way(m1, m2, process, control)
+    left = {WAN["m1"]: 0, WAN["m2"]: 0}
+    checked = 0
+    for frame in rdpcap(str(pcap)):
+        if VXLAN not in frame or TCP not in frame[VXLAN]:
+            continue
+        header = bytes(frame[VXLAN])[:8]
+        if not int.from_bytes(header[:4], "big") & FLAG_REMOTE_CHECKSUM:
+            continue
+        left[frame[IP].src] += 1
+        inner = bytes(frame[VXLAN].payload)
+        start, offset = remote_checksum(header)
+        segment = Ether(inner)
+        assert start == len(inner) - len(bytes(segment[TCP])) and offset == 16, (start, offset)
+        if frame[IP].src == WAN["m1"] and checked < 200:
+            # What tunnelrouter left, finished as the kernel would (the sum from start on,
+            # the field holding the pseudo-header sum), is what scapy computes.
+            del segment[TCP].chksum
+            assert internet_checksum(inner[start:]) == Ether(bytes(segment))[TCP].chksum
+            assert frame[UDP].chksum   # the outer UDP checksum guards the whole
+            checked += 1
+    # Most of the megabyte went in segments whose checksum was left to the receiver.
+    assert left[WAN["m1"]] > 300 and left[WAN["m2"]] > 300, left
+    assert checked > 100

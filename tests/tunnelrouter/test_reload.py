@@ -229,6 +229,25 @@ def test_a_vxlan_tunnel_changed_in_place_keeps_what_it_learnt_of_remotes_it_stil
     assert list(fdb.entries) == [b"\x02\0\0\0\0\x0b"]
 
 
+def test_a_vxlan_socket_joins_checksums_left_to_it_while_a_tunnel_on_it_agrees(site):
+    def joins() -> bool:
+        [udp] = [u for end, u in a.router.tunnel_set.underlays.items() if end[2] == 4789]
+        return udp.remote_checksum
+
+    a = site({"vx1": VXLAN})
+    assert not joins()
+    other = VXLAN | {"id": 8, "remote-checksum-rx": True}
+    a.reload({"vx1": VXLAN, "vx2": other})
+    assert joins()
+    a.reload({"vx1": VXLAN | {"remote-checksum-rx": True},
+              "vx2": other | {"remote-checksum-rx": False}})
+    assert joins()
+    a.reload({"vx1": VXLAN, "vx2": other | {"remote-checksum-rx": False}})
+    assert not joins()
+    a.reload({"vx1": VXLAN | {"remote-checksum-rx": True}})
+    assert joins()
+
+
 def test_allowed_ips_and_rate_limit_change_in_place_and_apply_at_once(site):
     wire = Wire()
     a = site({"gre1": GRE}, MemorySystem(wire), "a")

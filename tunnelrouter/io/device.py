@@ -26,7 +26,7 @@ import pytun
 
 from encap.errors import DecodeError, DropReason
 from encap.gso import coalesce, finish_checksum
-from encap.wire import ETHERNET_HEADER_LENGTH
+from encap.wire import ETHERNET_HEADER_LENGTH, TCP_CHECKSUM_OFFSET, UDP_CHECKSUM_OFFSET
 
 from tunnelrouter.io.errors import SystemProblem
 from tunnelrouter.tunnel.batch import VNET_HEADER_LENGTH, Batch
@@ -45,8 +45,6 @@ SUPER_PACKET_OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
 VNET_HEADER = struct.Struct("<BBHHHH")
 NEEDS_CSUM = 0x01
 GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4, GSO_ECN = 0x00, 0x01, 0x04, 0x05, 0x80
-_TCP_CHECKSUM_OFFSET = 16
-_UDP_CHECKSUM_OFFSET = 6
 _PROTOCOL_TCP = 6
 _NO_OFFLOAD = bytes(VNET_HEADER_LENGTH)
 
@@ -204,10 +202,10 @@ class TunTapDevice:
         if (data[ip + 9] if version == 4 else data[ip + 6]) == _PROTOCOL_TCP:
             header_end = transport + (data[start + transport + 12] >> 4) * 4
             gso_type = GSO_TCPV4 if version == 4 else GSO_TCPV6
-            checksum_offset = _TCP_CHECKSUM_OFFSET
+            checksum_offset = TCP_CHECKSUM_OFFSET
         else:
             header_end, gso_type, checksum_offset = transport + 8, GSO_UDP_L4, \
-                _UDP_CHECKSUM_OFFSET
+                UDP_CHECKSUM_OFFSET
         VNET_HEADER.pack_into(out, at, NEEDS_CSUM, gso_type, header_end, gso_size, transport,
                               checksum_offset)
         return header_end

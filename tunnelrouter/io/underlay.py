@@ -124,7 +124,8 @@ class UnderlaySocket:
         packet = batch.packets[i]
         try:
             count, stride, last = segment_tcp(packet, batch.ip_offsets[i], batch.tcp_offsets[i],
-                                              batch.gso_sizes[i], self.OUTER_IPV4, batch.scratch)
+                                              batch.gso_sizes[i], self.OUTER_IPV4, batch.scratch,
+                                              batch.remote_checksums[i])
         except DecodeError as error:
             counters.drops[error.reason] += 1
             return

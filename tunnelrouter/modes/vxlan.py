@@ -56,6 +56,10 @@ class VxlanConfig(TunnelConfig):
     max_fdb: Annotated[StrictInt, Field(ge=1, le=1 << 20)] = Field(default=DEFAULT_MAX_FDB,
                                                                     alias="max-fdb")
     fdb: tuple[StaticFdbEntry, ...] = ()
+    # Remote checksum offload, each way on its own as Linux's remcsumtx / remcsumrx: both
+    # ends must agree, so neither is on by default.
+    remote_checksum_tx: StrictBool = Field(default=False, alias="remote-checksum-tx")
+    remote_checksum_rx: StrictBool = Field(default=False, alias="remote-checksum-rx")
 
     @property
     def peers(self):
@@ -94,7 +98,7 @@ class VxlanMode(Mode):
     link_header = HEADER_LENGTH + ETHERNET_HEADER_LENGTH
 
     def codec(self, tunnel: VxlanConfig) -> Vxlan:
-        return Vxlan(tunnel.id)
+        return Vxlan(tunnel.id, tunnel.remote_checksum_rx)
 
     def keys(self, tunnel: VxlanConfig):
         return (tunnel.id,)

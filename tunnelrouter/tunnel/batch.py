@@ -13,7 +13,9 @@ Packet ``i`` of ``count``:
 - filled from a device: ``buffers[i][HEADROOM:ends[i]]`` (``starts[i]`` is HEADROOM),
   a TCP super-packet when ``gso_sizes[i]`` is not 0: segments of that many payload
   bytes each, whose IP and TCP headers are ``ip_offsets[i]`` and ``tcp_offsets[i]``
-  bytes into the packet (into ``packets[i]`` once the core has encapsulated it);
+  bytes into the packet (into ``packets[i]`` once the core has encapsulated it, and
+  ``remote_checksums[i]`` then says whether the segments go with their TCP checksums
+  left to the receiver: VXLAN remote checksum offload);
 - filled from the wire: the datagram ``buffers[i][:ends[i]]`` from ``addresses[i]``,
   whose tunnel header starts at ``starts[i]`` (after the outer IP header where the
   socket gives that too) and whose outer TOS / traffic class was ``tos[i]``; when
@@ -40,6 +42,7 @@ VNET_HEADER_LENGTH = 10  # struct virtio_net_hdr, in front of every TUN/TAP read
 class Batch:
     __slots__ = ("capacity", "buffers", "views", "device_views", "vnet_headers", "device_iovecs",
                  "count", "starts", "ends", "gso_sizes", "joined", "ip_offsets", "tcp_offsets",
+                 "remote_checksums",
                  "addresses", "tos", "packets", "destinations", "ancillary", "endpoints",
                  "scratch", "answering")
 
@@ -60,6 +63,7 @@ class Batch:
         self.joined = [1] * capacity
         self.ip_offsets = [0] * capacity
         self.tcp_offsets = [0] * capacity
+        self.remote_checksums = [False] * capacity
         self.starts = [HEADROOM] * capacity
         self.ends = [HEADROOM] * capacity
         self.addresses: list = [None] * capacity

@@ -91,6 +91,10 @@ class Outbox:
 class Endpoint:
     """What every tunnel shares: counters, MSS, outer TTL/TOS, path MTU, ICMP, ECN."""
 
+    # Whether inner checksums a peer left to be finished are taken (VXLAN's remote
+    # checksum offload): the socket then joins datagrams so left.
+    remote_checksum_rx = False
+
     def __init__(self, config: TunnelConfig):
         mode = config.kind
         self.config = config
@@ -358,11 +362,14 @@ class Endpoint:
             return -1
         return batch.starts[i] + min(len(packet), header_end + gso_size)
 
-    def _encapsulated_super_packet(self, batch: Batch, i: int, moved: int) -> int:
-        """Super-packet ``i`` got ``moved`` bytes of outer header: its offsets follow; the
-        number of segments it will be cut into."""
+    def _encapsulated_super_packet(self, batch: Batch, i: int, moved: int,
+                                   remote_checksum: bool = False) -> int:
+        """Super-packet ``i`` got ``moved`` bytes of outer header (which says, if
+        ``remote_checksum``, that the receiver finishes the TCP checksums): its offsets
+        follow; the number of segments it will be cut into."""
         batch.ip_offsets[i] += moved
         batch.tcp_offsets[i] += moved
+        batch.remote_checksums[i] = remote_checksum
         tcp = batch.tcp_offsets[i]
         packet = batch.packets[i]
         return segment_count(len(packet) - tcp - (packet[tcp + 12] >> 4) * 4, batch.gso_sizes[i])

@@ -1,11 +1,14 @@
 """The endpoint of a tunnel over a UDP socket (VXLAN): the kernel writes the outer headers."""
 
 from encap.errors import DecodeError, DropReason
+from encap.gso import finish_checksum
 from encap.mss import clamp_mss
+from encap.vxlan import HEADER_LENGTH, remote_checksum, remote_checksum_field
+from encap.wire import TCP_CHECKSUM_OFFSET
 
 from tunnelrouter.modes import TunnelConfig
 from tunnelrouter.tunnel.batch import Batch
-from tunnelrouter.tunnel.endpoint import DEFAULT_TTL, Endpoint, inner_ip
+from tunnelrouter.tunnel.endpoint import DEFAULT_TTL, Endpoint, inner_ip, ip_length
 from tunnelrouter.tunnel.fdb import Fdb
 
 FDB_SHOWN = 100    # status lists at most this many FDB entries (and counts them all)
@@ -19,6 +22,11 @@ class UdpEndpoint(Endpoint):
     bit is the socket's; the arriving TOS comes back per datagram for RFC 6040.
     With several remotes and Ethernet inside, a forwarding database picks the
     remote, and broadcast and unknown unicast go to all of them.
+
+    Remote checksum offload, where configured: the segments of a super-packet go with
+    their TCP checksums left for the peer to finish (``remote-checksum-tx``), and a
+    datagram whose checksum the peer left is finished here before anything reads it
+    (``remote-checksum-rx``; one the socket joined stays partial: the device finishes it).
     """
 
     def __init__(self, config: TunnelConfig):
@@ -34,6 +42,8 @@ class UdpEndpoint(Endpoint):
         self.fdb = Fdb(config.ageing, config.mac_learning, config.max_fdb, static)
         self._learnt_mac, self._learnt_from, self._learnt_until = b"", None, 0.0
         self.heard_from: dict[str, float] = {}   # remote -> the last datagram accepted
+        self.remote_checksum_tx = config.remote_checksum_tx
+        self.remote_checksum_rx = config.remote_checksum_rx
 
     def encapsulate(self, batch: Batch, now: float, fragmentable: bool = False) -> None:
         """As RawEndpoint's; never ``fragmentable``: DF is the socket's (RFC 7348 §4.3)."""
@@ -53,6 +63,12 @@ class UdpEndpoint(Endpoint):
                 self._refuse(batch, i, frame, segment_end, now)
                 continue
             inner = inner_ip(frame, True)
+            if inner is not None and ip_length(inner) > len(inner):
+                # An IP packet shorter than it says, which its receiver would drop: sent, an
+                # ICMP error about it would be taken as about a datagram of the length it
+                # says (the quote is all a UDP socket gives back).
+                drops[DropReason.INNER_MALFORMED] += 1
+                continue
             if mss is not None and inner is not None:
                 clamp_mss(inner, mss[0], mss[1])
             ttl, tos, _ = outer_fields(inner)  # DF is the socket's: RFC 7348 §4.3
@@ -67,7 +83,18 @@ class UdpEndpoint(Endpoint):
             destinations[i] = flood if frame[0] & 1 else (lookup(bytes(frame[0:6]), now) or flood)
             ancillary[i] = None if ttl == DEFAULT_TTL and tos == 0 else ttl << 8 | tos
             if gso_sizes[i]:
-                self._encapsulated_super_packet(batch, i, start - header_start)
+                left = self.remote_checksum_tx and self._leave_checksums(
+                    buffers[i], header_start, batch.tcp_offsets[i])
+                self._encapsulated_super_packet(batch, i, start - header_start, left)
+
+    def _leave_checksums(self, buffer, header_start: int, tcp: int) -> bool:
+        """Say in the VXLAN header at ``buffer[header_start:]`` that the TCP checksum ``tcp``
+        bytes into its frame is left to the peer; False if the header cannot say it."""
+        field = remote_checksum_field(tcp, TCP_CHECKSUM_OFFSET)
+        if field is None:
+            return False
+        self.codec.mark_remote_checksum(buffer, header_start, field)
+        return True
 
     def decapsulate(self, batch: Batch, i: int, datagram: memoryview, now: float) -> bool:
         """As any endpoint, from one of the remotes only; the FDB learns from what is
@@ -75,6 +102,9 @@ class UdpEndpoint(Endpoint):
         destination = self.destinations.get(batch.addresses[i])
         if destination is None:
             self._drop(batch, i, DropReason.NOT_A_PEER)
+            return False
+        if self.remote_checksum_rx and not batch.gso_sizes[i] and \
+                len(datagram) >= HEADER_LENGTH and not self._finish_checksum(batch, i, datagram):
             return False
         if not super().decapsulate(batch, i, datagram, now):
             return False
@@ -91,6 +121,19 @@ class UdpEndpoint(Endpoint):
                         mac, destination, now + 1.0
                 else:
                     self.counters.fdb_full += 1
+        return True
+
+    def _finish_checksum(self, batch: Batch, i: int, datagram: memoryview) -> bool:
+        """Finish the inner checksum the peer left to us, if it left one; False if where it
+        says it is lies outside the frame (dropped, counted)."""
+        left = remote_checksum(datagram)
+        if left is None:
+            return True
+        try:
+            finish_checksum(datagram[HEADER_LENGTH:], *left)
+        except DecodeError as error:
+            self._drop(batch, i, error.reason)
+            return False
         return True
 
     def take_over(self, old: Endpoint) -> None:

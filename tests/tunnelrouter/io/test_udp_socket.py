@@ -126,6 +126,19 @@ def test_a_train_of_one_stream_becomes_one_datagram_whose_inner_packet_cuts_back
     assert [TUNNEL_HEADER + s for s in cut((segment_tcp,), joined[8:], 0, 1000)] == datagrams
 
 
+@pytest.mark.parametrize("agreed", [True, False])
+def test_a_train_whose_checksums_were_left_to_the_receiver_joins_where_a_tunnel_agreed(agreed):
+    # VXLAN remote checksum offload: the sender left each segment's pseudo-header sum.
+    whole = TUNNEL_HEADER + tcp_packet(4, payload(5300))
+    datagrams = cut((segment_tcp,), whole, 8, 1000, remote_checksum=True)
+    fake = FakeSocket(incoming=[(b"".join(datagrams), gro(len(datagrams[0])),
+                                 ("10.0.0.2", 4789))])
+    sock, batch = udp(fake, link_header=8), Batch(8)
+    sock.remote_checksum = agreed
+    count = sock.read_batch(batch)
+    assert entries(batch, count) == ([(6, 1000)] if agreed else [(1, 0)] * 6)
+
+
 def test_trains_of_one_stream_received_back_to_back_are_joined_across():
     first, one = stream_train([1000] * 3)
     second, two = stream_train([1000] * 2 + [500], seq=4000)
