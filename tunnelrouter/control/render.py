@@ -65,7 +65,9 @@ def _tunnel_lines(name: str, tunnel: dict, now: float) -> list[str]:
     liveness = tunnel.get("liveness") if isinstance(tunnel.get("liveness"), dict) else {}
     lines = [f"tunnel: {name}",
              f"  mode: {tunnel['mode']} from {tunnel['local']}"
-             + (f", vni {tunnel['vni']}" if "vni" in tunnel else ""),
+             + (f", vni {tunnel['vni']}" if "vni" in tunnel else "")
+             + (f", remote checksum offload {' and '.join(tunnel['remote_checksum'])}"
+                if tunnel.get("remote_checksum") else ""),
              f"  device: {tunnel.get('device', 'up')}, mtu {tunnel['mtu']}"
              + (f" (carries {tunnel['effective_mtu']} now)"
                 if tunnel["effective_mtu"] != tunnel["mtu"] else ""),

@@ -161,5 +161,8 @@ class UdpEndpoint(Endpoint):
         self.fdb.expire(now)
 
     def status(self, now: float) -> dict:
-        return super().status(now) | {"vni": self.config.id, "fdb_entries": len(self.fdb),
+        directions = [way for way, on in (("tx", self.remote_checksum_tx),
+                                          ("rx", self.remote_checksum_rx)) if on]
+        return super().status(now) | {"vni": self.config.id, "remote_checksum": directions,
+                                      "fdb_entries": len(self.fdb),
                                       "fdb": self.fdb.as_list(now, FDB_SHOWN)}

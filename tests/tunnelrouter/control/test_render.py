@@ -28,7 +28,8 @@ GRE = {
 VXLAN = {
     "name": "vx1", "mode": "vxlan", "local": "10.0.0.1", "peers": ["10.0.0.2", "10.0.0.3"],
     "mtu": 1450, "effective_mtu": 1450, "path_mtu": {}, "mss_clamp": "off",
-    "counters": counters(fdb_full=7), "vni": 7, "fdb_entries": 150,
+    "counters": counters(fdb_full=7), "vni": 7, "remote_checksum": ["tx", "rx"],
+    "fdb_entries": 150,
     "fdb": [{"mac": "02:00:00:00:00:01", "remote": "10.0.0.3", "static": True,
              "expires_in": None},
             {"mac": "02:00:00:00:00:0b", "remote": "10.0.0.2", "static": False,
@@ -81,7 +82,7 @@ def test_two_tunnels_with_everything_there_is_to_show():
         "  dropped too_big: 1",
         "",
         "tunnel: vx1",
-        "  mode: vxlan from 10.0.0.1, vni 7",
+        "  mode: vxlan from 10.0.0.1, vni 7, remote checksum offload tx and rx",
         "  device: gone (being made again), mtu 1450",
         "  mss clamp: off",
         "  transfer: 0 B received, 0 B sent (0 and 0 packets)",

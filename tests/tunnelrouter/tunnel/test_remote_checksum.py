@@ -123,3 +123,9 @@ def test_an_ip_packet_shorter_than_it_says_is_not_sent_and_a_padded_frame_is():
     assert harness.drops == {"inner_malformed": 1}
     padded = frame(bytes(packet), MAC_A, MAC_B) + bytes(20)   # Ethernet's minimum
     assert len(harness.send(padded)) == 1
+
+
+@pytest.mark.parametrize("tx, rx, said", [(True, True, ["tx", "rx"]), (False, True, ["rx"]),
+                                          (False, False, [])])
+def test_the_status_says_which_ways_remote_checksum_offload_is_on(tx, rx, said):
+    assert vxlan(tx, rx).endpoint.status(0.0)["remote_checksum"] == said
