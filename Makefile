@@ -41,8 +41,9 @@ churn-forward: deps
 # it writes bench/results/latest.{json,md,png} and the README's table. Any knob makes a
 # custom run, written to bench/results/run.* (git-ignored). Knobs:
 #   QUICK=1                 NIC-like wire only, 2 repetitions, 1-second tests (~2 min)
-#   ROWS=kernel-vxlan,tr-vxlan   rows (plain kernel-vxlan tr-gre tr-ipip tr-sit tr-vxlan
-#                           tr-gretap openvpn tinc fastd socat); kernel-vxlan always runs
+#   ROWS=kernel-vxlan,tr-vxlan   rows (plain kernel-vxlan kernel-vxlan-rco tr-gre tr-ipip
+#                           tr-sit tr-vxlan tr-vxlan-rco tr-gretap openvpn tinc fastd socat);
+#                           kernel-vxlan always runs
 #   WIRES=nic               wires (veth nic bare)
 #   REPS=5  DURATION=3      repetitions, seconds each test runs
 #   TESTS=tcp1,udp          tests (tcp1 tcp4 udp)
