@@ -85,6 +85,9 @@ KERNEL_REMOTE_CHECKSUM = ("udpcsum", "remcsumtx", "remcsumrx")
 @dataclass
 class KernelVxlan(Row):
     options: tuple[str, ...] = ()
+    # Linux shares one socket per port among its VXLAN devices only if their flags agree
+    # (udpcsum, remote checksum offload): another kind takes the next port.
+    port: int = VXLAN_KERNEL_PORT
 
     def start(self, topo: Topology, workdir: Path) -> None:
         slot = self.slot
@@ -93,12 +96,12 @@ class KernelVxlan(Row):
             ns = topo[router]
             ns.ip("link", "add", self.device, "type", "vxlan", "id", str(100 + slot.k),
                   "local", slot.wan(side), "remote", slot.wan(3 - side),
-                  "dstport", str(VXLAN_KERNEL_PORT), "dev", "wan", *self.options)
+                  "dstport", str(self.port), "dev", "wan", *self.options)
             ns.ip("addr", "add", f"{slot.tunnel(side)}/30", "dev", self.device)
             ns.ip("link", "set", self.device, "up")
             ns.ip("route", "add", slot.prefix(3 - side), "via", slot.tunnel(3 - side))
         self.command = (f"ip link add {self.device} type vxlan id {100 + slot.k} local L remote R "
-                        f"dstport {VXLAN_KERNEL_PORT} dev wan {' '.join(self.options)} "
+                        f"dstport {self.port} dev wan {' '.join(self.options)} "
                         f"(MTU 1450)").replace("  ", " ")
 
 
@@ -340,7 +343,7 @@ ROW_KINDS = {
     "plain": (Plain, "plain routing (no tunnel)", 4, {}),
     "kernel-vxlan": (KernelVxlan, "kernel VXLAN", 4, {}),
     "kernel-vxlan-rco": (KernelVxlan, "kernel VXLAN, remote checksum offload", 4,
-                         {"options": KERNEL_REMOTE_CHECKSUM}),
+                         {"options": KERNEL_REMOTE_CHECKSUM, "port": VXLAN_KERNEL_PORT + 1}),
     "tr-gre": (Tunnelrouter, "tunnelrouter gre (key)", 4, {"mode": "gre"}),
     "tr-ipip": (Tunnelrouter, "tunnelrouter ipip", 4, {"mode": "ipip"}),
     "tr-sit": (Tunnelrouter, "tunnelrouter sit (IPv6 inner)", 6, {"mode": "sit"}),

@@ -57,7 +57,7 @@ def test_row_configurations_are_valid_tunnelrouter_configurations(mode):
 
 def test_the_remote_checksum_rows_turn_it_on_at_both_ends_of_both_kinds():
     kernel, router = make_rows(["kernel-vxlan-rco", "tr-vxlan-rco"], {"A": "/a/tr"})
-    assert kernel.options == ("udpcsum", "remcsumtx", "remcsumrx")
+    assert kernel.options == ("udpcsum", "remcsumtx", "remcsumrx") and kernel.port == 8473
     assert router.mode == "vxlan"
     router.device = router.device_name()
     for side in (1, 2):
