@@ -167,12 +167,13 @@ class Topology:
             ns[router].ip("addr", "add", f"{slot.wan(side)}/24", "dev", "wan")
 
     def route_hosts(self, slot: Slot, mtu: int) -> None:
-        """hostA reaches hostB's prefix of ``slot`` through M1 with the tunnel's MTU, and back."""
+        """hostA reaches hostB's prefix of ``slot`` through M1 with the tunnel's MTU, and back,
+        from the slot's own address: a host has one per slot, and an answer from another
+        (an unconnected UDP server's, as iperf3's) is not the one its client waits for."""
         for side, host in ((1, "hosta"), (2, "hostb")):
             far = 3 - side
-            args = ["route", "replace", slot.prefix(far), "via", slot.lan_gateway(side)]
-            if slot.family == 4:
-                args += ["src", slot.host(side)]
+            args = ["route", "replace", slot.prefix(far), "via", slot.lan_gateway(side),
+                    "src", slot.host(side)]
             self.ns[host].ip(*(["-6"] if slot.family == 6 else []), *args, "mtu", str(mtu))
 
     def route_plain(self, slot: Slot) -> None:

@@ -6,7 +6,7 @@ import pytest
 from bench import __main__ as cli
 from bench.lab import stale_namespaces
 from bench.rows import make_rows, scale_config, tunnelrouter_config
-from bench.topology import Slot, parse_offloads, parse_snmp_ip
+from bench.topology import Slot, Topology, parse_offloads, parse_snmp_ip
 from tunnelrouter.config import parse_config
 
 
@@ -111,3 +111,25 @@ def test_ethtool_and_snmp_parsing():
                                     "tx-udp-segmentation": "off"}
     snmp = "Ip: Forwarding DefaultTTL FragCreates\nIp: 1 64 3\nIcmp: InMsgs\nIcmp: 0\n"
     assert parse_snmp_ip(snmp) == {"Forwarding": 1, "DefaultTTL": 64, "FragCreates": 3}
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_hosts_answer_each_slot_from_its_own_address(family):
+    # A host has an address per slot: without a route's src, an IPv6 answer to one slot came
+    # from another slot's address, and iperf3's UDP client never took it.
+    said: dict[str, list] = {"hosta": [], "hostb": []}
+
+    class Host:
+        def __init__(self, name: str):
+            self.name = name
+
+        def ip(self, *args: str) -> None:
+            said[self.name].append(args)
+
+    topo = Topology.__new__(Topology)
+    topo.ns = {name: Host(name) for name in said}
+    slot = Slot(3, family)
+    topo.route_hosts(slot, 1400)
+    for side, host in ((1, "hosta"), (2, "hostb")):
+        [args] = said[host]
+        assert args[args.index("src") + 1] == slot.host(side)
