@@ -202,7 +202,7 @@ typedef struct {
 
 /* Whether two one's-complement sums are equal (0 and 0xFFFF are both zero). */
 static int same_sum(uint16_t a, uint16_t b) {
-    return a == b || ((a | b) == 0xFFFF && !(a & b));
+    return a == b || (a == 0 && b == 0xFFFF) || (a == 0xFFFF && b == 0);
 }
 
 /* Whether the packet may be joined to others (gso.py's _joinable): a TCP data segment

@@ -229,7 +229,7 @@ def _joinable(packet, l2: int, ethernet: bool, remote_checksum: bool) -> _Segmen
 
 def _same_sum(a: int, b: int) -> bool:
     """Whether two one's-complement sums are equal (0 and 0xFFFF are both zero)."""
-    return a == b or a | b == 0xFFFF and not a & b
+    return a == b or {a, b} == {0, 0xFFFF}
 
 
 def _same_stream(first, first_segment: _Segment, packet, segment: _Segment, l2: int) -> bool:

@@ -59,10 +59,13 @@ def remote_checksum_field(checksum_start: int, checksum_offset: int) -> int | No
     return None
 
 
-def remote_checksum(view) -> tuple[int, int] | None:
+def remote_checksum(view, at: int = 0) -> tuple[int, int] | None:
     """``(checksum_start, checksum_offset)`` in the inner frame of the checksum the sender of
-    this VXLAN header left for the receiver to finish; None if it left none."""
-    flags, vni_word = VXLAN_HEADER.unpack_from(view)
+    the VXLAN header at ``view[at:]`` left for the receiver to finish; None if it left none
+    (or there is no whole header)."""
+    if len(view) < at + HEADER_LENGTH:
+        return None
+    flags, vni_word = VXLAN_HEADER.unpack_from(view, at)
     if not flags & FLAG_REMOTE_CHECKSUM:
         return None
     return (vni_word & _REMOTE_CHECKSUM_START) << 1, \

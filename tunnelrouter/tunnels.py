@@ -230,8 +230,10 @@ class TunnelSet:
         """A UDP socket joins datagrams whose inner checksums were left to the receiver only
         if a tunnel on it takes such datagrams (VXLAN's remote-checksum-rx)."""
         if end in self.underlays and end[0] is Underlay.UDP:
-            self.underlays[end].remote_checksum = any(
-                endpoint.remote_checksum_rx for endpoint in self.demuxes[end].endpoints.values())
+            endpoints = self.demuxes[end].endpoints.values()
+            self.underlays[end].remote_checksum = next(
+                (endpoint.mode.remote_checksum for endpoint in endpoints
+                 if endpoint.remote_checksum_rx), None)
 
     def remove(self, name: str) -> None:
         """Take a tunnel down: its device goes (with its addresses and routes), its end is

@@ -505,11 +505,15 @@ def test_a_train_left_to_the_receiver_joins_only_where_the_receiver_agreed(imple
     assert joined_train(implementation, *train_of(whole), 22, True, remote_checksum=True)[3] == 10
     # Not agreed: a partial checksum is a wrong one.
     assert joined_train(implementation, *train_of(partial), 22, True)[1:] == (0, 0, 1)
-    # Agreed, a checksum that is neither whole nor the pseudo-header sum still stops it.
-    broken = bytearray(partial[1])
-    broken[22 + (20 if version == 4 else 40) + 16] ^= 0x40
-    train, step = train_of([partial[0], bytes(broken)] + partial[2:])
-    assert joined_train(implementation, train, step, 22, True, remote_checksum=True)[3] == 1
+    # Agreed, a checksum that is neither whole nor the pseudo-header sum still stops it;
+    # its complement too (0 and 0xFFFF are the only two spellings of one sum).
+    field = 22 + (20 if version == 4 else 40) + 16
+    for flip in (0x0040, 0xFFFF):
+        broken = bytearray(partial[1])
+        broken[field:field + 2] = (int.from_bytes(broken[field:field + 2], "big") ^ flip
+                                   ).to_bytes(2, "big")
+        train, step = train_of([partial[0], bytes(broken)] + partial[2:])
+        assert joined_train(implementation, train, step, 22, True, remote_checksum=True)[3] == 1
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)

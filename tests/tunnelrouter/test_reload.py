@@ -232,7 +232,7 @@ def test_a_vxlan_tunnel_changed_in_place_keeps_what_it_learnt_of_remotes_it_stil
 def test_a_vxlan_socket_joins_checksums_left_to_it_while_a_tunnel_on_it_agrees(site):
     def joins() -> bool:
         [udp] = [u for end, u in a.router.tunnel_set.underlays.items() if end[2] == 4789]
-        return udp.remote_checksum
+        return udp.remote_checksum is not None
 
     a = site({"vx1": VXLAN})
     assert not joins()
@@ -246,6 +246,12 @@ def test_a_vxlan_socket_joins_checksums_left_to_it_while_a_tunnel_on_it_agrees(s
     assert not joins()
     a.reload({"vx1": VXLAN | {"remote-checksum-rx": True}})
     assert joins()
+    a.reload({"vx1": VXLAN | {"remote-checksum-rx": True}, "vx2": other})
+    a.reload({"vx1": VXLAN | {"remote-checksum-rx": True}})    # vx2 removed: vx1 still agrees
+    assert joins()
+    a.reload({"vx1": VXLAN, "vx2": other})
+    a.reload({"vx1": VXLAN})                                   # the one that agreed removed
+    assert not joins()
 
 
 def test_allowed_ips_and_rate_limit_change_in_place_and_apply_at_once(site):

@@ -93,10 +93,11 @@ class UdpSocket(UnderlaySocket):
         # would have joined them had the kernel known the tunnel; the rest go one by one.
         # What does not fit in the batch waits here for the next.
         self._link_header, self._ethernet = link_header, ethernet
-        # Whether a tunnel here takes inner checksums its peer left to be finished (VXLAN
-        # remote checksum offload): then datagrams so left are joined too. Set by whoever
+        # While a tunnel here takes inner checksums its peer left to be finished (VXLAN
+        # remote checksum offload), what tells such datagrams by their header (the mode's
+        # remote_checksum): a train of them is joined too. None: never. Set by whoever
         # knows the tunnels on the socket.
-        self.remote_checksum = False
+        self.remote_checksum = None
         # Trains of one stream received back to back are joined across: room for a few.
         self._train = bytearray(GRO_TRAINS_KEPT * GRO_TRAIN)
         self._train_view = memoryview(self._train)
@@ -162,15 +163,18 @@ class UdpSocket(UnderlaySocket):
         joined datagram has its ``gso_sizes`` (its parts' payload size) and ``joined``."""
         at, end, step, train = self._train_at, self._train_end, self._train_step, self._train
         left, link_header, ethernet = self._train_left, self._link_header, self._ethernet
-        remote_checksum = self.remote_checksum
+        left_to_us = self.remote_checksum
         buffers, starts, ends, addresses, tos = batch.buffers, batch.starts, batch.ends, \
             batch.addresses, batch.tos
         gso_sizes, joined_counts = batch.gso_sizes, batch.joined
         train_tos, source = self._train_tos, self._train_source
         while left and count < batch.capacity:
             if link_header and left > 1:
+                # A datagram of the train is joined only to those with its very link header:
+                # what the first's says of its checksum, all of theirs say.
+                partial = left_to_us is not None and left_to_us(train, at) is not None
                 length, gso_size, _, joined = join(train, at, end, step, link_header, ethernet,
-                                                   buffers[count], remote_checksum)
+                                                   buffers[count], partial)
             else:
                 length, gso_size, joined = min(step, end - at), 0, 1
                 buffers[count][:length] = train[at:at + length]

@@ -11,7 +11,7 @@ apart), the router and the CLI.
 from __future__ import annotations
 
 import enum
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from ipaddress import IPv4Network, IPv6Network, ip_interface, ip_network
 from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
@@ -316,6 +316,10 @@ class Mode:
     # header, then Ethernet's on ethernet modes), behind which the socket joins a train's
     # datagrams of one stream; 0: the header varies, nothing is joined.
     link_header: ClassVar[int] = 0
+    # Underlay.UDP, modes with remote checksum offload: ``(datagram, at) -> (start, offset)
+    # | None``, where the tunnel header at ``datagram[at:]`` says the inner checksum starts
+    # and lies, if its sender left it to the receiver.
+    remote_checksum: ClassVar[Callable | None] = None
 
     def codec(self, tunnel: TunnelConfig) -> Codec:
         """The codec of the tunnel header (the outer IP and UDP headers are not in it)."""

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import Field, StrictBool, StrictInt, StrictStr, field_validator
 
 from encap.errors import DropReason
-from encap.vxlan import FLAG_VNI, HEADER_LENGTH, VNI_MAX, Vxlan
+from encap.vxlan import FLAG_VNI, HEADER_LENGTH, VNI_MAX, Vxlan, remote_checksum
 from encap.wire import ETHERNET_HEADER_LENGTH, VXLAN_PORT
 
 from tunnelrouter.modes.base import (UNREADABLE, Address, Mode, Port, Strict, TunnelConfig,
@@ -96,6 +96,7 @@ class VxlanMode(Mode):
     distinguished_by = "id"
     unknown_key = DropReason.VXLAN_UNKNOWN_VNI
     link_header = HEADER_LENGTH + ETHERNET_HEADER_LENGTH
+    remote_checksum = staticmethod(remote_checksum)
 
     def codec(self, tunnel: VxlanConfig) -> Vxlan:
         return Vxlan(tunnel.id, tunnel.remote_checksum_rx)

@@ -47,8 +47,9 @@ from tunnelrouter.tunnel.wan_error import ErrorOrigin, WanError
 DEFAULT_TTL = 64
 _ETHERTYPE_IPV4 = b"\x08\x00"
 _ETHERTYPE_IPV6 = b"\x86\xdd"
-# An IPv4 header's first byte, TOS, flags byte and TTL; of IPv6, the first two bytes.
-_IPV4_OUTER_FIELDS = struct.Struct("!BB4xBxB")
+# An IPv4 header's first byte, TOS, total length, flags byte and TTL; of IPv6, the first
+# two bytes and the payload length.
+_IPV4_OUTER_FIELDS = struct.Struct("!BBH2xBxB")
 
 
 def inner_ip(packet: memoryview, ethernet: bool) -> memoryview | None:
@@ -62,10 +63,10 @@ def inner_ip(packet: memoryview, ethernet: bool) -> memoryview | None:
 
 
 def ip_length(packet: memoryview) -> int:
-    """The length an IP header gives its packet (0 if there is no header to read)."""
-    if len(packet) >= 4 and packet[0] >> 4 == 4:
+    """The length an IP header gives its packet (0 if there is no whole header to read)."""
+    if len(packet) >= 20 and packet[0] >> 4 == 4:
         return packet[2] << 8 | packet[3]
-    if len(packet) >= 6 and packet[0] >> 4 == 6:
+    if len(packet) >= 40 and packet[0] >> 4 == 6:
         return 40 + (packet[4] << 8 | packet[5])
     return 0
 
@@ -226,22 +227,23 @@ class Endpoint:
 
     # -- per packet helpers ---------------------------------------------------------------
 
-    def _outer_fields(self, inner: memoryview | None) -> tuple[int, int, bool]:
+    def _outer_fields(self, inner: memoryview | None) -> tuple[int, int, bool, int]:
         """Outer TTL, TOS and whether the outer packet may be fragmented, for the inner IP
-        packet (ttl, dscp and ecn settings; an IPv4 packet's own DF, RFC 2003 §3.1).
-        TTL 0: drop."""
+        packet (ttl, dscp and ecn settings; an IPv4 packet's own DF, RFC 2003 §3.1), and
+        the length its header gives it (0: not an IP packet). TTL 0: drop."""
         try:
-            first, tos, flags, ttl = _IPV4_OUTER_FIELDS.unpack_from(inner)
+            first, tos, length, flags, ttl = _IPV4_OUTER_FIELDS.unpack_from(inner)
         except (struct.error, TypeError):   # shorter than an IPv4 header, or no IP at all
             first = 0
         if first >> 4 == 4:
             fragmentable = not flags & 0x40
         elif first >> 4 == 6 and len(inner) >= 40:
             ttl, tos, fragmentable = inner[7], ((first & 0x0F) << 4) | (tos >> 4), False
+            length = 40 + (inner[4] << 8 | inner[5])
         else:
-            return self.default_ttl, self.tos_fixed, False
+            return self.default_ttl, self.tos_fixed, False, 0
         return (ttl if self.inherit_ttl else self.default_ttl if ttl else 0), \
-            (tos & self.tos_inherited) | self.tos_fixed, fragmentable
+            (tos & self.tos_inherited) | self.tos_fixed, fragmentable, length
 
     def _decapsulate_ecn(self, packet: memoryview, outer: int) -> DropReason | None:
         """RFC 6040 §4.2 on an arriving packet whose outer header is ECN-capable: why to
@@ -295,6 +297,11 @@ class Endpoint:
                     not self.liveness.answered(datagram, now):
                 self._drop(batch, i, error.reason)
             return False
+        if self.remote_checksum_rx and not batch.gso_sizes[i]:
+            refused = self._finish_checksum(datagram, packet)
+            if refused is not None:
+                self._drop(batch, i, refused)
+                return False
         if packet[self.keepalive_at] in self.keepalive_values and \
                 self._keepalive(batch, i, packet, now):
             return False
@@ -324,6 +331,12 @@ class Endpoint:
             self._clamp_mss(packet, mss[0], mss[1])
         batch.packets[i] = packet
         return True
+
+    def _finish_checksum(self, datagram: memoryview, packet: memoryview) -> DropReason | None:
+        """Finish the inner checksum of ``packet`` if the tunnel header of ``datagram`` says
+        its sender left it to us (only modes with remote checksum offload can); why not,
+        if it cannot be."""
+        return None
 
     def _merged_by_gro(self, batch: Batch, i: int, packet: memoryview) -> None:
         """A packet longer than the tunnel carries may be the receiving NIC's GRO at work:

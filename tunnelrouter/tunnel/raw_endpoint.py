@@ -48,7 +48,7 @@ class RawEndpoint(Endpoint):
             inner = inner_ip(packet, True) if ethernet else packet
             if mss is not None and inner is not None:
                 clamp_mss(inner, mss[0], mss[1])
-            ttl, outer.tos, inner_fragmentable = outer_fields(inner)
+            ttl, outer.tos, inner_fragmentable, _ = outer_fields(inner)
             if not ttl:
                 self._time_exceeded(packet, now)
                 continue

@@ -3,7 +3,7 @@
 from encap.errors import DecodeError, DropReason
 from encap.gso import finish_checksum
 from encap.mss import clamp_mss
-from encap.vxlan import HEADER_LENGTH, remote_checksum, remote_checksum_field
+from encap.vxlan import remote_checksum, remote_checksum_field
 from encap.wire import TCP_CHECKSUM_OFFSET
 
 from tunnelrouter.modes import TunnelConfig
@@ -63,7 +63,8 @@ class UdpEndpoint(Endpoint):
                 self._refuse(batch, i, frame, segment_end, now)
                 continue
             inner = inner_ip(frame, True)
-            if inner is not None and ip_length(inner) > len(inner):
+            ttl, tos, _, length = outer_fields(inner)  # DF is the socket's: RFC 7348 §4.3
+            if inner is not None and length > len(inner):
                 # An IP packet shorter than it says, which its receiver would drop: sent, an
                 # ICMP error about it would be taken as about a datagram of the length it
                 # says (the quote is all a UDP socket gives back).
@@ -71,7 +72,6 @@ class UdpEndpoint(Endpoint):
                 continue
             if mss is not None and inner is not None:
                 clamp_mss(inner, mss[0], mss[1])
-            ttl, tos, _ = outer_fields(inner)  # DF is the socket's: RFC 7348 §4.3
             if not ttl:
                 ttl = default_ttl  # bridged frames are not routed: their TTL is not ours
             try:
@@ -103,9 +103,6 @@ class UdpEndpoint(Endpoint):
         if destination is None:
             self._drop(batch, i, DropReason.NOT_A_PEER)
             return False
-        if self.remote_checksum_rx and not batch.gso_sizes[i] and \
-                len(datagram) >= HEADER_LENGTH and not self._finish_checksum(batch, i, datagram):
-            return False
         if not super().decapsulate(batch, i, datagram, now):
             return False
         frame, fdb = batch.packets[i], self.fdb
@@ -123,18 +120,20 @@ class UdpEndpoint(Endpoint):
                     self.counters.fdb_full += 1
         return True
 
-    def _finish_checksum(self, batch: Batch, i: int, datagram: memoryview) -> bool:
-        """Finish the inner checksum the peer left to us, if it left one; False if where it
-        says it is lies outside the frame (dropped, counted)."""
+    def _finish_checksum(self, datagram: memoryview, frame: memoryview) -> DropReason | None:
         left = remote_checksum(datagram)
         if left is None:
-            return True
+            return None
+        # The sum ends where the IP packet does, not at the frame's padding.
+        inner = inner_ip(frame, True)
+        length = ip_length(inner) if inner is not None else 0
+        if 0 < length < len(inner):
+            frame = frame[:len(frame) - len(inner) + length]
         try:
-            finish_checksum(datagram[HEADER_LENGTH:], *left)
+            finish_checksum(frame, *left)
         except DecodeError as error:
-            self._drop(batch, i, error.reason)
-            return False
-        return True
+            return error.reason
+        return None
 
     def take_over(self, old: Endpoint) -> None:
         super().take_over(old)

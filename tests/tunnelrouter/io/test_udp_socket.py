@@ -12,7 +12,8 @@ import sys
 import pytest
 from scapy.layers.inet import IP, TCP
 
-from encap.gso import segment_tcp
+from encap.gso import finish_checksum, segment_tcp
+from encap.vxlan import remote_checksum
 from encap.wire import HEADROOM
 from tunnelrouter.io.errors import SystemProblem
 from tunnelrouter.io.udp_socket import SOL_UDP, UDP_GRO, UDP_GSO_SEGMENTS, UDP_SEGMENT, UdpSocket
@@ -21,7 +22,7 @@ from tunnelrouter.tunnel.batch import Batch
 from tunnelrouter.tunnel.counters import Counters
 from tunnelrouter.tunnel.wan_error import ErrorOrigin
 
-from tests.encap.test_gso import cut, tcp_packet
+from tests.encap.test_gso import checksums_valid, cut, tcp_packet
 from tests.tunnelrouter.io.fake_socket import (OTHER_PEER, PEER, FakeSocket, payload,
                                                super_packet, udp)
 
@@ -126,17 +127,43 @@ def test_a_train_of_one_stream_becomes_one_datagram_whose_inner_packet_cuts_back
     assert [TUNNEL_HEADER + s for s in cut((segment_tcp,), joined[8:], 0, 1000)] == datagrams
 
 
-@pytest.mark.parametrize("agreed", [True, False])
-def test_a_train_whose_checksums_were_left_to_the_receiver_joins_where_a_tunnel_agreed(agreed):
+# A VXLAN header that says the inner TCP checksum (20 bytes into the inner packet) was left.
+LEFT_HEADER = bytes.fromhex("08200000" "0000420a")
+
+
+@pytest.mark.parametrize("agreed, header, joined", [
+    (True, LEFT_HEADER, True),
+    (False, LEFT_HEADER, False),           # no tunnel here takes such datagrams
+    (True, bytes.fromhex("08000000" "00004200"), False),   # the header does not say so
+])
+def test_a_train_whose_checksums_were_left_to_the_receiver_joins_where_a_tunnel_agreed(
+        agreed, header, joined):
     # VXLAN remote checksum offload: the sender left each segment's pseudo-header sum.
-    whole = TUNNEL_HEADER + tcp_packet(4, payload(5300))
-    datagrams = cut((segment_tcp,), whole, 8, 1000, remote_checksum=True)
+    datagrams = cut((segment_tcp,), header + tcp_packet(4, payload(5300)), 8, 1000,
+                    remote_checksum=True)
     fake = FakeSocket(incoming=[(b"".join(datagrams), gro(len(datagrams[0])),
                                  ("10.0.0.2", 4789))])
     sock, batch = udp(fake, link_header=8), Batch(8)
-    sock.remote_checksum = agreed
+    sock.remote_checksum = remote_checksum if agreed else None
     count = sock.read_batch(batch)
-    assert entries(batch, count) == ([(6, 1000)] if agreed else [(1, 0)] * 6)
+    assert entries(batch, count) == ([(6, 1000)] if joined else [(1, 0)] * 6)
+
+
+@pytest.mark.parametrize("left", [True, False])
+def test_a_super_packet_is_sent_with_its_checksums_left_where_the_core_said(left):
+    fake = FakeSocket()
+    batch = super_packet(LEFT_HEADER if left else bytes(8), 3000, gso_size=1000)
+    batch.remote_checksums[0] = left
+    udp(fake).send_batch(batch, Counters())
+    [(data, _, _)] = fake.sent
+    segments = [data[k:k + 8 + 52 + 1000] for k in range(0, len(data), 8 + 52 + 1000)]
+    assert len(segments) == 3
+    for segment in segments:
+        inner = bytearray(segment[8:])
+        assert checksums_valid(bytes(inner)) != left
+        if left:
+            finish_checksum(inner, 20, 16)    # as the peer finishes it
+            assert checksums_valid(bytes(inner))
 
 
 def test_trains_of_one_stream_received_back_to_back_are_joined_across():

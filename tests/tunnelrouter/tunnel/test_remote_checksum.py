@@ -4,14 +4,15 @@ where; a datagram whose checksum the peer left is finished before anything reads
 refused where the tunnel did not agree. scapy judges every checksum."""
 
 import pytest
-from scapy.layers.inet import IP
+from scapy.layers.inet import IP, UDP
 
 from encap.gso import finish_checksum, segment_tcp
-from encap.vxlan import FLAG_REMOTE_CHECKSUM, remote_checksum
+from encap.checksum import pseudo_header_sum
+from encap.vxlan import FLAG_REMOTE_CHECKSUM, Vxlan, remote_checksum, remote_checksum_field
 from tunnelrouter.modes import Underlay
 
 from tests.encap.test_gso import checksums_valid, tcp_packet
-from tests.tunnelrouter.tunnel.harness import (MAC_A, MAC_B, REMOTE, Harness, frame,
+from tests.tunnelrouter.tunnel.harness import (MAC_A, MAC_B, REMOTE, VNI, Harness, frame,
                                               vxlan_datagram, wire_batch)
 from tests.tunnelrouter.tunnel.test_super_packets import MSS, SCRATCH, super_packet_batch
 
@@ -88,6 +89,28 @@ def test_a_checksum_the_peer_left_is_finished_before_the_device_gets_the_frame(v
     assert not checksums_valid(datagram[22:])
     [delivered] = harness.receive(datagram)
     assert delivered[14:] == tcp_packet(version, bytes(500)) and checksums_valid(delivered[14:])
+    assert harness.drops == {}
+
+
+def udp_left_to_the_receiver(padding: int = 0) -> tuple[bytes, bytes]:
+    """A VXLAN datagram carrying a UDP datagram whose checksum its sender left (the O bit:
+    UDP's), maybe with Ethernet padding after it; and the frame as it should arrive."""
+    packet = bytes(IP(src="10.1.1.1", dst="10.2.2.2") / UDP(sport=5000, dport=53) / b"query")
+    whole = frame(packet, MAC_B, MAC_A)
+    left = bytearray(whole) + b"\xaa" * padding   # not zeros: zeros add nothing to a sum
+    pseudo = pseudo_header_sum(packet[12:16], packet[16:20], 17, len(packet) - 20)
+    left[14 + 20 + 6:14 + 20 + 8] = pseudo.to_bytes(2, "big")
+    header = bytearray(8)
+    Vxlan(VNI, remote_checksum=True).mark_remote_checksum(
+        header, 0, remote_checksum_field(14 + 20, 6))
+    return bytes(header) + bytes(left), whole + b"\xaa" * padding
+
+
+@pytest.mark.parametrize("padding", [0, 12])
+def test_a_udp_checksum_the_peer_left_is_finished_to_the_end_of_its_ip_packet(padding):
+    harness = vxlan(rx=True)
+    datagram, expected = udp_left_to_the_receiver(padding)
+    assert harness.receive(datagram) == [expected]
     assert harness.drops == {}
 
 
