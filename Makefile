@@ -18,11 +18,16 @@ BENCH_STAMP := $(VENV)/.installed-bench
 .PHONY: test test-unit bench bench-scale bench-codec bench-forward churn-forward lab lab-down \
 	deps bench-deps debian-deps bench-debian-deps install clean
 
+# Two workers: the namespace tests on one, one after the other (tests/conftest.py), the
+# unit tests on the other meanwhile. A focused run (.venv/bin/python -m pytest tests/...)
+# stays in one process.
+PYTEST_WORKERS := -n 2 --dist loadgroup
+
 test: deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PYTEST_WORKERS)
 
 test-unit: deps
-	$(PY) -m pytest -q -m "not netns"
+	$(PY) -m pytest -q $(PYTEST_WORKERS) -m "not netns"
 
 bench-codec: deps bench-deps
 	$(PY) scripts/bench_codec.py

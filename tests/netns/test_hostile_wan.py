@@ -475,7 +475,7 @@ def assert_followed_after_a_short_run(m1: Router, m2: Router, before: dict) -> N
     numbering anew; the first ones of the run are lost, the one that completes it is
     taken, and so is all that follows."""
     pings, lost = 10, NEW_EPOCH_RUN - 1
-    received = ping(m1.ns, M2_INSIDE, count=pings, interval=0.5)
+    received = ping(m1.ns, M2_INSIDE, count=pings)
     status = m2.status("gre1")
     assert drops_since(before, status["counters"]) == {"gre_out_of_order": lost}, status
     assert status["sequence_epochs"] == 1, status

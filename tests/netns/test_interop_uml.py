@@ -105,7 +105,7 @@ def test_pings_both_ways_with_guest_kernel_tunnel(router_and_guest):
         peer.run("ip -s link show " + name, check=False)
 
     six = "-6 " if ":" in case.host_inner else ""
-    output = peer.run(f"ping {six}-c 3 -W 2 {case.host_inner}", timeout=20, check=False)
+    output = peer.run(f"ping {six}-c 3 -i 0.2 -W 2 {case.host_inner}", timeout=20, check=False)
     assert " 0% packet loss" in output, f"guest -> host:\n{output}"
 
     assert process.poll() is None

@@ -107,13 +107,22 @@ def wan_only(netns):
 
 
 def failed_pings(ns, pings=PINGS) -> list[str]:
-    """The ``pings`` from ``ns`` that got no reply."""
-    failures = []
+    """The ``pings`` from ``ns`` that got no reply. They run side by side: one after the
+    other, each that must fail (a tunnel that is down) would wait out its -W alone."""
+    running = []
     for tunnel, address, source in pings:
         extra = ["-I", source] if source else []
-        if ns.run("ping", "-c", "2", "-i", "0.2", "-W", "2", *extra, address,
-                  check=False, timeout=30).returncode:
-            failures.append(f"{tunnel} -> {address}")
+        running.append((f"{tunnel} -> {address}",
+                        ns.popen("ping", "-c", "2", "-i", "0.2", "-W", "2", *extra, address)))
+    failures = []
+    for what, ping in running:
+        try:
+            ping.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            ping.kill()
+            ping.communicate()
+        if ping.returncode:
+            failures.append(what)
     return failures
 
 
