@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tunnelrouter.config import ConfigError, parse_config  # noqa: E402
 from tunnelrouter.modes import Underlay  # noqa: E402
-from tunnelrouter.tunnel import endpoint_for  # noqa: E402
+from tunnelrouter.tunnel.endpoints import endpoint_for  # noqa: E402
 from tunnelrouter.tunnel.batch import Batch  # noqa: E402
 from tunnelrouter.tunnel.demux import Demux  # noqa: E402
 

@@ -32,7 +32,7 @@ from tunnelrouter.io.system import System
 from tunnelrouter.io.underlay import UnderlaySocket
 from tunnelrouter.logs import event
 from tunnelrouter.modes import TunnelConfig, Underlay
-from tunnelrouter.tunnel import endpoint_for
+from tunnelrouter.tunnel.endpoints import endpoint_for
 from tunnelrouter.tunnel.batch import BATCH_SIZE, BUFFER_SIZE, VNET_HEADER_LENGTH, Batch
 from tunnelrouter.tunnel.counters import Counters
 from tunnelrouter.tunnel.demux import Demux

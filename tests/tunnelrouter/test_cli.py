@@ -19,7 +19,7 @@ from tunnelrouter import cli
 from tunnelrouter.cli import main
 from tunnelrouter.config import load_config, parse_config
 from tunnelrouter.router import Router
-from tunnelrouter.tunnel import endpoint_for
+from tunnelrouter.tunnel.endpoints import endpoint_for
 from tunnelrouter.tunnel.batch import Batch
 from tunnelrouter.tunnel.udp_endpoint import FDB_SHOWN
 from tunnelrouter.tunnel.wan_error import ErrorOrigin, WanError

@@ -1,14 +1,5 @@
 """The tunnel core, without system calls: endpoints (one per tunnel), demultiplexing, path
-MTU, forwarding database, ICMP replies, counters. Packets and ``now`` in, actions out."""
+MTU, forwarding database, ICMP replies, counters. Packets and ``now`` in, actions out.
 
-from tunnelrouter.modes import TunnelConfig, Underlay
-from tunnelrouter.tunnel.endpoint import Endpoint
-from tunnelrouter.tunnel.raw_endpoint import RawEndpoint
-from tunnelrouter.tunnel.udp_endpoint import UdpEndpoint
-
-
-def endpoint_for(config: TunnelConfig) -> Endpoint:
-    """The endpoint for a tunnel, by what its mode's datagrams travel in."""
-    if config.kind.underlay is Underlay.RAW:
-        return RawEndpoint(config)
-    return UdpEndpoint(config)
+The package imports nothing itself: a reader of counters (``show``) need not load the
+endpoints and the configuration models behind them."""

@@ -29,7 +29,7 @@ from encap.udp import Udp
 from encap.wire import HEADROOM, IpProto
 from tunnelrouter.config import ConfigError, parse_config
 from tunnelrouter.modes import MODES, TunnelConfig, Underlay
-from tunnelrouter.tunnel import endpoint_for
+from tunnelrouter.tunnel.endpoints import endpoint_for
 from tunnelrouter.tunnel.batch import Batch
 
 PACKAGE = Path(__file__).resolve().parents[3] / "tunnelrouter"

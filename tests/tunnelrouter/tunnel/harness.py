@@ -24,7 +24,7 @@ from scapy.layers.vxlan import VXLAN
 from encap.wire import HEADROOM
 from tunnelrouter.config import parse_config
 from tunnelrouter.modes import TunnelConfig, Underlay
-from tunnelrouter.tunnel import endpoint_for
+from tunnelrouter.tunnel.endpoints import endpoint_for
 from tunnelrouter.tunnel.batch import Batch
 from tunnelrouter.tunnel.wan_error import ErrorOrigin, WanError
 

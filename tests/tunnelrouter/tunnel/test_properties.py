@@ -26,7 +26,7 @@ from scapy.layers.inet import IP
 
 from encap.errors import DropReason
 from tunnelrouter.modes import Underlay
-from tunnelrouter.tunnel import endpoint_for
+from tunnelrouter.tunnel.endpoints import endpoint_for
 from tunnelrouter.tunnel.demux import Demux
 from tunnelrouter.tunnel.pmtu import MINIMUM_PATH_MTU
 from tunnelrouter.tunnel.wan_error import ErrorOrigin, WanError

@@ -6,7 +6,7 @@ tokens charged only for what is delivered."""
 import pytest
 
 from encap.ecn import CE
-from tunnelrouter.tunnel import endpoint_for
+from tunnelrouter.tunnel.endpoints import endpoint_for
 from tunnelrouter.tunnel.demux import Demux
 
 from tests.tunnelrouter.tunnel.harness import (
