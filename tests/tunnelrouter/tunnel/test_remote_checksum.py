@@ -6,29 +6,19 @@ refused where the tunnel did not agree. scapy judges every checksum."""
 import pytest
 from scapy.layers.inet import IP, UDP
 
-from encap.gso import finish_checksum, segment_tcp
 from encap.checksum import pseudo_header_sum
+from encap.gso import finish_checksum
 from encap.vxlan import FLAG_REMOTE_CHECKSUM, Vxlan, remote_checksum, remote_checksum_field
 from tunnelrouter.modes import Underlay
 
 from tests.encap.test_gso import checksums_valid, tcp_packet
 from tests.tunnelrouter.tunnel.harness import (MAC_A, MAC_B, REMOTE, VNI, Harness, frame,
                                               vxlan_datagram, wire_batch)
-from tests.tunnelrouter.tunnel.test_super_packets import MSS, SCRATCH, super_packet_batch
+from tests.tunnelrouter.tunnel.test_super_packets import MSS, cut, super_packet_batch
 
 
 def vxlan(tx: bool = False, rx: bool = False) -> Harness:
     return Harness("vxlan", **{"remote-checksum-tx": tx, "remote-checksum-rx": rx})
-
-
-def segments_of(harness: Harness, batch) -> list[bytes]:
-    """What the socket sends for entry 0, as io/underlay.py cuts it."""
-    arena = bytearray(SCRATCH)
-    count, stride, last = segment_tcp(batch.packets[0], batch.ip_offsets[0],
-                                      batch.tcp_offsets[0], batch.gso_sizes[0], False, arena,
-                                      batch.remote_checksums[0])
-    return [bytes(arena[k * stride:k * stride + (stride if k < count - 1 else last)])
-            for k in range(count)]
 
 
 def flags(datagram: bytes) -> int:
@@ -43,7 +33,7 @@ def test_a_super_packets_segments_leave_their_checksums_to_the_peer_and_say_wher
     harness.endpoint.encapsulate(batch, 100.0)
     assert batch.remote_checksums[0] and harness.drops == {}
     transport = 14 + (20 if version == 4 else 40)
-    segments = segments_of(harness, batch)
+    segments = cut(harness, batch)
     assert len(segments) == 4
     for segment in segments:
         assert remote_checksum(segment) == (transport, 16)
@@ -60,7 +50,7 @@ def test_without_remote_checksum_tx_every_segment_goes_whole():
     batch = super_packet_batch(frame(tcp_packet(4, bytes(3000)), MAC_A, MAC_B), True)
     harness.endpoint.encapsulate(batch, 100.0)
     assert not batch.remote_checksums[0]
-    for segment in segments_of(harness, batch):
+    for segment in cut(harness, batch):
         assert not flags(segment) & FLAG_REMOTE_CHECKSUM and checksums_valid(segment[22:])
 
 
@@ -78,7 +68,7 @@ def left_to_the_receiver(version: int = 4, size: int = 500) -> bytes:
     batch = super_packet_batch(frame(tcp_packet(version, bytes(size)), MAC_B, MAC_A), True,
                                gso_size=MSS)
     sender.endpoint.encapsulate(batch, 100.0)
-    [segment] = segments_of(sender, batch)
+    [segment] = cut(sender, batch)
     return segment
 
 

@@ -37,7 +37,8 @@ def cut(harness: Harness, batch: Batch) -> list[bytes]:
     arena = bytearray(SCRATCH)
     count, stride, last = segment_tcp(batch.packets[0], batch.ip_offsets[0],
                                       batch.tcp_offsets[0], batch.gso_sizes[0],
-                                      harness.underlay is Underlay.RAW, arena)
+                                      harness.underlay is Underlay.RAW, arena,
+                                      batch.remote_checksums[0])
     return [bytes(arena[k * stride:k * stride + (stride if k < count - 1 else last)])
             for k in range(count)]
 
