@@ -113,6 +113,7 @@ class Tunnelrouter(Row):
     mode: str = "gre"
     binary: str = ""
     remote_checksum: bool = False   # vxlan: remote checksum offload both ways
+    workers: int = 1
 
     def device_name(self) -> str:
         return {"gre": "gre", "ipip": "ipip", "sit": "six", "vxlan": "vx",
@@ -120,7 +121,7 @@ class Tunnelrouter(Row):
 
     def config(self, side: int) -> dict:
         return tunnelrouter_config(self.mode, self.slot, side, self.device,
-                                   self.remote_checksum)
+                                   self.remote_checksum, self.workers)
 
     def start(self, topo: Topology, workdir: Path) -> None:
         slot = self.slot
@@ -143,7 +144,7 @@ class Tunnelrouter(Row):
 
 
 def tunnelrouter_config(mode: str, slot: Slot, side: int, device: str,
-                        remote_checksum: bool = False) -> dict:
+                        remote_checksum: bool = False, workers: int = 1) -> dict:
     """One side's configuration of a tunnelrouter row (``side`` 1 is M1)."""
     far = 3 - side
     tunnel: dict = {"mode": mode, "local": slot.wan(side)}
@@ -161,7 +162,7 @@ def tunnelrouter_config(mode: str, slot: Slot, side: int, device: str,
         tunnel["addresses"] = [f"{slot.tunnel(side)}/30"]
     else:
         tunnel |= {"addresses": [f"{slot.tunnel(side)}/30"], "routes": [slot.prefix(far)]}
-    return {"tunnels": {device: tunnel}}
+    return {"tunnels": {device: tunnel}} | ({"workers": workers} if workers > 1 else {})
 
 
 def scale_config(mode: str, count: int, slot: Slot, side: int) -> tuple[dict, str]:
@@ -350,6 +351,10 @@ ROW_KINDS = {
     "tr-vxlan": (Tunnelrouter, "tunnelrouter vxlan", 4, {"mode": "vxlan"}),
     "tr-vxlan-rco": (Tunnelrouter, "tunnelrouter vxlan, remote checksum offload", 4,
                      {"mode": "vxlan", "remote_checksum": True}),
+    "tr-vxlan-w2": (Tunnelrouter, "tunnelrouter vxlan, 2 workers", 4,
+                    {"mode": "vxlan", "workers": 2}),
+    "tr-gre-w2": (Tunnelrouter, "tunnelrouter gre (key), 2 workers", 4,
+                  {"mode": "gre", "workers": 2}),
     "tr-gretap": (Tunnelrouter, "tunnelrouter gretap (key)", 4, {"mode": "gretap"}),
     "openvpn": (OpenVpn, "OpenVPN p2p, no crypto", 4, {}),
     "tinc": (Tinc, "tinc, Cipher/Digest none", 4, {}),

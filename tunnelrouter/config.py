@@ -37,7 +37,9 @@ from tunnelrouter.yaml_reader import Problem, path_text, read_yaml
 IFNAMSIZ = 16  # the kernel's limit, including the terminating NUL
 DEFAULT_CONTROL_DIR = "/run/tunnelrouter"
 MAX_FILE_BYTES = 16 << 20
-TOP_LEVEL_KEYS = ("tunnels", "control-socket", "forwards", "metrics")
+# Datapath threads at most (a device has 256 queues at most; the GIL lets a few pay).
+MOST_WORKERS = 64
+TOP_LEVEL_KEYS = ("tunnels", "control-socket", "forwards", "metrics", "workers")
 
 
 class ConfigError(Exception):
@@ -61,6 +63,7 @@ class RouterConfig:
     control_socket: str | None = None
     forwards: dict[str, ForwardConfig] = field(default_factory=dict)
     metrics: Endpoint | None = None   # where the Prometheus endpoint listens; None: nowhere
+    workers: int = 1   # datapath threads, each with a queue of every device (workers.py)
     sha256: str = ""   # of the file it was read from: which configuration runs
 
     def control_path(self, config_path: str | os.PathLike) -> str:
@@ -152,11 +155,24 @@ def parse_config(data, lines: dict[tuple, int] | None = None,
     _across_tunnels(configs, found)
     metrics = _metrics(data.get("metrics"), found)
     forwards = _forwards(data.get("forwards"), configs, metrics, found)
+    workers = _workers(data.get("workers", 1), found)
     if found.found:
         # In the file's order, as an editor would go through them.
         raise ConfigError(sorted(found.found, key=lambda problem: problem.line or 0))
     return RouterConfig(tunnels=configs, control_socket=control_socket, forwards=forwards,
-                        metrics=metrics)
+                        metrics=metrics, workers=workers)
+
+
+def _workers(value, found: _Problems) -> int:
+    """``workers: 2`` (or ``auto``: one per CPU this process may run on)."""
+    if value == "auto":
+        return min(len(os.sched_getaffinity(0)), MOST_WORKERS)
+    if isinstance(value, bool) or not isinstance(value, int) or \
+            not 1 <= value <= MOST_WORKERS:
+        found.add(("workers",), f"{_shown(value)}: must be a number of workers from 1 to "
+                                f"{MOST_WORKERS}, or auto (one per CPU)")
+        return 1
+    return value
 
 
 def _metrics(value, found: _Problems) -> Endpoint | None:

@@ -4,7 +4,9 @@ A reload applies the difference and nothing else. A tunnel is *added*, *removed*
 or *changed* (with the key paths that changed); an unchanged one is not touched at
 all and keeps its counters, learnt path MTUs and FDB. A changed tunnel keeps its
 device (and its ifindex) unless its mode changed: everything else (MTU, addresses,
-routes, TTL/DSCP/ECN, keys, remotes, FDB entries, limits) is applied in place.
+routes, TTL/DSCP/ECN, keys, remotes, FDB entries, limits) is applied in place, or
+the number of its device's queues changed (``workers:``, or GRE's ``sequence`` with more
+than one worker): a device cannot be given queues, or have its own taken back.
 Forwards are handed to the forwarder, which applies them as a difference too. The
 metrics endpoint moves (or starts, or stops) with the ``metrics:`` key.
 """
@@ -38,17 +40,20 @@ class ReloadPlan:
     forwards_removed: list[str] = field(default_factory=list)
     forwards_changed: list[str] = field(default_factory=list)
     control_socket_changed: bool = False
+    workers: tuple[int, int] | None = None   # (before, after) if ``workers:`` changed
     metrics_changed: bool = False
     metrics: Endpoint | None = None     # where the metrics are to listen (None: nowhere)
     metrics_before: Endpoint | None = None
 
     def __bool__(self) -> bool:
         return bool(self.added or self.removed or self.changed or self.forwards_added or
-                    self.forwards_removed or self.forwards_changed or self.metrics_changed)
+                    self.forwards_removed or self.forwards_changed or self.metrics_changed or
+                    self.workers)
 
     def lines(self) -> list[str]:
         """What the plan does, one line per tunnel or forward, for logs and --dry-run."""
-        said = [f"add tunnel {name}" for name in self.added]
+        said = [f"workers: {self.workers[0]} -> {self.workers[1]}"] if self.workers else []
+        said += [f"add tunnel {name}" for name in self.added]
         said += [f"remove tunnel {name}" for name in self.removed]
         for change in self.changed:
             how = "remake the device of" if change.recreate else "change in place"
@@ -72,12 +77,15 @@ def plan(running: RouterConfig, new: RouterConfig) -> ReloadPlan:
     result = ReloadPlan()
     result.added = [name for name in new.tunnels if name not in running.tunnels]
     result.removed = [name for name in running.tunnels if name not in new.tunnels]
+    if running.workers != new.workers:
+        result.workers = (running.workers, new.workers)
     for name, old in running.tunnels.items():
         tunnel = new.tunnels.get(name)
-        if tunnel is None or tunnel == old:
+        if tunnel is None or (tunnel == old and not result.workers):
             continue
-        keys = changed_keys(old, tunnel)
-        result.changed.append(TunnelChange(name, keys, any(
+        keys = changed_keys(old, tunnel) + (["workers"] if result.workers else [])
+        queues = old.kind.queues(old, running.workers) != tunnel.kind.queues(tunnel, new.workers)
+        result.changed.append(TunnelChange(name, keys, bool(result.workers) or queues or any(
             key.split("[")[0].split(".")[0] in RECREATING_KEYS for key in keys)))
     result.forwards_added = [name for name in new.forwards if name not in running.forwards]
     result.forwards_removed = [name for name in running.forwards if name not in new.forwards]

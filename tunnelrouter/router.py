@@ -66,7 +66,8 @@ class Router:
         self.system = system or System()
         self.loop = Loop()
         self.tunnel_set = TunnelSet(self.system, self.loop, max(
-            [tunnel.underlay_mtu for tunnel in config.tunnels.values()], default=0))
+            [tunnel.underlay_mtu for tunnel in config.tunnels.values()], default=0),
+            config.workers)
         # The tunnels by name, each with its endpoint, device and socket (tunnels.py).
         self.tunnels = self.tunnel_set.tunnels
         self.netlink = None
@@ -225,6 +226,7 @@ class Router:
         """Serve until SIGTERM or SIGINT, then clean up."""
         self.handle_signals()
         settle_memory()
+        self.tunnel_set.workers.start()
         self.notifier.ready(self._summary())
         try:
             self.loop.run(self.tick, TICK)
@@ -299,7 +301,9 @@ class Router:
             if change.recreate:
                 tunnels.remove(change.name)
                 remade.append(change.name)
-            else:
+        tunnels.set_workers(new.workers)   # every tunnel was removed if this changes it
+        for change in changes.changed:
+            if not change.recreate:
                 tunnels.change(new.tunnels[change.name])
         for name in changes.added + remade:
             try:
@@ -317,6 +321,7 @@ class Router:
                                             if name in self.tunnels},
                                    control_socket=self.config.control_socket,
                                    forwards=new.forwards, sha256=new.sha256,
+                                   workers=new.workers,
                                    metrics=self.metrics.endpoint if self.metrics else None)
         return failures
 
@@ -427,7 +432,8 @@ class Router:
         status = {
             "uptime": round(now - self.started, 1),
             "started": round(self.started_at, 3),
-            "internal_errors": self.loop.faults,
+            "internal_errors": sum(worker.loop.faults
+                                   for worker in self.tunnel_set.workers.all),
             **self.tunnel_set.status(now),
             "config": {"path": self.config_path, "generation": self.generation,
                        "sha256": self.config.sha256, "loaded": round(self.loaded, 3),

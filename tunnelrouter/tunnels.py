@@ -10,6 +10,10 @@ tunnels on it. The event loop calls:
   TCP stream joined); errors on the socket's error queue go to the endpoint they are
   about.
 
+With ``workers:`` above one, each worker (``workers.py``) has a queue of every device and
+a socket of every UDP end, and these handlers run in its thread with its batches; what
+they share is the tunnels' state.
+
 Tunnels are made, changed in place and removed here (at start and by a reload); a
 device deleted under a tunnel is made again, one set up again gets its addresses and
 routes back. Failures at run time are counted and logged once with the tunnel they
@@ -21,6 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 
 from encap.errors import DropReason
 from encap.wire import HEADROOM
@@ -38,6 +43,7 @@ from tunnelrouter.tunnel.counters import Counters
 from tunnelrouter.tunnel.demux import Demux
 from tunnelrouter.tunnel.endpoint import Endpoint
 from tunnelrouter.tunnel.liveness import DOWN
+from tunnelrouter.workers import Worker, Workers
 
 log = logging.getLogger("tunnelrouter")
 
@@ -50,7 +56,11 @@ RESTORE_FIRST, RESTORE_LONGEST = 1.0, 30.0   # seconds between attempts to remak
 def claim_names(config: TunnelConfig) -> list[str]:
     """The names under which the router claims a tunnel's ends (see System.claim)."""
     mode = config.kind
-    return [f"{mode.underlay_end(config)}:{key!r}" for key in mode.keys(config)]
+    end = mode.underlay_end(config)
+    # A UDP port is one router's, whatever the keys: its workers' sockets share it
+    # (SO_REUSEPORT), and would with another router's.
+    whole = [str(end)] if mode.underlay is Underlay.UDP else []
+    return whole + [f"{end}:{key!r}" for key in mode.keys(config)]
 
 
 def key_path(tunnel: TunnelConfig, path: tuple = ()) -> str:
@@ -66,16 +76,18 @@ def _routed(tunnel: "_Tunnel") -> bool:
 
 
 class _Tunnel:
-    """What the router holds for one tunnel besides its endpoint: its device and socket."""
+    """What the router holds for one tunnel besides its endpoint: its device (as a queue for
+    each worker that reads it; the first, worker 0's, stands for the device) and socket."""
 
-    __slots__ = ("config", "endpoint", "underlay", "device", "index", "up", "restore_at",
-                 "restore_delay")
+    __slots__ = ("config", "endpoint", "underlay", "device", "queues", "index", "up",
+                 "restore_at", "restore_delay")
 
     def __init__(self, config: TunnelConfig, endpoint: Endpoint, underlay: UnderlaySocket):
         self.config = config
         self.endpoint = endpoint
         self.underlay = underlay
         self.device: TunTapDevice | None = None
+        self.queues: list[TunTapDevice] = []
         self.index: int | None = None
         self.up = False
         self.restore_at = 0.0
@@ -85,55 +97,79 @@ class _Tunnel:
 class TunnelSet:
     """Every tunnel of a router: records, sockets, demultiplexers, claims, devices."""
 
-    def __init__(self, system: System, loop: Loop, datagram_size: int):
+    def __init__(self, system: System, loop: Loop, datagram_size: int, workers: int = 1):
         self.system = system
         self.loop = loop
         self.netlink = None                                 # the router's, once it started
         self.tunnels: dict[str, _Tunnel] = {}
-        self.devices: dict[str, TunTapDevice | None] = {}   # by tunnel name, for the rx path
         self.demuxes: dict[tuple, Demux] = {}
-        self.underlays: dict[tuple, UnderlaySocket] = {}
         self._claims: dict[str, object] = {}   # claim name -> the socket that holds it
-        # Scratch: room to cut a super-packet into segments, or to join a whole batch.
-        # A device read may be a 64 KB super-packet; a datagram is no larger than the
-        # underlay's MTU (a larger one, reassembled from a peer's fragments, is cut short
-        # and dropped: its IP length says so), but what the kernel's GRO joined (raw
-        # sockets) or a UDP socket's train joins into is up to 64 KB: every wire buffer
-        # holds that.
-        self._device_batch = Batch(scratch_size=SEGMENTS_SCRATCH)
-        datagram = HEADROOM + max(WIRE_DATAGRAM, datagram_size)
-        self._wire_batch = Batch(buffer_size=max(datagram, BUFFER_SIZE),
-                                 scratch_size=BATCH_SIZE * (datagram + VNET_HEADER_LENGTH))
-        self._single_limit = datagram   # longer than this, a packet is written alone
-        self._delivery: list = []   # the packets of one wire batch for one device
+        self._datagram = HEADROOM + max(WIRE_DATAGRAM, datagram_size)
+        self._single_limit = self._datagram   # longer than this, a packet is written alone
+        self.workers = Workers(loop, workers, self._batches)
         self._warned: set[tuple] = set()
+
+    def _batches(self) -> tuple[Batch, Batch]:
+        """A worker's batches. Scratch: room to cut a super-packet into segments, or to join
+        a whole batch. A device read may be a 64 KB super-packet; a datagram is no larger
+        than the underlay's MTU (a larger one, reassembled from a peer's fragments, is cut
+        short and dropped: its IP length says so), but what the kernel's GRO joined (raw
+        sockets) or a UDP socket's train joins into is up to 64 KB: every wire buffer
+        holds that."""
+        datagram = self._datagram
+        return Batch(scratch_size=SEGMENTS_SCRATCH), Batch(
+            buffer_size=max(datagram, BUFFER_SIZE),
+            scratch_size=BATCH_SIZE * (datagram + VNET_HEADER_LENGTH))
+
+    @property
+    def devices(self) -> dict[str, TunTapDevice | None]:
+        """Worker 0's queue of each tunnel's device (None while it is made again)."""
+        return self.workers.all[0].devices
+
+    @property
+    def underlays(self) -> dict[tuple, UnderlaySocket]:
+        """Worker 0's socket of each underlay end."""
+        return self.workers.all[0].underlays
+
+    def set_workers(self, count: int) -> None:
+        """Serve with ``count`` workers from now on: only while no tunnel runs (a reload that
+        changes ``workers`` remakes every tunnel)."""
+        if count == self.workers.count:
+            return
+        assert not self.tunnels, "workers change only while no tunnel runs"
+        started = self.workers.started
+        self.workers.close()
+        self.workers = Workers(self.loop, count, self._batches)
+        if started:
+            self.workers.start()
 
     @property
     def claims(self) -> set[str]:
         return set(self._claims)
 
     def close(self) -> None:
-        """Close every device (which removes it with its addresses and routes), every
-        socket, every claim."""
+        """Stop the workers; close every device (which removes it with its addresses and
+        routes), every socket, every claim."""
+        self.workers.stop()
         for tunnel in self.tunnels.values():
-            if tunnel.device is not None:
-                self.loop.forget(tunnel.device.fd)
-                tunnel.device.close()
-                tunnel.device = None
-        for underlay in self.underlays.values():
-            self.loop.forget(underlay.fd)
-            underlay.close()
-        self.underlays.clear()
+            self._close_device(tunnel)
+        for worker in self.workers.all:
+            for underlay in worker.underlays.values():
+                worker.loop.forget(underlay.fd)
+                underlay.close()
+            worker.underlays.clear()
+        self.workers.close()
         for claim in self._claims.values():
             claim.close()
         self._claims.clear()
 
     def tick(self, now: float) -> None:
+        main = self.workers.all[0]
         for tunnel in self.tunnels.values():
             endpoint = tunnel.endpoint
             endpoint.tick(now)
             if endpoint.outbox:
-                self._flush(tunnel)
+                self._flush(tunnel, main)
             if tunnel.device is None and now >= tunnel.restore_at:
                 self._restore(tunnel, now)
 
@@ -156,6 +192,7 @@ class TunnelSet:
         return {"unattributed": unattributed.drops_by_label(),
                 "unattributed_wan_errors": sum(demux.counters.wan_errors
                                                for demux in self.demuxes.values()),
+                "workers": self.workers.status(),
                 "tunnels": tunnels}
 
     # -- making, changing and removing ----------------------------------------------------
@@ -191,64 +228,94 @@ class TunnelSet:
                     # A UDP port serves one process whatever the VNI: another port helps,
                     # another VNI would not.
                     key = "port" if mode.underlay is Underlay.UDP else mode.distinguished_by
-                    problems.append((key_path(config, (key,)),
-                                     f"{mode.describe(config)}: {problem.message}"))
+                    _, local, number = mode.underlay_end(config)
+                    what = f"{local} port {number}" if name == str(mode.underlay_end(config)) \
+                        else mode.describe(config)
+                    problems.append((key_path(config, (key,)), f"{what}: {problem.message}"))
+                    break   # one problem says it
         return problems
 
     def add(self, config: TunnelConfig) -> _Tunnel:
         """Make a tunnel: its endpoint on its underlay socket (opened if it is the first
         there), its device. SystemProblem names the key that failed."""
-        endpoint = endpoint_for(config)
-        underlay = self._underlay_for(config)
-        self.demuxes[config.kind.underlay_end(config)].add(endpoint)
-        self._agree_on_checksums(config.kind.underlay_end(config))
-        tunnel = self.tunnels[config.name] = _Tunnel(config, endpoint, underlay)
-        self.devices[config.name] = None
-        self._make_device(tunnel)
-        return tunnel
+        with self.workers.paused():
+            endpoint = endpoint_for(config)
+            underlay = self._underlay_for(config)
+            self.demuxes[config.kind.underlay_end(config)].add(endpoint)
+            self._agree_on_checksums(config.kind.underlay_end(config))
+            tunnel = self.tunnels[config.name] = _Tunnel(config, endpoint, underlay)
+            for worker in self.workers.all:
+                worker.devices[config.name] = None
+            self._make_device(tunnel)
+            return tunnel
 
     def _underlay_for(self, config: TunnelConfig) -> UnderlaySocket:
+        """The socket of the tunnel's end (each worker's; opened with the first tunnel
+        there): a UDP end's sockets are each read by their worker, a raw end's by worker 0
+        (the others only send on theirs)."""
         end = config.kind.underlay_end(config)
         if end not in self.underlays:
             kind, local, number = end
+            opened: list[tuple[Worker, UnderlaySocket]] = []
             try:
-                if kind is Underlay.RAW:
-                    underlay = self.system.raw_socket(local, number)
-                else:
-                    underlay = self.system.udp_socket(local, number, config.pmtu_discovery,
-                                                      config.kind.link_header,
-                                                      config.kind.ethernet)
+                for worker in self.workers.all:
+                    if kind is Underlay.RAW:
+                        underlay = self.system.raw_socket(local, number,
+                                                          send_only=worker.index > 0)
+                    else:
+                        underlay = self.system.udp_socket(local, number, config.pmtu_discovery,
+                                                          config.kind.link_header,
+                                                          config.kind.ethernet,
+                                                          shared=self.workers.count > 1)
+                    opened.append((worker, underlay))
             except SystemProblem as problem:
+                for _, underlay in opened:
+                    underlay.close()
                 key = "port" if "port" in problem.message and kind is Underlay.UDP else "local"
                 raise SystemProblem(problem.message, (key,)) from None
-            self.underlays[end] = underlay
             self.demuxes[end] = Demux(config.kind)
-            self.loop.watch(underlay.fd, self._wire_handler(end))
+            if kind is Underlay.UDP and len(opened) > 1:
+                self._spread(opened[0][1], end, len(opened))
+            for worker, underlay in opened:
+                worker.underlays[end] = underlay
+                if kind is Underlay.UDP or worker.index == 0:
+                    worker.loop.watch(underlay.fd, self._wire_handler(end, worker))
         return self.underlays[end]
+
+    def _spread(self, underlay: UnderlaySocket, end: tuple, workers: int) -> None:
+        try:
+            underlay.spread(workers)
+        except OSError as error:
+            self._warn_once(("spread", end), f"{end[1]} port {end[2]}: the workers share its "
+                            f"datagrams by the kernel's hash of their outer addresses and "
+                            f"ports, which puts a peer's on one worker: cannot choose by "
+                            f"inner flow: {error.strerror}",
+                            event("spread_by_inner_flow_failed", local=end[1], port=end[2],
+                                  errno=error.errno))
 
     def _agree_on_checksums(self, end) -> None:
         """A UDP socket joins datagrams whose inner checksums were left to the receiver only
         if a tunnel on it takes such datagrams (VXLAN's remote-checksum-rx)."""
         if end in self.underlays and end[0] is Underlay.UDP:
             endpoints = self.demuxes[end].endpoints.values()
-            self.underlays[end].remote_checksum = next(
-                (endpoint.mode.remote_checksum for endpoint in endpoints
-                 if endpoint.remote_checksum_rx), None)
+            agreed = next((endpoint.mode.remote_checksum for endpoint in endpoints
+                           if endpoint.remote_checksum_rx), None)
+            for worker in self.workers.all:
+                worker.underlays[end].remote_checksum = agreed
 
     def remove(self, name: str) -> None:
         """Take a tunnel down: its device goes (with its addresses and routes), its end is
         released, and its socket closed if no other tunnel uses it."""
-        tunnel = self.tunnels.pop(name)
-        self.devices.pop(name, None)
-        if tunnel.device is not None:
-            self.loop.forget(tunnel.device.fd)
-            tunnel.device.close()
-            tunnel.device = None
-        config = tunnel.config
-        self.demuxes[config.kind.underlay_end(config)].remove(tunnel.endpoint)
-        self.release(claim_names(config))
-        self._close_unused_underlays()
-        self._agree_on_checksums(config.kind.underlay_end(config))
+        with self.workers.paused():
+            tunnel = self.tunnels.pop(name)
+            self._close_device(tunnel)
+            for worker in self.workers.all:
+                worker.devices.pop(name, None)
+            config = tunnel.config
+            self.demuxes[config.kind.underlay_end(config)].remove(tunnel.endpoint)
+            self.release(claim_names(config))
+            self._close_unused_underlays()
+            self._agree_on_checksums(config.kind.underlay_end(config))
 
     def release(self, names) -> None:
         held = {claim for tunnel in self.tunnels.values() for claim in claim_names(tunnel.config)}
@@ -259,16 +326,21 @@ class TunnelSet:
     def _close_unused_underlays(self) -> None:
         used = {tunnel.config.kind.underlay_end(tunnel.config) for tunnel in self.tunnels.values()}
         for end in [end for end in self.underlays if end not in used]:
-            underlay = self.underlays.pop(end)
             del self.demuxes[end]
-            self.loop.forget(underlay.fd)
-            underlay.close()
+            for worker in self.workers.all:
+                underlay = worker.underlays.pop(end)
+                worker.loop.forget(underlay.fd)
+                underlay.close()
 
     def change(self, config: TunnelConfig) -> None:
         """Apply a changed configuration to a running tunnel, keeping its device (and so its
         ifindex) and what it learnt: a new endpoint takes over from the old one, on the
         socket of its (maybe new) end; MTU, addresses and routes are set anew, and what the
         new configuration left out is taken off the device."""
+        with self.workers.paused():
+            self._change(config)
+
+    def _change(self, config: TunnelConfig) -> None:
         tunnel = self.tunnels[config.name]
         old = tunnel.config
         endpoint = endpoint_for(config)
@@ -284,11 +356,10 @@ class TunnelSet:
         device = tunnel.device
         if device is None:
             return   # made anew, as configured now, when it is restored
-        self.loop.forget(device.fd)
+        self._watch_queues(tunnel, again=True)
         if device.super_packets != endpoint.super_packets:
             self._netlink(tunnel, "change its offloads",
                           lambda: device.set_super_packets(endpoint.super_packets))
-        self.loop.watch(device.fd, self._device_handler(tunnel))
         if tunnel.up:
             routed = _routed(tunnel)
 
@@ -302,73 +373,97 @@ class TunnelSet:
                 self._set_route_mtu(tunnel)
 
     def _make_device(self, tunnel: _Tunnel) -> None:
-        """Create the tunnel's device, program it, and watch it."""
+        """Create the tunnel's device (a queue for each worker that reads it), program it,
+        and watch it."""
         config = tunnel.config
-        device = self.system.device(config.name, config.kind.ethernet,
-                                    tunnel.endpoint.super_packets)
+        queues = self.system.device(config.name, config.kind.ethernet,
+                                    tunnel.endpoint.super_packets,
+                                    config.kind.queues(config, self.workers.count))
         try:
             self.netlink.program_device(config, routes=_routed(tunnel))
             if not _routed(tunnel):
-                device.set_carrier(False)
+                queues[0].set_carrier(False)
             tunnel.index = self.netlink.index(config.name)
         except BaseException:
-            device.close()
+            for queue in queues:
+                queue.close()
             raise
-        tunnel.device = self.devices[config.name] = device
+        tunnel.device, tunnel.queues = queues[0], queues
         tunnel.up = True
-        self.loop.watch(device.fd, self._device_handler(tunnel))
+        self._watch_queues(tunnel)
+
+    def _watch_queues(self, tunnel: _Tunnel, again: bool = False) -> None:
+        """Each queue of the tunnel's device to its worker, with a handler for the tunnel as
+        it is now (``again``: in place of the one for what it was)."""
+        for worker, queue in zip(self.workers.all, tunnel.queues):
+            if again:
+                worker.loop.forget(queue.fd)
+            worker.devices[tunnel.config.name] = queue
+            worker.loop.watch(queue.fd, self._device_handler(tunnel, worker, queue))
+
+    def _close_device(self, tunnel: _Tunnel) -> None:
+        """Close every queue of the tunnel's device: with the last, the device goes."""
+        for worker, queue in zip(self.workers.all, tunnel.queues):
+            worker.loop.forget(queue.fd)
+            worker.devices[tunnel.config.name] = None
+            queue.close()
+        tunnel.device, tunnel.queues = None, []
 
     # -- the datapath ---------------------------------------------------------------------
 
-    def _device_handler(self, tunnel: _Tunnel) -> Callable[[int], None]:
-        batch, endpoint, underlay = self._device_batch, tunnel.endpoint, tunnel.underlay
-        device = tunnel.device
+    def _device_handler(self, tunnel: _Tunnel, worker: Worker,
+                        device: TunTapDevice) -> Callable[[int], None]:
+        batch, endpoint = worker.device_batch, tunnel.endpoint
+        underlay = worker.underlays[tunnel.config.kind.underlay_end(tunnel.config)]
         encapsulate, send_batch, counters = endpoint.encapsulate, underlay.send_batch, \
             endpoint.counters
 
         def on_device(_events: int) -> None:
             if device.read_batch(batch, counters):
+                worker.device_packets += batch.count
                 encapsulate(batch, time.monotonic())
                 send_batch(batch, counters)
                 if endpoint.outbox:
-                    self._flush(tunnel)
+                    self._flush(tunnel, worker)
             if device.failed:
-                self._device_lost(tunnel, f"reading it failed with errno {device.failed}")
+                self._queue_failed(tunnel, worker, device,
+                                   f"reading it failed with errno {device.failed}")
         on_device.__qualname__ = f"device {tunnel.config.name}"
         return on_device
 
-    def _wire_handler(self, end: tuple) -> Callable[[int], None]:
-        batch, underlay, demux = self._wire_batch, self.underlays[end], self.demuxes[end]
+    def _wire_handler(self, end: tuple, worker: Worker) -> Callable[[int], None]:
+        batch, underlay, demux = worker.wire_batch, worker.underlays[end], self.demuxes[end]
 
         def on_wire(events: int) -> None:
             if events & EPOLLERR:
-                self._wan_errors(underlay, demux)
+                self._wan_errors(underlay, demux, worker)
             while underlay.read_batch(batch):
+                worker.wire_datagrams += batch.count
                 demux.decapsulate(batch, time.monotonic())
-                self._deliver(batch)
+                self._deliver(batch, worker)
                 if batch.answering:
-                    self._send_answers(batch.answering)
+                    self._send_answers(batch.answering, worker)
                 if not underlay.backlog:
                     break
             if underlay.errors_pending:
-                self._wan_errors(underlay, demux)
+                self._wan_errors(underlay, demux, worker)
         on_wire.__qualname__ = f"underlay {end[1]} {end[2]}"
         return on_wire
 
-    def _send_answers(self, endpoints: list) -> None:
+    def _send_answers(self, endpoints: list, worker: Worker) -> None:
         for endpoint in endpoints:
             tunnel = self.tunnels.get(endpoint.name)
             if tunnel is not None and tunnel.endpoint is endpoint and endpoint.outbox:
-                self._flush(tunnel)
+                self._flush(tunnel, worker)
         endpoints.clear()
 
-    def _deliver(self, batch: Batch) -> None:
-        """Write what the demultiplexer left in ``batch`` into the tunnels' devices, a run of
-        packets for one device at a time, so that the device can join TCP segments; what
-        the socket joined already goes as it is."""
+    def _deliver(self, batch: Batch, worker: Worker) -> None:
+        """Write what the demultiplexer left in ``batch`` into the tunnels' devices (the
+        worker's queues of them), a run of packets for one device at a time, so that the
+        device can join TCP segments; what the socket joined already goes as it is."""
         packets, targets, gso_sizes, run = batch.packets, batch.endpoints, batch.gso_sizes, \
-            self._delivery
-        single = self._single_limit
+            worker.delivery
+        devices, single = worker.devices, self._single_limit
         receiver = None
         for i in range(batch.count):
             endpoint = targets[i]
@@ -377,55 +472,56 @@ class TunnelSet:
             packet = packets[i]
             if endpoint is not receiver or gso_sizes[i] or len(packet) > single:
                 if run:
-                    self._write_run(receiver, run, batch.scratch)
+                    _write_run(devices, receiver, run, batch.scratch)
                 receiver = endpoint
                 if gso_sizes[i]:
-                    self._write_joined(endpoint, packet, gso_sizes[i], batch.joined[i])
+                    _write_joined(devices, endpoint, packet, gso_sizes[i], batch.joined[i])
                     continue
                 if len(packet) > single:   # would not fit its share of the scratch
-                    self._write_run(endpoint, [packet], batch.scratch)
+                    _write_run(devices, endpoint, [packet], batch.scratch)
                     continue
             run.append(packet)
         if run:
-            self._write_run(receiver, run, batch.scratch)
+            _write_run(devices, receiver, run, batch.scratch)
 
-    def _write_joined(self, endpoint: Endpoint, packet, gso_size: int, joined: int) -> None:
-        device = self.devices[endpoint.name]
-        if device is None:
-            endpoint.counters.drops[DropReason.DEVICE_DOWN] += joined
-        else:
-            device.write_joined(packet, gso_size, joined, endpoint.counters)
-
-    def _write_run(self, endpoint: Endpoint, run: list, scratch: bytearray) -> None:
-        device = self.devices[endpoint.name]
-        if device is None:
-            endpoint.counters.drops[DropReason.DEVICE_DOWN] += len(run)
-        else:
-            device.write_batch(run, endpoint.counters, scratch)
-        run.clear()
-
-    def _wan_errors(self, underlay: UnderlaySocket, demux: Demux) -> None:
+    def _wan_errors(self, underlay: UnderlaySocket, demux: Demux, worker: Worker) -> None:
         now = time.monotonic()
         for error in underlay.read_errors():
             demux.wan_error(error, now)
         # One error may concern several tunnels (a local EMSGSIZE: every one to its peer).
-        for tunnel in self.tunnels.values():
+        for tunnel in list(self.tunnels.values()):
             if tunnel.endpoint.outbox:
-                self._flush(tunnel)
+                self._flush(tunnel, worker)
 
-    def _flush(self, tunnel: _Tunnel) -> None:
-        """Carry out what the endpoint asked for besides its batches."""
+    def _flush(self, tunnel: _Tunnel, worker: Worker) -> None:
+        """Carry out what the endpoint asked for besides its batches, with ``worker``'s queue
+        and socket; what takes netlink, in the router's own thread. The lists are taken
+        before anything is written: another worker may flush the same endpoint meanwhile."""
         outbox, counters = tunnel.endpoint.outbox, tunnel.endpoint.counters
-        device = tunnel.device
-        for packet in outbox.device_packets:
-            if device is not None:
-                device.write(packet, counters)
+        if outbox.device_packets:
+            packets, outbox.device_packets = outbox.device_packets, []
+            device = worker.devices.get(tunnel.config.name)
+            for packet in packets:
+                if device is not None:
+                    device.write(packet, counters)
+                else:
+                    counters.drops[DropReason.DEVICE_DOWN] += 1
+        if outbox.datagrams:
+            datagrams, outbox.datagrams = outbox.datagrams, []
+            underlay = worker.underlays[tunnel.config.kind.underlay_end(tunnel.config)]
+            for datagram, destinations, marking, inner_length in datagrams:
+                underlay.send(datagram, destinations, marking, inner_length, counters)
+        if outbox.mtu_changed or outbox.liveness_changed:
+            if worker.index:
+                self.workers.in_main(partial(self._follow, tunnel))
             else:
-                counters.drops[DropReason.DEVICE_DOWN] += 1
-        for datagram, destinations, marking, inner_length in outbox.datagrams:
-            tunnel.underlay.send(datagram, destinations, marking, inner_length, counters)
-        outbox.device_packets.clear()
-        outbox.datagrams.clear()
+                self._follow(tunnel)
+
+    def _follow(self, tunnel: _Tunnel) -> None:
+        """The routes and carrier follow what the endpoint learnt (router's thread)."""
+        if self.tunnels.get(tunnel.config.name) is not tunnel:
+            return   # removed or remade since
+        outbox = tunnel.endpoint.outbox
         if outbox.mtu_changed:
             outbox.mtu_changed = False
             self._set_route_mtu(tunnel)
@@ -503,13 +599,24 @@ class TunnelSet:
 
     # -- devices that go away or down ----------------------------------------------------
 
-    def _device_lost(self, tunnel: _Tunnel, why: str) -> None:
-        device = tunnel.device
-        if device is None:
+    def _queue_failed(self, tunnel: _Tunnel, worker: Worker, queue: TunTapDevice,
+                      why: str) -> None:
+        """A read of the tunnel's device failed for good: the device is gone."""
+        if worker.index == 0:
+            self._device_lost(tunnel, why)
             return
-        self.loop.forget(device.fd)
-        device.close()
-        tunnel.device = self.devices[tunnel.config.name] = None
+        worker.loop.forget(queue.fd)   # or it would wake the worker until the device is closed
+
+        def lost() -> None:
+            if queue in tunnel.queues:   # not since removed, or made again
+                self._device_lost(tunnel, why)
+        self.workers.in_main(lost)
+
+    def _device_lost(self, tunnel: _Tunnel, why: str) -> None:
+        if tunnel.device is None:
+            return
+        with self.workers.paused():
+            self._close_device(tunnel)
         tunnel.index = None
         tunnel.endpoint.counters.device_lost += 1
         tunnel.restore_delay = RESTORE_FIRST
@@ -522,7 +629,8 @@ class TunnelSet:
     def _restore(self, tunnel: _Tunnel, now: float) -> None:
         name = tunnel.config.name
         try:
-            self._make_device(tunnel)
+            with self.workers.paused():
+                self._make_device(tunnel)
         except SystemProblem as problem:
             tunnel.restore_delay = min(tunnel.restore_delay * 2, RESTORE_LONGEST)
             tunnel.restore_at = now + tunnel.restore_delay
@@ -593,3 +701,20 @@ class TunnelSet:
             self._netlink(tunnel, "set its MTU back",
                           lambda: self.netlink.program_device(tunnel.config,
                                                               routes=_routed(tunnel)))
+
+
+def _write_joined(devices: dict, endpoint: Endpoint, packet, gso_size: int, joined: int) -> None:
+    device = devices[endpoint.name]
+    if device is None:
+        endpoint.counters.drops[DropReason.DEVICE_DOWN] += joined
+    else:
+        device.write_joined(packet, gso_size, joined, endpoint.counters)
+
+
+def _write_run(devices: dict, endpoint: Endpoint, run: list, scratch: bytearray) -> None:
+    device = devices[endpoint.name]
+    if device is None:
+        endpoint.counters.drops[DropReason.DEVICE_DOWN] += len(run)
+    else:
+        device.write_batch(run, endpoint.counters, scratch)
+    run.clear()

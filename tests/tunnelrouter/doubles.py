@@ -48,25 +48,36 @@ NO_OFFLOAD = bytes(VNET_HEADER.size)
 
 
 class DeviceHost:
-    """The kernel's end of a device double: every packet behind a virtio-net header."""
+    """The kernel's end of a device double: every packet behind a virtio-net header. A
+    device of several queues has an end for each; the test says which queue a packet
+    takes (the kernel would choose by its flow)."""
 
-    def __init__(self, sock: socket.socket):
-        self.sock = sock
+    def __init__(self, socks: list[socket.socket]):
+        self.socks = socks
+        self.sock = socks[0]
 
-    def send(self, packet: bytes, header: bytes = NO_OFFLOAD) -> None:
-        self.sock.send(header + packet)
+    def send(self, packet: bytes, header: bytes = NO_OFFLOAD, queue: int = 0) -> None:
+        self.socks[queue].send(header + packet)
 
     def receive(self) -> tuple[tuple, bytes]:
-        """The next packet the router wrote, with its header's fields (BlockingIOError if
-        there is none)."""
-        data = self.sock.recv(RECEIVE)
+        """The next packet the router wrote, on whichever queue, with its header's fields
+        (BlockingIOError if there is none)."""
+        for sock in self.socks[1:]:
+            try:
+                data = sock.recv(RECEIVE)
+                break
+            except BlockingIOError:
+                continue
+        else:
+            data = self.sock.recv(RECEIVE)
         return VNET_HEADER.unpack_from(data), data[VNET_HEADER.size:]
 
     def recv(self, _size: int = RECEIVE) -> bytes:
         return self.receive()[1]
 
     def close(self) -> None:
-        self.sock.close()
+        for sock in self.socks:
+            sock.close()
 
 
 class Wire:
@@ -87,22 +98,29 @@ class Wire:
 class WireSocket:
     """What an UnderlaySocket wraps: sendto/sendmsg/recvfrom_into/recvmsg_into/recvmsg."""
 
-    def __init__(self, wire: Wire, local: str, number: int, udp: bool):
+    def __init__(self, wire: Wire, local: str, number: int, udp: bool, worker: int = 0):
+        """``worker``: a worker's socket beside worker 0's (for UDP, of its SO_REUSEPORT
+        group; the wire delivers to worker 0's, a test to this one's ``name``)."""
         self.wire, self.local, self.number, self.udp = wire, local, number, udp
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.name = wire.name(local, number) + (f"#{worker}" if worker else "")
         try:
             # The real sockets' message: one address and port per host, as UDP's.
-            bind(self.sock, wire.name(local, number), f"{local} port {number}" if udp else local)
+            bind(self.sock, self.name, f"{local} port {number}" if udp else local)
         except SystemProblem:
             self.sock.close()
             raise
         self.sock.setblocking(False)
         self.errors: list[tuple[bytes, list, tuple]] = []
+        self.options: dict[tuple[int, int], object] = {}   # what the router set
         self.sent: list[tuple[bytes, tuple]] = []
         self.ancillary: list[list | None] = []   # per datagram sent: its control messages
 
     def fileno(self) -> int:
         return self.sock.fileno()
+
+    def setsockopt(self, level: int, option: int, value) -> None:
+        self.options[(level, option)] = value
 
     def _deliver(self, data: bytes, destination: tuple, tos: int, ancillary=None) -> None:
         self.sent.append((bytes(data), destination))
@@ -161,7 +179,7 @@ class WireSocket:
         extended = EXTENDED_ERROR.pack(errno.EHOSTUNREACH, origin, icmp_type, code, 0, info, 0)
         self.errors.append((bytes(quote), [(socket.IPPROTO_IP, IP_RECVERR, extended)], 0,
                             (peer, 0)))
-        self.sock.sendto(_PENDING_ERROR, self.wire.name(self.local, self.number))
+        self.sock.sendto(_PENDING_ERROR, self.name)
 
     def close(self) -> None:
         self.sock.close()
@@ -265,7 +283,9 @@ class _DeviceFile:
 
     def close(self) -> None:
         self.sock.close()
-        if self.system.links.get(self.name) is self.link:   # not deleted and made anew
+        self.link["open_queues"] -= 1
+        if self.link["open_queues"] == 0 and self.system.links.get(self.name) is self.link:
+            # the last queue closed, and the device was not deleted and made anew
             del self.system.links[self.name]
             self.system.hosts.pop(self.name).close()
             self.system.monitor.emit(LinkEvent(self.link["index"], self.name, False, None,
@@ -289,22 +309,26 @@ class MemorySystem(System):
         self.hosts: dict[str, DeviceHost] = {}
         self.links: dict[str, dict] = {}
         self.sockets: dict[tuple[str, int], WireSocket] = {}
+        self.worker_sockets: dict[tuple[str, int], list[WireSocket]] = {}
         self.netlink_double = MemoryNetlink(self)
         self.monitor = MemoryLinkMonitor()
         self.notify_environment: dict[str, str] = {}   # NOTIFY_SOCKET, WATCHDOG_USEC for tests
         self._next_index = 100
 
-    def device(self, name: str, ethernet: bool, super_packets: bool) -> TunTapDevice:
+    def device(self, name: str, ethernet: bool, super_packets: bool,
+               queues: int = 1) -> list[TunTapDevice]:
         if name in self.links:
             raise SystemProblem(f"a device named {name} already exists")
-        router_end, host_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-        host_end.setblocking(False)
-        self.hosts[name] = DeviceHost(host_end)
+        pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM) for _ in range(queues)]
+        for _, host_end in pairs:
+            host_end.setblocking(False)
+        self.hosts[name] = DeviceHost([host_end for _, host_end in pairs])
         self._next_index += 1
         self.links[name] = {"index": self._next_index, "up": False, "mtu": 1500, "routes": {},
-                            "super_packets": super_packets, "carrier": True}
-        return MemoryDevice(name, router_end.fileno(), _DeviceFile(self, name, router_end),
-                            ethernet, super_packets)
+                            "super_packets": super_packets, "carrier": True,
+                            "queues": queues, "open_queues": queues}
+        return [MemoryDevice(name, router_end.fileno(), _DeviceFile(self, name, router_end),
+                             ethernet, super_packets) for router_end, _ in pairs]
 
     def delete(self, name: str) -> None:
         """What `ip link del` does: the device goes, and the link monitor says so."""
@@ -329,15 +353,26 @@ class MemorySystem(System):
         self._next_index += 1
         self.links[name] = {"index": self._next_index, "up": True, "mtu": 1500, "routes": {}}
 
-    def raw_socket(self, local: str, protocol: int) -> RawSocket:
-        wire_socket = self.sockets[(local, protocol)] = WireSocket(self.wire, local, protocol,
-                                                                   udp=False)
-        return RawSocket(wire_socket, local)
+    def raw_socket(self, local: str, protocol: int, send_only: bool = False) -> RawSocket:
+        return RawSocket(self._wire_socket(local, protocol, False, send_only), local)
 
     def udp_socket(self, local: str, port: int, dont_fragment: bool, link_header: int = 0,
-                   ethernet: bool = False) -> UdpSocket:
-        wire_socket = self.sockets[(local, port)] = WireSocket(self.wire, local, port, udp=True)
-        return UdpSocket(wire_socket, local, link_header, ethernet)
+                   ethernet: bool = False, shared: bool = False) -> UdpSocket:
+        return UdpSocket(self._wire_socket(local, port, True, shared), local, link_header,
+                         ethernet)
+
+    def _wire_socket(self, local: str, number: int, udp: bool, beside: bool) -> WireSocket:
+        """Worker 0's socket is ``sockets[(local, number)]``; the other workers' (``beside``
+        it, once it exists) are ``worker_sockets[(local, number)]``."""
+        main = self.sockets.get((local, number))
+        if not beside or main is None or main.sock.fileno() == -1:
+            made = self.sockets[(local, number)] = WireSocket(self.wire, local, number, udp)
+            self.worker_sockets[(local, number)] = []
+            return made
+        others = self.worker_sockets[(local, number)]
+        made = WireSocket(self.wire, local, number, udp, worker=len(others) + 1)
+        others.append(made)
+        return made
 
     def netlink(self) -> MemoryNetlink:
         return self.netlink_double
@@ -353,10 +388,13 @@ class MemorySystem(System):
 
 
 def drive(*routers: Router, rounds: int = 20) -> None:
-    """Run each router's loop a few rounds, in turn, without waiting."""
+    """Run each router's loops a few rounds, in turn, without waiting: its own, and its
+    workers' (in the test's thread: the router's threads were not started)."""
     for _ in range(rounds):
         for router in routers:
             router.run_once(0.0)
+            for worker in router.tunnel_set.workers.all[1:]:
+                worker.loop.run_guarded(worker.round, 0.0)
 
 
 def host_packets(host: DeviceHost) -> list[bytes]:

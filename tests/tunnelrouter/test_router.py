@@ -33,7 +33,7 @@ from tunnelrouter.router import Router, StartError
 from tunnelrouter.tunnel.wan_error import ErrorOrigin
 
 from tests.encap.test_gso import stream, tcp_packet
-from tests.tunnelrouter.doubles import MemorySystem, Wire, ask, drive, host_packets
+from tests.tunnelrouter.doubles import MemorySystem, Wire, WireSocket, ask, drive, host_packets
 
 A, B, C = "10.0.0.1", "10.0.0.2", "10.0.0.3"   # C: a VTEP of A's that is never there
 MAC_A, MAC_B = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
@@ -586,6 +586,7 @@ def test_the_preflight_reports_every_conflict_at_once_and_makes_nothing(make_rou
 
 
 def test_an_underlay_port_another_router_holds_fails_the_start_naming_the_port(make_router):
+    # Whatever the VNI: a UDP port is one router's (its workers' sockets share it).
     wire = Wire()
     first = make_router({"vx1": {"mode": "vxlan", "local": A, "remote": B, "id": 7}},
                         MemorySystem(wire))
@@ -594,10 +595,24 @@ def test_an_underlay_port_another_router_holds_fails_the_start_naming_the_port(m
         make_router({"gre2": {"mode": "gre", "local": A, "remote": B, "key": 2},
                      "vx2": {"mode": "vxlan", "local": A, "remote": B, "id": 8}}, system)
     assert failure.value.problems == [
+        ("tunnels.vx2.port", f"{A} port {VXLAN_PORT}: held by another tunnelrouter")]
+    assert system.links == {} and system.sockets == {}
+    assert first.status()["tunnels"]["vx1"]["device"] == "up"
+
+
+def test_an_underlay_port_another_program_holds_fails_the_start_naming_the_port(make_router):
+    system = MemorySystem()
+    holder = WireSocket(system.wire, A, VXLAN_PORT, udp=True)   # a kernel VXLAN device, say
+    try:
+        with pytest.raises(StartError) as failure:
+            make_router({"gre2": {"mode": "gre", "local": A, "remote": B, "key": 2},
+                         "vx2": {"mode": "vxlan", "local": A, "remote": B, "id": 8}}, system)
+    finally:
+        holder.close()
+    assert failure.value.problems == [
         ("tunnels.vx2.port", f"{A} port {VXLAN_PORT} is in use (another tunnelrouter, or a "
                              f"kernel tunnel, has it)")]
     assert system.links == {} and system.sockets[(A, IpProto.GRE)].sock.fileno() == -1
-    assert first.status()["tunnels"]["vx1"]["device"] == "up"
 
 # -- the loop survives bugs ----------------------------------------------------------------
 

@@ -70,19 +70,29 @@ class TunTapDevice:
         os.set_blocking(fd, False)
 
     @classmethod
-    def open(cls, name: str, ethernet: bool, super_packets: bool = False) -> "TunTapDevice":
-        """``super_packets``: hand over TCP super-packets (TSO) instead of segments."""
+    def open(cls, name: str, ethernet: bool, super_packets: bool = False,
+             queues: int = 1) -> list["TunTapDevice"]:
+        """The device's queues, each an fd of its own (``IFF_MULTI_QUEUE`` if more than one:
+        the kernel spreads flows over them). ``super_packets``: hand over TCP super-packets
+        (TSO) instead of segments."""
         flags = (pytun.IFF_TAP if ethernet else pytun.IFF_TUN) | pytun.IFF_NO_PI | IFF_VNET_HDR
+        if queues > 1:
+            flags |= pytun.IFF_MULTI_QUEUE
+        made: list[TunTapDevice] = []
         try:
-            device = pytun.TunTapDevice(name=name, flags=flags)
-        except pytun.Error as error:
+            for _ in range(queues):
+                # Opening a multi-queue device's name again attaches another queue to it.
+                device = pytun.TunTapDevice(name=name, flags=flags)
+                made.append(cls(device.name, device.fileno(), device, ethernet))
+            made[0].set_super_packets(super_packets)   # the device's, whichever queue asks
+        except (pytun.Error, SystemProblem) as error:
+            for queue in made:
+                queue.close()
+            if isinstance(error, SystemProblem):
+                raise
             raise SystemProblem(_explain(name, error)) from None
-        made = cls(device.name, device.fileno(), device, ethernet)
-        try:
-            made.set_super_packets(super_packets)
-        except SystemProblem:
-            device.close()
-            raise
+        for queue in made:
+            queue.super_packets = super_packets
         return made
 
     def set_super_packets(self, super_packets: bool) -> None:

@@ -17,6 +17,7 @@ import logging
 import select
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 
@@ -94,16 +95,8 @@ class Loop:
 
     def run_once(self, tick: Callable[[float], None], interval: float, timeout: float) -> None:
         """One round: wait at most ``timeout`` s for events, dispatch them, tick if due."""
-        handlers, forgotten = self._handlers, self._forgotten
-        forgotten.clear()
-        for fd, events in self._epoll.poll(timeout):
-            handler = handlers.get(fd)
-            if handler is None or fd in forgotten:
-                continue  # forgotten by an earlier handler of this round
-            try:
-                handler(events)
-            except Exception as error:  # noqa: BLE001 - the last line of defence
-                self.fault(getattr(handler, "__qualname__", repr(handler)), error)
+        self._forgotten.clear()
+        self._dispatch(self._epoll.poll(timeout))
         now = time.monotonic()
         if now >= self._next_tick:
             try:
@@ -111,6 +104,25 @@ class Loop:
             except Exception as error:  # noqa: BLE001
                 self.fault("tick", error)
             self._next_tick = now + interval
+
+    def run_guarded(self, guard: threading.Lock, timeout: float) -> None:
+        """One round without a tick, the handlers run holding ``guard``: whoever holds it
+        knows that none of this loop's handlers runs (a worker's loop, in its thread)."""
+        self._forgotten.clear()
+        events = self._epoll.poll(timeout)
+        with guard:
+            self._dispatch(events)
+
+    def _dispatch(self, events: list[tuple[int, int]]) -> None:
+        handlers, forgotten = self._handlers, self._forgotten
+        for fd, happened in events:
+            handler = handlers.get(fd)
+            if handler is None or fd in forgotten:
+                continue  # forgotten by an earlier handler of this round (or meanwhile)
+            try:
+                handler(happened)
+            except Exception as error:  # noqa: BLE001 - the last line of defence
+                self.fault(getattr(handler, "__qualname__", repr(handler)), error)
 
     def fault(self, where: str, error: Exception) -> None:
         self.faults += 1

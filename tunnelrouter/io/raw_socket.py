@@ -6,8 +6,11 @@ per packet; what it reads starts with the outer IPv4 header too.
 
 import socket
 
-from tunnelrouter.io.underlay import UnderlaySocket, bind, new_socket, tune
+from tunnelrouter.io.underlay import RET_K, UnderlaySocket, attach_program, bind, new_socket, tune
 from tunnelrouter.tunnel.batch import Batch
+
+SO_ATTACH_FILTER = 26
+_KEEP_NOTHING = [(RET_K, 0, 0, 0)]   # keep 0 bytes of every datagram
 
 
 class RawSocket(UnderlaySocket):
@@ -17,12 +20,17 @@ class RawSocket(UnderlaySocket):
     OUTER_IPV4 = True
 
     @classmethod
-    def open(cls, local: str, protocol: int) -> "RawSocket":
+    def open(cls, local: str, protocol: int, send_only: bool = False) -> "RawSocket":
+        """``send_only``: a worker's socket. Every raw socket of a protocol gets a copy of
+        every datagram and ICMP error, so one socket reads them and the workers' sockets
+        take nothing in: a filter that keeps no datagram, and no error queue."""
         sock = new_socket(socket.AF_INET, socket.SOCK_RAW, protocol, local)
         try:
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
+            if send_only:
+                attach_program(sock, SO_ATTACH_FILTER, _KEEP_NOTHING)
             bind(sock, (local, 0), f"{local}")
-            tune(sock)
+            tune(sock, errors=not send_only)
         except BaseException:
             sock.close()
             raise

@@ -17,15 +17,18 @@ from tunnelrouter.io.udp_socket import UdpSocket
 
 
 class System:
-    def device(self, name: str, ethernet: bool, super_packets: bool) -> TunTapDevice:
-        return TunTapDevice.open(name, ethernet, super_packets)
+    def device(self, name: str, ethernet: bool, super_packets: bool,
+               queues: int = 1) -> list[TunTapDevice]:
+        """A TUN or TAP device, as its queues (one for each worker that reads it)."""
+        return TunTapDevice.open(name, ethernet, super_packets, queues)
 
-    def raw_socket(self, local: str, protocol: int) -> RawSocket:
-        return RawSocket.open(local, protocol)
+    def raw_socket(self, local: str, protocol: int, send_only: bool = False) -> RawSocket:
+        return RawSocket.open(local, protocol, send_only)
 
     def udp_socket(self, local: str, port: int, dont_fragment: bool, link_header: int = 0,
-                   ethernet: bool = False) -> UdpSocket:
-        return UdpSocket.open(local, port, dont_fragment, link_header, ethernet)
+                   ethernet: bool = False, shared: bool = False) -> UdpSocket:
+        """``shared``: one of the sockets on this port the workers share (SO_REUSEPORT)."""
+        return UdpSocket.open(local, port, dont_fragment, link_header, ethernet, shared)
 
     def netlink(self) -> Netlink:
         return Netlink()

@@ -11,7 +11,8 @@ import sys
 from encap.errors import DropReason
 from encap.gso import join
 
-from tunnelrouter.io.underlay import SOCKET_FULL, UnderlaySocket, bind, new_socket, tune
+from tunnelrouter.io.underlay import (RET_K, SOCKET_FULL, UnderlaySocket, attach_program, bind,
+                                      new_socket, tune)
 from tunnelrouter.tunnel.batch import Batch
 from tunnelrouter.tunnel.counters import Counters
 from tunnelrouter.tunnel.endpoint import DEFAULT_TTL
@@ -25,6 +26,40 @@ UDP_GSO_BYTES = 65000
 GRO_TRAIN = 65536
 GRO_TRAINS_KEPT = 4
 _RECEIVE_ANCILLARY = _TOS_SPACE + socket.CMSG_SPACE(4)
+SO_ATTACH_REUSEPORT_CBPF = 51
+# Classic BPF (<linux/filter.h>): the instructions the flow program below is made of.
+_LD_W_ABS, _LD_H_ABS, _LD_W_IND, _LDX_MSH, _LDX_MEM, _ST = 0x20, 0x28, 0x40, 0xB1, 0x61, 0x02
+_XOR_X, _AND_K, _RSH_K, _MUL_K, _MOD_K = 0xAC, 0x54, 0x74, 0x24, 0x94
+_TAX, _JEQ_K, _RET_A = 0x07, 0x15, 0x16
+_ETHERTYPE_IPV4, _ETHERTYPE_IPV6 = 0x0800, 0x86DD
+_ANY_SOCKET = 0xFFFFFFFF   # past the group's last socket: the kernel picks by its own hash
+
+
+def inner_flow_program(ip: int, sockets: int) -> list[tuple[int, int, int, int]]:
+    """Which socket of a ``sockets``-strong SO_REUSEPORT group takes a datagram: chosen by
+    the inner flow of the Ethernet frame it carries, its IP packet ``ip`` bytes into the
+    datagram's payload (the program reads from the end of the UDP header). Every datagram
+    of a tunnel comes from one address and port, which the kernel's own choice hashes, so
+    it would give them all to one socket. The choice is symmetric (addresses and ports
+    XORed), so a flow's two ways meet in one worker. Frames other than IPv4 and IPv6
+    are left to the kernel's hash."""
+    def ports_and_choice() -> list[tuple[int, int, int, int]]:
+        # A = M[0] ^ ((P ^ P >> 16) & 0xFFFF), P the word after the IP header (the ports
+        # of TCP and UDP); the socket is (A * 2654435761 >> 16) mod sockets: multiplied, as
+        # Knuth hashes, so that every bit counts (connect() gives even ports only).
+        return [(_TAX, 0, 0, 0), (_RSH_K, 0, 0, 16), (_XOR_X, 0, 0, 0), (_AND_K, 0, 0, 0xFFFF),
+                (_LDX_MEM, 0, 0, 0), (_XOR_X, 0, 0, 0), (_MUL_K, 0, 0, 2654435761),
+                (_RSH_K, 0, 0, 16), (_MOD_K, 0, 0, sockets), (_RET_A, 0, 0, 0)]
+    ipv4 = [(_LD_W_ABS, 0, 0, ip + 12), (_TAX, 0, 0, 0), (_LD_W_ABS, 0, 0, ip + 16),
+            (_XOR_X, 0, 0, 0), (_ST, 0, 0, 0), (_LDX_MSH, 0, 0, ip), (_LD_W_IND, 0, 0, ip)]
+    ipv4 += ports_and_choice()
+    ipv6 = [(_LD_W_ABS, 0, 0, ip + 8)]
+    for word in range(12, 40, 4):   # both addresses, a word at a time
+        ipv6 += [(_TAX, 0, 0, 0), (_LD_W_ABS, 0, 0, ip + word), (_XOR_X, 0, 0, 0)]
+    ipv6 += [(_ST, 0, 0, 0), (_LD_W_ABS, 0, 0, ip + 40)] + ports_and_choice()
+    # The ethertype, then: IPv4 (or on), IPv6 (or on), anything else.
+    return [(_LD_H_ABS, 0, 0, ip - 2), (_JEQ_K, 0, len(ipv4), _ETHERTYPE_IPV4)] + ipv4 + \
+        [(_JEQ_K, 1, 0, _ETHERTYPE_IPV6), (RET_K, 0, 0, _ANY_SOCKET)] + ipv6
 
 
 class UdpSocket(UnderlaySocket):
@@ -33,10 +68,11 @@ class UdpSocket(UnderlaySocket):
 
     @classmethod
     def open(cls, local: str, port: int, dont_fragment: bool = True, link_header: int = 0,
-             ethernet: bool = False) -> "UdpSocket":
+             ethernet: bool = False, shared: bool = False) -> "UdpSocket":
         """``link_header``: what precedes the inner IP packet in every datagram (the tunnel
         header, and an Ethernet header if ``ethernet``); 0 if that varies (nothing is
-        joined)."""
+        joined). ``shared``: one of several sockets on the port, one per worker, among
+        which the kernel spreads datagrams by their addresses and ports (SO_REUSEPORT)."""
         family = socket.AF_INET6 if ":" in local else socket.AF_INET
         sock = new_socket(family, socket.SOCK_DGRAM, 0, local)
         try:
@@ -50,7 +86,10 @@ class UdpSocket(UnderlaySocket):
                 sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, DEFAULT_TTL)
             sock.setsockopt(SOL_UDP, UDP_GRO, 1)
             # No SO_REUSEADDR: a second router on the same port must fail to start, not
-            # share (and break) this one's datagrams.
+            # share (and break) this one's datagrams. SO_REUSEPORT would let it, were it not
+            # for the router's claim on the port (tunnels.claim_names), taken before.
+            if shared:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             bind(sock, (local, port), f"{local} port {port}")
             tune(sock, dont_fragment)
         except BaseException:
@@ -105,6 +144,13 @@ class UdpSocket(UnderlaySocket):
         self._train_tos, self._train_source = 0, ""
         # IP_TOS arrives as one byte, IPV6_TCLASS as a native int: its low byte either way.
         self._tos_byte = 0 if sys.byteorder == "little" else -1
+
+    def spread(self, sockets: int) -> None:
+        """Have the socket's SO_REUSEPORT group (``sockets`` strong, this one first) give each
+        datagram to a socket by the inner flow it carries (OSError if the kernel will not)."""
+        if self._link_header and self._ethernet:
+            attach_program(self.sock, SO_ATTACH_REUSEPORT_CBPF,
+                           inner_flow_program(self._link_header, sockets))
 
     @property
     def backlog(self) -> bool:

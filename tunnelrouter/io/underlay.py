@@ -15,6 +15,7 @@ Nothing here raises once a socket exists: a send that fails is counted by
 reason, a receive that fails means an error waits on the error queue.
 """
 
+import ctypes
 import errno
 import socket
 import struct
@@ -47,6 +48,7 @@ ERROR_QUOTE = 2048        # an ICMP error quotes at most 576 (IPv4) or 1280 (IPv
 ERROR_ANCILLARY = 512
 ERRORS_PER_WAKEUP = 64
 SOCKET_FULL = frozenset({errno.EAGAIN, errno.ENOBUFS})
+RET_K = 0x06   # the classic BPF instruction "return k"
 
 
 class UnderlaySocket:
@@ -269,14 +271,24 @@ def bind(sock: socket.socket, address: tuple, what: str) -> None:
         raise SystemProblem(message) from None
 
 
-def tune(sock: socket.socket, dont_fragment: bool = True) -> None:
+def tune(sock: socket.socket, dont_fragment: bool = True, errors: bool = True) -> None:
+    """Buffers, path MTU discovery left to us, and (``errors``) the error queue."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
     discovery = PMTUDISC_PROBE if dont_fragment else PMTUDISC_DONT
     if sock.family == socket.AF_INET6:
-        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, int(errors))
         sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, discovery)
     else:
-        sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+        sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, int(errors))
         sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, discovery)
     sock.setblocking(False)
+
+
+def attach_program(sock: socket.socket, option: int, program: list[tuple]) -> None:
+    """Attach a classic BPF program, as (code, jt, jf, k) instructions (a struct sock_fprog:
+    their number, and their address; the kernel copies them)."""
+    code = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *instruction)
+                                                for instruction in program))
+    sock.setsockopt(socket.SOL_SOCKET, option,
+                    struct.pack("HL", len(program), ctypes.addressof(code)))

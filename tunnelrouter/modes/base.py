@@ -350,6 +350,16 @@ class Mode:
         once and copied to every segment. Not when that header changes per packet."""
         return True
 
+    def queues(self, tunnel: TunnelConfig, workers: int) -> int:
+        """How many queues the tunnel's device has: one for each worker, or only worker 0's
+        where packets must leave in the order they came."""
+        return 1 if self.keeps_order(tunnel) else workers
+
+    def keeps_order(self, tunnel: TunnelConfig) -> bool:
+        """Whether each packet carries its place in the order (a sequence number): then one
+        worker sends them all, or the peer would see them reordered."""
+        return False
+
     def codec_status(self, codec: Codec) -> dict:
         """What the codec's own state adds to the tunnel's status."""
         return {}

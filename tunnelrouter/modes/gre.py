@@ -68,6 +68,9 @@ class GreMode(Mode):
         # off for sequence numbers too).
         return not (tunnel.sequence or tunnel.checksum)
 
+    def keeps_order(self, tunnel: GreConfig) -> bool:
+        return tunnel.sequence
+
     def describe(self, tunnel: GreConfig) -> str:
         key = "without a key" if tunnel.key is None else f"with key {tunnel.key}"
         return f"{super().describe(tunnel)} {key}"

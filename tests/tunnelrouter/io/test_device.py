@@ -30,7 +30,7 @@ SCRATCH = BATCH_SIZE * (BUFFER_SIZE + VNET_HEADER_LENGTH)
 def make_device(ethernet: bool = False):
     router_end, host = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     host.setblocking(False)
-    return TunTapDevice("tun-test", router_end.fileno(), router_end, ethernet), DeviceHost(host)
+    return TunTapDevice("tun-test", router_end.fileno(), router_end, ethernet), DeviceHost([host])
 
 
 @pytest.fixture
