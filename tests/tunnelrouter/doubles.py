@@ -85,6 +85,9 @@ class Wire:
 
     def __init__(self) -> None:
         self.token = secrets.token_hex(4)
+        # Which worker's socket of a UDP port takes a datagram (given its payload), as a
+        # SO_REUSEPORT group's program would choose; None: worker 0's.
+        self.worker_of: Callable[[bytes], int] | None = None
 
     def name(self, address: str, number: int) -> str:
         return f"\0trt-wire-{self.token}-{address}-{number}"
@@ -127,8 +130,10 @@ class WireSocket:
         self.ancillary.append(ancillary)
         number = destination[1] if self.udp else self.number
         frame = _DATA + (bytes([tos]) if self.udp else b"") + bytes(data)
+        name = self.wire.name(destination[0], number)
+        worker = self.wire.worker_of(bytes(data)) if self.udp and self.wire.worker_of else 0
         try:
-            self.sock.sendto(frame, self.wire.name(destination[0], number))
+            self.sock.sendto(frame, name + (f"#{worker}" if worker else ""))
         except (FileNotFoundError, ConnectionRefusedError):
             pass  # nobody there: the WAN loses it
 
