@@ -178,6 +178,16 @@ def _router(status: dict) -> list[Family]:
     one("tunnelrouter_demux_wan_errors_total", "counter",
         "ICMP errors from the WAN about no tunnel's datagram.",
         status.get("unattributed_wan_errors", 0))
+    workers = status.get("workers", [])
+    for key, name, help_text in (
+            ("device_packets", "tunnelrouter_worker_device_packets_total",
+             "Packets a datapath worker read from the tunnels' devices (its queue of each)."),
+            ("wire_datagrams", "tunnelrouter_worker_wire_datagrams_total",
+             "Datagrams a datapath worker read from the underlay (its socket of each end).")):
+        family = Family(name, "counter", help_text)
+        for index, worker in enumerate(workers):
+            family.add(label("worker", index), worker[key])
+        found.append(family)
     control = status.get("control")
     if control is not None:
         one("tunnelrouter_control_clients", "gauge",

@@ -54,6 +54,13 @@ def _router_lines(status: dict) -> list[str]:
     if isinstance(status.get("uptime"), (int, float)):
         lines.append(f"router: up {duration(status['uptime'])}")
     lines += _config_lines(status.get("config"))
+    workers = status.get("workers")
+    if isinstance(workers, list) and len(workers) > 1 and \
+            all(isinstance(worker, dict) for worker in workers):
+        lines.append(f"workers: {len(workers)}, packets read from devices / datagrams from "
+                     f"the wire: " + ", ".join(f"{worker.get('device_packets', 0)} / "
+                                               f"{worker.get('wire_datagrams', 0)}"
+                                               for worker in workers))
     return lines + [""] if lines else lines
 
 

@@ -52,6 +52,8 @@ STATUS = {
                "loaded": 1764760100.0, "reloads": {"applied": 3, "refused": 1},
                "last_reload": {"result": "refused", "changes": [], "problems": ["x"]}},
     "control": {"clients": 1, "evicted": 2},
+    "workers": [{"device_packets": 10, "wire_datagrams": 12, "internal_errors": 0},
+                {"device_packets": 7, "wire_datagrams": 9, "internal_errors": 0}],
     "forwards": {
         "web": {"protocol": "tcp", "listen": "0.0.0.0:8080", "to": "10.2.1.1:80",
                 "state": "listening", "connections_open": 2, "connections_total": 40,
@@ -164,6 +166,10 @@ def test_router_wide_build_start_config_and_reloads():
     assert set(RELOAD_RESULTS) == {"applied", "applied_with_failures", "refused", "unchanged"}
     assert found["tunnelrouter_control_clients"] == {(): 1}
     assert found["tunnelrouter_demux_wan_errors_total"] == {(): 1}
+    assert found["tunnelrouter_worker_device_packets_total"] == {
+        (("worker", "0"),): 10, (("worker", "1"),): 7}
+    assert found["tunnelrouter_worker_wire_datagrams_total"] == {
+        (("worker", "0"),): 12, (("worker", "1"),): 9}
 
 
 @pytest.mark.parametrize("last, success", [

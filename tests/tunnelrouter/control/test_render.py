@@ -117,15 +117,24 @@ def test_durations_are_worded_as_wg_show_words_them(seconds, text):
     assert duration(seconds) == text
 
 
+def test_workers_are_shown_with_what_each_read_when_there_are_several():
+    text = render_status({"uptime": 1.0, "unattributed": {}, "tunnels": {"gre1": GRE | {
+        "counters": counters()}}, "workers": [{"device_packets": 10, "wire_datagrams": 12},
+                                              {"device_packets": 7, "wire_datagrams": 9}]})
+    assert "workers: 2, packets read from devices / datagrams from the wire: 10 / 12, 7 / 9" \
+        in text.split("\n")
+
+
 def test_what_did_not_happen_is_not_shown():
     quiet_gre = GRE | {"sequence_epochs": 0, "path_mtu": {}, "counters": counters()}
     whole_fdb = VXLAN | {"fdb_entries": 2, "counters": counters()}
     text = render_status({"uptime": 1.0, "internal_errors": 0, "unattributed": {},
                           "unattributed_wan_errors": 0,
+                          "workers": [{"device_packets": 5, "wire_datagrams": 6}],
                           "tunnels": {"gre1": quiet_gre, "vx1": whole_fdb}})
     assert "  fdb: 2 entries" in text.split("\n")
     for absent in ("sequence epochs", "path mtu to", "dropped", "internal errors", "shown",
-                   "fdb full", "icmp sent", "WAN errors"):
+                   "fdb full", "icmp sent", "WAN errors", "workers"):
         assert absent not in text
 
 
