@@ -47,7 +47,8 @@ churn-forward: deps
 # custom run, written to bench/results/run.* (git-ignored). Knobs:
 #   QUICK=1                 NIC-like wire only, 2 repetitions, 1-second tests (~2 min)
 #   ROWS=kernel-vxlan,tr-vxlan   rows (plain kernel-vxlan kernel-vxlan-rco tr-gre tr-ipip
-#                           tr-sit tr-vxlan tr-vxlan-rco tr-gretap openvpn tinc fastd socat);
+#                           tr-sit tr-vxlan tr-vxlan-rco tr-vxlan-w2 tr-gre-w2 tr-gretap openvpn
+#                           tinc fastd socat);
 #                           kernel-vxlan always runs
 #   WIRES=nic               wires (veth nic bare)
 #   REPS=5  DURATION=3      repetitions, seconds each test runs
