@@ -23,6 +23,7 @@ concern, never raised.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from functools import partial
@@ -107,6 +108,10 @@ class TunnelSet:
         self._datagram = HEADROOM + max(WIRE_DATAGRAM, datagram_size)
         self._single_limit = self._datagram   # longer than this, a packet is written alone
         self.workers = Workers(loop, workers, self._batches)
+        # The programs that steer each flow to a worker's queue, for TUN (False) and TAP
+        # (True) devices, loaded with the first device: before run --user drops what loading
+        # takes. None: not loaded (the kernel's own choice, logged once).
+        self._steering: dict[bool, int | None] = {}
         self._warned: set[tuple] = set()
 
     def _batches(self) -> tuple[Batch, Batch]:
@@ -138,6 +143,7 @@ class TunnelSet:
             return
         assert not self.tunnels, "workers change only while no tunnel runs"
         started = self.workers.started
+        self._unload_steering()
         self.workers.close()
         self.workers = Workers(self.loop, count, self._batches)
         if started:
@@ -159,6 +165,7 @@ class TunnelSet:
                 underlay.close()
             worker.underlays.clear()
         self.workers.close()
+        self._unload_steering()
         for claim in self._claims.values():
             claim.close()
         self._claims.clear()
@@ -390,7 +397,36 @@ class TunnelSet:
             raise
         tunnel.device, tunnel.queues = queues[0], queues
         tunnel.up = True
+        if len(queues) > 1:
+            self._steer(tunnel)
         self._watch_queues(tunnel)
+
+    def _steer(self, tunnel: _Tunnel) -> None:
+        """Each flow to the queue of the worker the inner-flow choice names (io/steering.py),
+        the same that a UDP port's socket group names for it."""
+        if not self._steering:
+            for ethernet in (False, True):
+                try:
+                    self._steering[ethernet] = self.system.steering(self.workers.count,
+                                                                    ethernet)
+                except SystemProblem as problem:
+                    self._steering[ethernet] = None
+                    self._warn_once(("steering", ethernet), f"{problem.message}: the flows of "
+                                    f"{'TAP' if ethernet else 'TUN'} devices go to the queue "
+                                    f"the kernel picks (for a flow with replies, the queue "
+                                    f"they were written to)",
+                                    event("steering_unavailable", ethernet=ethernet,
+                                          errno=problem.errno))
+        program = self._steering[tunnel.config.kind.ethernet]
+        if program is not None:
+            self._netlink(tunnel, "steer its flows to the workers",
+                          lambda: tunnel.device.steer(program))
+
+    def _unload_steering(self) -> None:
+        for program in self._steering.values():
+            if program is not None:
+                os.close(program)
+        self._steering.clear()
 
     def _watch_queues(self, tunnel: _Tunnel, again: bool = False) -> None:
         """Each queue of the tunnel's device to its worker, with a handler for the tunnel as

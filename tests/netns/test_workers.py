@@ -4,9 +4,10 @@ flow's two ways meet in one worker, the counters add up, and a reload changes th
 M1 and M2 run tunnelrouter with vx1 (VXLAN), gre1 (GRE with a key) and seq1 (GRE with
 sequence numbers: one queue). Sixteen UDP flows cross vx1 from M1 to a receiver on M2;
 every datagram arrives, each router's tunnel counts them once whichever worker did, and
-both workers of both routers carried some. The classic BPF program that chooses a
-worker's socket by inner flow is judged by the kernel itself: frames of many flows, and
-their replies, sent to a SO_REUSEPORT group.
+both workers of both routers carried some. The programs that choose a worker by inner
+flow are judged by the kernel itself: frames of many flows, and their replies, sent to a
+SO_REUSEPORT group; and the flows a TUN or TAP device's steering program gives to each
+queue are the ones whose replies the socket group gives to the same worker.
 """
 
 import json
@@ -171,3 +172,85 @@ def test_the_kernel_gives_each_inner_flow_and_its_replies_to_one_socket(netns):
     for family in (choices[:48], choices[48:]):
         taken = [there for there, _ in family]
         assert all(taken.count(index) >= 6 for index in range(3)), taken
+
+
+DEVICE_AND_SOCKET_AGREE = textwrap.dedent("""
+    import os, socket, struct, subprocess, time
+    from tunnelrouter.io.device import TunTapDevice
+    from tunnelrouter.io.steering import load_steering
+    from tunnelrouter.io.udp_socket import UdpSocket
+    WORKERS = 3
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    group = [UdpSocket.open("127.0.0.1", 4789, link_header=22, ethernet=True, shared=True)
+             for _ in range(WORKERS)]
+    group[0].spread(WORKERS)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+
+    def socket_of(reply):
+        # The reply as a VXLAN datagram carries it: which worker's socket takes it.
+        ethertype = 0x86DD if reply[0] >> 4 == 6 else 0x0800
+        sender.sendto(b"\\x08\\0\\0\\0\\0\\0\\x2a\\0" + bytes(12) + struct.pack("!H", ethertype)
+                      + reply, ("127.0.0.1", 4789))
+        time.sleep(0.002)
+        for index, sock in enumerate(group):
+            try:
+                sock.sock.recv(2048)
+                return index
+            except BlockingIOError:
+                pass
+
+    def reply_to(packet):
+        # Addresses and ports swapped: what the far end answers.
+        if packet[0] >> 4 == 4:
+            return packet[:12] + packet[16:20] + packet[12:16] + packet[22:24] + \\
+                packet[20:22] + packet[24:28]
+        return packet[:8] + packet[24:40] + packet[8:24] + packet[42:44] + packet[40:42] + \\
+            packet[44:48]
+
+    pairs = []
+    for ethernet, name, ours, far, family in (
+            (False, "st0", "10.8.0.1", "10.8.0.2", socket.AF_INET),
+            (False, "st0", "fd08::1", "fd08::2", socket.AF_INET6),
+            (True, "st1", "10.9.0.1", "10.9.0.2", socket.AF_INET)):
+        if name == "st0" and family == socket.AF_INET6:
+            queues = tun
+        else:
+            queues = TunTapDevice.open(name, ethernet, False, WORKERS)
+            queues[0].steer(load_steering(14 if ethernet else 0, WORKERS, ethernet))
+            subprocess.run(["ip", "link", "set", name, "up"], check=True)
+            if ethernet:
+                subprocess.run(["ip", "neigh", "add", far, "lladdr", "02:00:00:00:00:02",
+                                "dev", name], check=True)
+            else:
+                tun = queues
+        prefix = "64" if family == socket.AF_INET6 else "24"
+        subprocess.run(["ip", "addr", "add", f"{ours}/{prefix}", "dev", name, "nodad"],
+                       check=True)
+        for flow in range(48):
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.bind((ours, 32768 + 2 * flow))
+            sock.sendto(b"x", (far, 443))
+            sock.close()
+        time.sleep(0.2)
+        link = 14 if ethernet else 0
+        for index, queue in enumerate(queues):
+            while True:
+                try:
+                    data = os.read(queue.fd, 65536)[10 + link:]   # behind the virtio-net header
+                except BlockingIOError:
+                    break
+                header = 20 if data[0] >> 4 == 4 else 40
+                if data[header + 2:header + 4] == struct.pack("!H", 443):
+                    pairs.append((name, data[0] >> 4, index, socket_of(reply_to(data))))
+    print(pairs)
+""")
+
+
+def test_a_device_gives_a_flow_to_the_queue_whose_worker_takes_its_replies(netns):
+    ns = netns("steer")
+    pairs = eval(ns.python(DEVICE_AND_SOCKET_AGREE).stdout)   # noqa: S307 - our own output
+    assert len(pairs) == 3 * 48, pairs
+    assert all(queue == taker for _, _, queue, taker in pairs), pairs
+    for kind in {(name, version) for name, version, _, _ in pairs}:
+        queues = [queue for name, version, queue, _ in pairs if (name, version) == kind]
+        assert all(queues.count(index) >= 6 for index in range(3)), (kind, queues)

@@ -27,6 +27,7 @@ thread.
 from __future__ import annotations
 
 import errno
+import os
 import secrets
 import socket
 import sys
@@ -298,7 +299,11 @@ class _DeviceFile:
 
 
 class MemoryDevice(TunTapDevice):
-    """A device whose offloads are what ``links[name]["super_packets"]`` says."""
+    """A device whose offloads are what ``links[name]["super_packets"]`` says, and whose
+    steering program is ``links[name]["steering"]``."""
+
+    def steer(self, program: int) -> None:
+        self._owner.link["steering"] = program
 
     def set_super_packets(self, super_packets: bool) -> None:
         self._owner.link["super_packets"] = self.super_packets = super_packets
@@ -357,6 +362,10 @@ class MemorySystem(System):
         """A device this router did not make (another program's, or a leftover)."""
         self._next_index += 1
         self.links[name] = {"index": self._next_index, "up": True, "mtu": 1500, "routes": {}}
+
+    def steering(self, workers: int, ethernet: bool) -> int:
+        """A stand-in for the program's fd, which the devices record."""
+        return os.open(os.devnull, os.O_RDONLY)
 
     def raw_socket(self, local: str, protocol: int, send_only: bool = False) -> RawSocket:
         return RawSocket(self._wire_socket(local, protocol, False, send_only), local)

@@ -53,6 +53,10 @@ def test_every_device_has_a_queue_for_each_worker_but_one_whose_packets_keep_the
     a, _ = routers(made, 3, Wire())
     assert {name: link["queues"] for name, link in a.system.links.items()} == {
         "gre1": 1, "tap1": 3, "ipip1": 3, "sit1": 3, "vx1": 3}
+    # Each flow to a worker's queue by the inner-flow program (one for TUN, one for TAP).
+    steered = {name: link.get("steering") for name, link in a.system.links.items()}
+    assert steered["gre1"] is None and steered["ipip1"] == steered["sit1"] and \
+        steered["tap1"] == steered["vx1"] and len({steered["ipip1"], steered["tap1"]}) == 2
     # A UDP end: a socket for each worker, told to choose by inner flow; a raw end: worker
     # 0's reads, the others' only send.
     assert len(a.system.worker_sockets[(A, VXLAN_PORT)]) == 2
@@ -67,6 +71,7 @@ def test_every_device_has_a_queue_for_each_worker_but_one_whose_packets_keep_the
 def test_one_worker_is_one_queue_and_one_socket_as_ever(made):
     a, _ = routers(made, 1, Wire())
     assert {link["queues"] for link in a.system.links.values()} == {1}
+    assert {link.get("steering") for link in a.system.links.values()} == {None}
     assert a.system.worker_sockets[(A, VXLAN_PORT)] == []
     assert a.system.sockets[(A, VXLAN_PORT)].options == {}
 

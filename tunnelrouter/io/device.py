@@ -39,6 +39,7 @@ GONE = frozenset({errno.EBADFD, errno.ENODEV, errno.ENXIO, errno.EBADF})
 IFF_VNET_HDR = 0x4000
 TUNSETOFFLOAD = 0x400454D0
 TUNSETCARRIER = 0x400454E2
+TUNSETSTEERINGEBPF = 0x800454E0
 TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN = 0x01, 0x02, 0x04, 0x08
 SUPER_PACKET_OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
 # virtio_net_hdr: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset (little-endian).
@@ -103,6 +104,15 @@ class TunTapDevice:
             raise SystemProblem(f"cannot set the offloads of {self.name}: "
                                 f"{error.strerror}") from None
         self.super_packets = super_packets
+
+    def steer(self, program: int) -> None:
+        """Have the device choose a queue for each packet by ``program`` (an eBPF program's
+        fd, ``io/steering.py``), not by where the flow's replies were written."""
+        try:
+            fcntl.ioctl(self.fd, TUNSETSTEERINGEBPF, struct.pack("i", program))
+        except OSError as error:
+            raise SystemProblem(f"cannot steer the queues of {self.name}: "
+                                f"{error.strerror}", errno=error.errno) from None
 
     def set_carrier(self, carrier: bool) -> None:
         """Carrier on or off, as a cable plugged or pulled: routing daemons watch it."""

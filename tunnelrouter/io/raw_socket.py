@@ -6,7 +6,8 @@ per packet; what it reads starts with the outer IPv4 header too.
 
 import socket
 
-from tunnelrouter.io.underlay import RET_K, UnderlaySocket, attach_program, bind, new_socket, tune
+from tunnelrouter.io.steering import RET_K, attach_program
+from tunnelrouter.io.underlay import UnderlaySocket, bind, new_socket, tune
 from tunnelrouter.tunnel.batch import Batch
 
 SO_ATTACH_FILTER = 26

@@ -7,11 +7,14 @@ sockets live in memory, so two whole routers can talk without root.
 import errno
 import socket
 
+from encap.wire import ETHERNET_HEADER_LENGTH
+
 from tunnelrouter.io.device import TunTapDevice
 from tunnelrouter.io.errors import SystemProblem
 from tunnelrouter.io import privileges
 from tunnelrouter.io.netlink import LinkMonitor, Netlink
 from tunnelrouter.io.raw_socket import RawSocket
+from tunnelrouter.io.steering import load_steering
 from tunnelrouter.io.systemd import Notifier
 from tunnelrouter.io.udp_socket import UdpSocket
 
@@ -21,6 +24,11 @@ class System:
                queues: int = 1) -> list[TunTapDevice]:
         """A TUN or TAP device, as its queues (one for each worker that reads it)."""
         return TunTapDevice.open(name, ethernet, super_packets, queues)
+
+    def steering(self, workers: int, ethernet: bool) -> int:
+        """The program that gives each flow of a TUN (TAP) device to one of ``workers``
+        queues (an fd; SystemProblem if the kernel will not load it)."""
+        return load_steering(ETHERNET_HEADER_LENGTH if ethernet else 0, workers, ethernet)
 
     def raw_socket(self, local: str, protocol: int, send_only: bool = False) -> RawSocket:
         return RawSocket.open(local, protocol, send_only)

@@ -11,8 +11,8 @@ import sys
 from encap.errors import DropReason
 from encap.gso import join
 
-from tunnelrouter.io.underlay import (RET_K, SOCKET_FULL, UnderlaySocket, attach_program, bind,
-                                      new_socket, tune)
+from tunnelrouter.io.steering import attach_program, inner_flow_program
+from tunnelrouter.io.underlay import SOCKET_FULL, UnderlaySocket, bind, new_socket, tune
 from tunnelrouter.tunnel.batch import Batch
 from tunnelrouter.tunnel.counters import Counters
 from tunnelrouter.tunnel.endpoint import DEFAULT_TTL
@@ -27,39 +27,6 @@ GRO_TRAIN = 65536
 GRO_TRAINS_KEPT = 4
 _RECEIVE_ANCILLARY = _TOS_SPACE + socket.CMSG_SPACE(4)
 SO_ATTACH_REUSEPORT_CBPF = 51
-# Classic BPF (<linux/filter.h>): the instructions the flow program below is made of.
-_LD_W_ABS, _LD_H_ABS, _LD_W_IND, _LDX_MSH, _LDX_MEM, _ST = 0x20, 0x28, 0x40, 0xB1, 0x61, 0x02
-_XOR_X, _AND_K, _RSH_K, _MUL_K, _MOD_K = 0xAC, 0x54, 0x74, 0x24, 0x94
-_TAX, _JEQ_K, _RET_A = 0x07, 0x15, 0x16
-_ETHERTYPE_IPV4, _ETHERTYPE_IPV6 = 0x0800, 0x86DD
-_ANY_SOCKET = 0xFFFFFFFF   # past the group's last socket: the kernel picks by its own hash
-
-
-def inner_flow_program(ip: int, sockets: int) -> list[tuple[int, int, int, int]]:
-    """Which socket of a ``sockets``-strong SO_REUSEPORT group takes a datagram: chosen by
-    the inner flow of the Ethernet frame it carries, its IP packet ``ip`` bytes into the
-    datagram's payload (the program reads from the end of the UDP header). Every datagram
-    of a tunnel comes from one address and port, which the kernel's own choice hashes, so
-    it would give them all to one socket. The choice is symmetric (addresses and ports
-    XORed), so a flow's two ways meet in one worker. Frames other than IPv4 and IPv6
-    are left to the kernel's hash."""
-    def ports_and_choice() -> list[tuple[int, int, int, int]]:
-        # A = M[0] ^ ((P ^ P >> 16) & 0xFFFF), P the word after the IP header (the ports
-        # of TCP and UDP); the socket is (A * 2654435761 >> 16) mod sockets: multiplied, as
-        # Knuth hashes, so that every bit counts (connect() gives even ports only).
-        return [(_TAX, 0, 0, 0), (_RSH_K, 0, 0, 16), (_XOR_X, 0, 0, 0), (_AND_K, 0, 0, 0xFFFF),
-                (_LDX_MEM, 0, 0, 0), (_XOR_X, 0, 0, 0), (_MUL_K, 0, 0, 2654435761),
-                (_RSH_K, 0, 0, 16), (_MOD_K, 0, 0, sockets), (_RET_A, 0, 0, 0)]
-    ipv4 = [(_LD_W_ABS, 0, 0, ip + 12), (_TAX, 0, 0, 0), (_LD_W_ABS, 0, 0, ip + 16),
-            (_XOR_X, 0, 0, 0), (_ST, 0, 0, 0), (_LDX_MSH, 0, 0, ip), (_LD_W_IND, 0, 0, ip)]
-    ipv4 += ports_and_choice()
-    ipv6 = [(_LD_W_ABS, 0, 0, ip + 8)]
-    for word in range(12, 40, 4):   # both addresses, a word at a time
-        ipv6 += [(_TAX, 0, 0, 0), (_LD_W_ABS, 0, 0, ip + word), (_XOR_X, 0, 0, 0)]
-    ipv6 += [(_ST, 0, 0, 0), (_LD_W_ABS, 0, 0, ip + 40)] + ports_and_choice()
-    # The ethertype, then: IPv4 (or on), IPv6 (or on), anything else.
-    return [(_LD_H_ABS, 0, 0, ip - 2), (_JEQ_K, 0, len(ipv4), _ETHERTYPE_IPV4)] + ipv4 + \
-        [(_JEQ_K, 1, 0, _ETHERTYPE_IPV6), (RET_K, 0, 0, _ANY_SOCKET)] + ipv6
 
 
 class UdpSocket(UnderlaySocket):
@@ -150,7 +117,7 @@ class UdpSocket(UnderlaySocket):
         datagram to a socket by the inner flow it carries (OSError if the kernel will not)."""
         if self._link_header and self._ethernet:
             attach_program(self.sock, SO_ATTACH_REUSEPORT_CBPF,
-                           inner_flow_program(self._link_header, sockets))
+                           inner_flow_program(self._link_header, sockets, ethernet=True))
 
     @property
     def backlog(self) -> bool:

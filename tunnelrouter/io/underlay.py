@@ -15,7 +15,6 @@ Nothing here raises once a socket exists: a send that fails is counted by
 reason, a receive that fails means an error waits on the error queue.
 """
 
-import ctypes
 import errno
 import socket
 import struct
@@ -48,7 +47,6 @@ ERROR_QUOTE = 2048        # an ICMP error quotes at most 576 (IPv4) or 1280 (IPv
 ERROR_ANCILLARY = 512
 ERRORS_PER_WAKEUP = 64
 SOCKET_FULL = frozenset({errno.EAGAIN, errno.ENOBUFS})
-RET_K = 0x06   # the classic BPF instruction "return k"
 
 
 class UnderlaySocket:
@@ -283,12 +281,3 @@ def tune(sock: socket.socket, dont_fragment: bool = True, errors: bool = True) -
         sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, int(errors))
         sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, discovery)
     sock.setblocking(False)
-
-
-def attach_program(sock: socket.socket, option: int, program: list[tuple]) -> None:
-    """Attach a classic BPF program, as (code, jt, jf, k) instructions (a struct sock_fprog:
-    their number, and their address; the kernel copies them)."""
-    code = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *instruction)
-                                                for instruction in program))
-    sock.setsockopt(socket.SOL_SOCKET, option,
-                    struct.pack("HL", len(program), ctypes.addressof(code)))
