@@ -37,7 +37,7 @@ from tunnelrouter.yaml_reader import Problem, path_text, read_yaml
 IFNAMSIZ = 16  # the kernel's limit, including the terminating NUL
 DEFAULT_CONTROL_DIR = "/run/tunnelrouter"
 MAX_FILE_BYTES = 16 << 20
-# Datapath threads at most (a device has 256 queues at most; the GIL lets a few pay).
+# Datapath workers at most (a device takes 256 queues at most; a thread each costs memory).
 MOST_WORKERS = 64
 TOP_LEVEL_KEYS = ("tunnels", "control-socket", "forwards", "metrics", "workers")
 

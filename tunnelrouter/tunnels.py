@@ -81,7 +81,7 @@ class _Tunnel:
     each worker that reads it; the first, worker 0's, stands for the device) and socket."""
 
     __slots__ = ("config", "endpoint", "underlay", "device", "queues", "index", "up",
-                 "restore_at", "restore_delay")
+                 "restore_at", "restore_delay", "handed_over")
 
     def __init__(self, config: TunnelConfig, endpoint: Endpoint, underlay: UnderlaySocket):
         self.config = config
@@ -89,6 +89,7 @@ class _Tunnel:
         self.underlay = underlay
         self.device: TunTapDevice | None = None
         self.queues: list[TunTapDevice] = []
+        self.handed_over = False   # a worker asked the router's thread to flush it
         self.index: int | None = None
         self.up = False
         self.restore_at = 0.0
@@ -246,6 +247,7 @@ class TunnelSet:
         """Make a tunnel: its endpoint on its underlay socket (opened if it is the first
         there), its device. SystemProblem names the key that failed."""
         with self.workers.paused():
+            self._claim(config)
             endpoint = endpoint_for(config)
             underlay = self._underlay_for(config)
             self.demuxes[config.kind.underlay_end(config)].add(endpoint)
@@ -256,10 +258,23 @@ class TunnelSet:
             self._make_device(tunnel)
             return tunnel
 
+    def _claim(self, config: TunnelConfig) -> None:
+        """Hold the tunnel's ends (check_new claimed them, unless a reload that remakes the
+        tunnel let them go with the old one)."""
+        for name in claim_names(config):
+            if name not in self._claims:
+                try:
+                    self._claims[name] = self.system.claim(name)
+                except SystemProblem as problem:
+                    key = "port" if config.kind.underlay is Underlay.UDP else \
+                        config.kind.distinguished_by
+                    raise SystemProblem(f"{config.kind.describe(config)}: {problem.message}",
+                                        (key,)) from None
+
     def _underlay_for(self, config: TunnelConfig) -> UnderlaySocket:
         """The socket of the tunnel's end (each worker's; opened with the first tunnel
         there): a UDP end's sockets are each read by their worker, a raw end's by worker 0
-        (the others only send on theirs)."""
+        (the others send on theirs, and read only the errors of their own sends)."""
         end = config.kind.underlay_end(config)
         if end not in self.underlays:
             kind, local, number = end
@@ -285,8 +300,8 @@ class TunnelSet:
                 self._spread(opened[0][1], end, len(opened))
             for worker, underlay in opened:
                 worker.underlays[end] = underlay
-                if kind is Underlay.UDP or worker.index == 0:
-                    worker.loop.watch(underlay.fd, self._wire_handler(end, worker))
+                # (A raw socket of worker 1 on reads nothing: only the errors of its sends.)
+                worker.loop.watch(underlay.fd, self._wire_handler(end, worker))
         return self.underlays[end]
 
     def _spread(self, underlay: UnderlaySocket, end: tuple, workers: int) -> None:
@@ -522,17 +537,24 @@ class TunnelSet:
 
     def _wan_errors(self, underlay: UnderlaySocket, demux: Demux, worker: Worker) -> None:
         now = time.monotonic()
+        reached = set()
         for error in underlay.read_errors():
-            demux.wan_error(error, now)
-        # One error may concern several tunnels (a local EMSGSIZE: every one to its peer).
-        for tunnel in list(self.tunnels.values()):
-            if tunnel.endpoint.outbox:
+            # One error may concern several tunnels (a local EMSGSIZE: every one to its peer).
+            reached.update(demux.wan_error(error, now))
+        for endpoint in reached:
+            tunnel = self.tunnels.get(endpoint.name)
+            if tunnel is not None and tunnel.endpoint is endpoint and endpoint.outbox:
                 self._flush(tunnel, worker)
 
     def _flush(self, tunnel: _Tunnel, worker: Worker) -> None:
         """Carry out what the endpoint asked for besides its batches, with ``worker``'s queue
-        and socket; what takes netlink, in the router's own thread. The lists are taken
-        before anything is written: another worker may flush the same endpoint meanwhile."""
+        and socket; what takes netlink, in the router's own thread, and all of it there if
+        the worker has no queue of the tunnel's (one whose packets keep their order). The
+        lists are taken before anything is written: another worker may flush the same
+        endpoint meanwhile."""
+        if worker.index and worker.devices.get(tunnel.config.name) is None:
+            self._hand_over(tunnel)
+            return
         outbox, counters = tunnel.endpoint.outbox, tunnel.endpoint.counters
         if outbox.device_packets:
             packets, outbox.device_packets = outbox.device_packets, []
@@ -549,14 +571,23 @@ class TunnelSet:
                 underlay.send(datagram, destinations, marking, inner_length, counters)
         if outbox.mtu_changed or outbox.liveness_changed:
             if worker.index:
-                self.workers.in_main(partial(self._follow, tunnel))
+                self._hand_over(tunnel)
             else:
                 self._follow(tunnel)
 
+    def _hand_over(self, tunnel: _Tunnel) -> None:
+        """Have the router's thread flush the tunnel (once, however often asked meanwhile)."""
+        if not tunnel.handed_over:
+            tunnel.handed_over = True
+            self.workers.in_main(partial(self._flush_in_main, tunnel))
+
+    def _flush_in_main(self, tunnel: _Tunnel) -> None:
+        tunnel.handed_over = False
+        if self.tunnels.get(tunnel.config.name) is tunnel:   # not removed or remade since
+            self._flush(tunnel, self.workers.all[0])
+
     def _follow(self, tunnel: _Tunnel) -> None:
         """The routes and carrier follow what the endpoint learnt (router's thread)."""
-        if self.tunnels.get(tunnel.config.name) is not tunnel:
-            return   # removed or remade since
         outbox = tunnel.endpoint.outbox
         if outbox.mtu_changed:
             outbox.mtu_changed = False

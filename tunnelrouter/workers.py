@@ -1,14 +1,13 @@
 """The datapath's workers: ``workers: N`` serves the tunnels from N threads at once.
 
 Each worker has a loop of its own, a queue of every tunnel's device (``IFF_MULTI_QUEUE``)
-and a socket of every UDP underlay end (``SO_REUSEPORT``); the kernel spreads flows over
-them: a device gives a flow's packets to the queue its replies were last written to (or by
-its hash), a socket group gives a datagram to a socket by its addresses and ports, and a
-VXLAN source port is the inner flow's hash. Worker 0 is the router's own loop; the others
-are threads. Every raw socket gets a copy of every datagram and ICMP error of its
-protocol, so worker 0 alone reads the raw-socket modes' datagrams, and the other workers
-send on raw sockets that take nothing in. A tunnel whose packets must leave in the order
-they came (GRE with sequence numbers) has one queue, worker 0's.
+and a socket of every UDP underlay end (``SO_REUSEPORT``); the kernel gives each flow to
+one of them, as a program of ours chooses by the inner flow (``io/steering.py``). Worker 0
+is the router's own loop; the others are threads. Every raw socket gets a copy of every
+datagram and ICMP error of its protocol, so worker 0 alone reads the raw-socket modes'
+datagrams, and the other workers send on raw sockets that take in only the errors of
+their own sends. A tunnel whose packets must leave in the order they came (GRE with
+sequence numbers) has one queue, worker 0's, and workers hand its work to the router.
 
 There is one copy of the state: the endpoints (their counters, path MTU, FDB, liveness,
 windows and limits) and the demultiplexers are the workers' common objects. Python runs
@@ -83,6 +82,10 @@ class Workers:
         self.count = count
         self._requests: collections.deque[Callable[[], None]] = collections.deque()
         self._paused = 0
+        # Cleared while the router waits to hold the workers: a worker that has just let go
+        # of its round would otherwise take it again first (locks are not fair).
+        self._running = threading.Event()
+        self._running.set()
         self._stopping = False
         self._interval = sys.getswitchinterval()
         self._main_wake = self._wake_for(self.all[0], self._run_requests)
@@ -111,9 +114,10 @@ class Workers:
             worker.thread.start()
 
     def _serve(self, worker: Worker) -> None:
-        loop = worker.loop
+        loop, running = worker.loop, self._running
         try:
             while not self._stopping:
+                running.wait()
                 loop.run_guarded(worker.round, 1.0)
         except Exception as error:  # noqa: BLE001 - the loop itself failed: say so, once
             log.error("worker %d stopped: %r; its flows are lost until the router restarts",
@@ -128,6 +132,7 @@ class Workers:
         held = []
         try:
             if self._paused == 1:
+                self._running.clear()
                 for worker in self.all[1:]:
                     worker.round.acquire()
                     held.append(worker)
@@ -136,6 +141,8 @@ class Workers:
             for worker in held:
                 worker.round.release()
             self._paused -= 1
+            if not self._paused:
+                self._running.set()
 
     def in_main(self, call: Callable[[], None]) -> None:
         """Have the router's own thread run ``call`` soon (from a worker's thread)."""
@@ -152,12 +159,17 @@ class Workers:
         """Stop the threads, and let them go; their loops close (what they watched is the
         router's to close)."""
         self._stopping = True
+        self._running.set()
         for worker in self.all[1:]:
             if worker.thread is not None:
                 _poke(worker._wake[1])
         for worker in self.all[1:]:
             if worker.thread is not None:
                 worker.thread.join(_STOP_WAIT)
+                if worker.thread.is_alive():   # a handler that never returns: a bug
+                    log.error("worker %d did not stop in %.0f s; its sockets and queues are "
+                              "closed under it", worker.index, _STOP_WAIT,
+                              extra=event("worker_stuck", worker=worker.index))
                 worker.thread = None
         sys.setswitchinterval(self._interval)
 

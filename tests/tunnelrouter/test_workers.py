@@ -20,6 +20,7 @@ from tunnelrouter.io.loop import Loop
 from tunnelrouter.io.udp_socket import SO_ATTACH_REUSEPORT_CBPF
 from tunnelrouter.reload import plan
 from tunnelrouter.router import Router
+from tunnelrouter.tunnel.wan_error import ErrorOrigin
 from tunnelrouter.workers import Workers
 
 from tests.tunnelrouter.doubles import MemorySystem, Wire, drive, host_packets
@@ -58,14 +59,14 @@ def test_every_device_has_a_queue_for_each_worker_but_one_whose_packets_keep_the
     assert steered["gre1"] is None and steered["ipip1"] == steered["sit1"] and \
         steered["tap1"] == steered["vx1"] and len({steered["ipip1"], steered["tap1"]}) == 2
     # A UDP end: a socket for each worker, told to choose by inner flow; a raw end: worker
-    # 0's reads, the others' only send.
+    # 0's reads, the others' send (and each worker reads its socket's errors).
     assert len(a.system.worker_sockets[(A, VXLAN_PORT)]) == 2
     assert (1, SO_ATTACH_REUSEPORT_CBPF) in a.system.sockets[(A, VXLAN_PORT)].options
     assert len(a.system.worker_sockets[(A, IpProto.GRE)]) == 2
     loops = [worker.loop for worker in a.tunnel_set.workers.all]
     raw = [a.system.sockets[(A, IpProto.GRE)]] + a.system.worker_sockets[(A, IpProto.GRE)]
     assert [[sock.fileno() in loop._handlers for sock in raw] for loop in loops] == [
-        [True, False, False], [False, False, False], [False, False, False]]
+        [True, False, False], [False, True, False], [False, False, True]]
 
 
 def test_one_worker_is_one_queue_and_one_socket_as_ever(made):
@@ -111,6 +112,31 @@ def test_each_worker_carries_what_its_queue_and_socket_take_and_the_state_is_one
     assert a.status()["internal_errors"] == b.status()["internal_errors"] == 0
 
 
+def test_a_link_too_narrow_for_a_workers_send_teaches_the_path_mtu(made):
+    # The kernel queues a local EMSGSIZE on the socket that sent: worker 1's raw socket
+    # reads its own errors (ICMP from the WAN reaches worker 0's only).
+    a, _ = routers(made, 2, Wire())
+    a.system.worker_sockets[(A, IpProto.IPIP)][0].queue_error(b"", B, ErrorOrigin.LOCAL,
+                                                               0, 0, 1400)
+    drive(a)
+    assert {name: a.status()["tunnels"][name]["path_mtu"].get(B, {}).get("mtu")
+            for name in ("ipip1",)} == {"ipip1": 1400}
+    assert a.status()["internal_errors"] == 0
+
+
+def test_what_a_worker_without_the_tunnels_queue_must_do_goes_to_the_router(made):
+    # gre1 has sequence numbers: one queue, worker 0's. An ICMP error for its sender, queued
+    # while worker 1 handles a WAN error, is written by the router's thread, not dropped.
+    a, _ = routers(made, 2, Wire())
+    tunnel = a.tunnel_set.tunnels["gre1"]
+    tunnel.endpoint.outbox.device_packets.append(bytes(28))
+    a.tunnel_set._flush(tunnel, a.tunnel_set.workers.all[1])
+    assert host_packets(a.system.hosts["gre1"]) == []
+    drive(a, rounds=2)
+    assert host_packets(a.system.hosts["gre1"]) == [bytes(28)]
+    assert counters(a, "gre1")["drops"] == {}
+
+
 def test_a_queue_that_fails_in_a_worker_has_the_router_make_the_device_again(made):
     a, _ = routers(made, 2, Wire())
     queue = a.tunnel_set.workers.all[1].devices["ipip1"]
@@ -147,8 +173,10 @@ def test_a_reload_that_changes_workers_remakes_every_tunnel_with_as_many_queues(
     router = Router(load_config(path), None, MemorySystem(), config_path=str(path))
     made.append(router)
     router.start()
+    claims = router.tunnel_set.claims
     path.write_text(yaml.safe_dump({"workers": 2, "tunnels": every_mode(A, [B], 1)}))
     report = router.reload()
+    assert router.tunnel_set.claims == claims   # the remade tunnels hold their ends again
     assert report["result"] == "applied"
     assert report["changes"][0] == "workers: 1 -> 2"
     assert "remake the device of tunnel vx1: workers" in report["changes"]

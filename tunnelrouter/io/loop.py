@@ -107,11 +107,12 @@ class Loop:
 
     def run_guarded(self, guard: threading.Lock, timeout: float) -> None:
         """One round without a tick, the handlers run holding ``guard``: whoever holds it
-        knows that none of this loop's handlers runs (a worker's loop, in its thread)."""
-        self._forgotten.clear()
+        knows that none of this loop's handlers runs (a worker's loop, in its thread), and
+        may forget descriptors meanwhile (those the round's events name are passed over)."""
         events = self._epoll.poll(timeout)
         with guard:
             self._dispatch(events)
+            self._forgotten.clear()
 
     def _dispatch(self, events: list[tuple[int, int]]) -> None:
         handlers, forgotten = self._handlers, self._forgotten

@@ -6,12 +6,9 @@ per packet; what it reads starts with the outer IPv4 header too.
 
 import socket
 
-from tunnelrouter.io.steering import RET_K, attach_program
 from tunnelrouter.io.underlay import UnderlaySocket, bind, new_socket, tune
 from tunnelrouter.tunnel.batch import Batch
 
-SO_ATTACH_FILTER = 26
-_KEEP_NOTHING = [(RET_K, 0, 0, 0)]   # keep 0 bytes of every datagram
 
 
 class RawSocket(UnderlaySocket):
@@ -23,15 +20,15 @@ class RawSocket(UnderlaySocket):
     @classmethod
     def open(cls, local: str, protocol: int, send_only: bool = False) -> "RawSocket":
         """``send_only``: a worker's socket. Every raw socket of a protocol gets a copy of
-        every datagram and ICMP error, so one socket reads them and the workers' sockets
-        take nothing in: a filter that keeps no datagram, and no error queue."""
-        sock = new_socket(socket.AF_INET, socket.SOCK_RAW, protocol, local)
+        every datagram and ICMP error of it, so one socket reads them; the workers send on
+        IPPROTO_RAW sockets, which take nothing in but the errors of their own sends (a
+        datagram too big for the link, which teaches the path MTU)."""
+        sock = new_socket(socket.AF_INET, socket.SOCK_RAW,
+                          socket.IPPROTO_RAW if send_only else protocol, local)
         try:
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
-            if send_only:
-                attach_program(sock, SO_ATTACH_FILTER, _KEEP_NOTHING)
             bind(sock, (local, 0), f"{local}")
-            tune(sock, errors=not send_only)
+            tune(sock)
         except BaseException:
             sock.close()
             raise

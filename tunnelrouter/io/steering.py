@@ -9,8 +9,7 @@ raw-socket modes (read by worker 0 alone) is always worker 0's. Both choose by t
 flow instead, with one function: a classic BPF program for the socket group
 (``SO_ATTACH_REUSEPORT_CBPF``), and the same program, translated to eBPF, for the device
 (``TUNSETSTEERINGEBPF``). The choice is symmetric (addresses and ports XORed), so a flow
-and its replies meet in one worker at both routers. (A raw socket a worker only sends on
-keeps nothing it is given by a program of one instruction: ``RET_K`` 0.)
+and its replies meet in one worker at both routers.
 """
 
 import ctypes

@@ -269,15 +269,15 @@ def bind(sock: socket.socket, address: tuple, what: str) -> None:
         raise SystemProblem(message) from None
 
 
-def tune(sock: socket.socket, dont_fragment: bool = True, errors: bool = True) -> None:
-    """Buffers, path MTU discovery left to us, and (``errors``) the error queue."""
+def tune(sock: socket.socket, dont_fragment: bool = True) -> None:
+    """Buffers, path MTU discovery left to us, the error queue."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
     discovery = PMTUDISC_PROBE if dont_fragment else PMTUDISC_DONT
     if sock.family == socket.AF_INET6:
-        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, int(errors))
+        sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
         sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, discovery)
     else:
-        sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, int(errors))
+        sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
         sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, discovery)
     sock.setblocking(False)
