@@ -122,27 +122,22 @@ def test_a_reload_to_one_worker_remakes_the_devices_and_the_tunnels_carry_on(pai
         assert m1.run("ping", "-c", "1", "-W", "3", peer, check=False).returncode == 0, peer
 
 
-INNER_FLOW_CHOICE = textwrap.dedent("""
-    import socket, struct, sys, time
+# A SO_REUSEPORT group of three sockets on 127.0.0.1:4789, spread by inner flow as a
+# router's are, and which of them takes a VXLAN datagram carrying an IP packet.
+SOCKET_GROUP = textwrap.dedent("""
+    import os, socket, struct, subprocess, time
     from tunnelrouter.io.udp_socket import UdpSocket
-    SOCKETS = 3
+    WORKERS = 3
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     group = [UdpSocket.open("127.0.0.1", 4789, link_header=22, ethernet=True, shared=True)
-             for _ in range(SOCKETS)]
-    group[0].spread(SOCKETS)
+             for _ in range(WORKERS)]
+    group[0].spread(WORKERS)
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 
-    def frame(src, dst, sport, dport, v6):
-        if v6:
-            ip = struct.pack("!IHBB", 6 << 28, 8, 17, 64) + src + dst
-            ethertype = 0x86DD
-        else:
-            ip = struct.pack("!BBHHHBBH", 0x45, 0, 28, 0, 0, 64, 17, 0) + src + dst
-            ethertype = 0x0800
-        return (b"\\x08\\0\\0\\0\\0\\0\\x2a\\0" + bytes(12) + struct.pack("!H", ethertype) + ip
-                + struct.pack("!HHHH", sport, dport, 8, 0))
-
-    def taker(data):
-        sender.sendto(data, ("127.0.0.1", 4789))
+    def socket_of(packet):
+        ethertype = 0x86DD if packet[0] >> 4 == 6 else 0x0800
+        sender.sendto(b"\\x08\\0\\0\\0\\0\\0\\x2a\\0" + bytes(12) + struct.pack("!H", ethertype)
+                      + packet, ("127.0.0.1", 4789))
         time.sleep(0.002)
         for index, sock in enumerate(group):
             try:
@@ -150,7 +145,15 @@ INNER_FLOW_CHOICE = textwrap.dedent("""
                 return index
             except BlockingIOError:
                 pass
-        return None
+""")
+
+INNER_FLOW_CHOICE = SOCKET_GROUP + textwrap.dedent("""
+    def packet(src, dst, sport, dport, v6):
+        if v6:
+            ip = struct.pack("!IHBB", 6 << 28, 8, 17, 64) + src + dst
+        else:
+            ip = struct.pack("!BBHHHBBH", 0x45, 0, 28, 0, 0, 64, 17, 0) + src + dst
+        return ip + struct.pack("!HHHH", sport, dport, 8, 0)
 
     choices = []
     for v6 in (False, True):
@@ -158,8 +161,8 @@ INNER_FLOW_CHOICE = textwrap.dedent("""
         b = bytes(range(16, 32)) if v6 else bytes([10, 0, 0, 2])
         for flow in range(48):
             port = 32768 + 2 * flow   # even: what connect() gives
-            there, back = taker(frame(a, b, port, 443, v6)), taker(frame(b, a, 443, port, v6))
-            choices.append((there, back))
+            choices.append((socket_of(packet(a, b, port, 443, v6)),
+                            socket_of(packet(b, a, 443, port, v6))))
     print(choices)
 """)
 
@@ -174,30 +177,9 @@ def test_the_kernel_gives_each_inner_flow_and_its_replies_to_one_socket(netns):
         assert all(taken.count(index) >= 6 for index in range(3)), taken
 
 
-DEVICE_AND_SOCKET_AGREE = textwrap.dedent("""
-    import os, socket, struct, subprocess, time
+DEVICE_AND_SOCKET_AGREE = SOCKET_GROUP + textwrap.dedent("""
     from tunnelrouter.io.device import TunTapDevice
     from tunnelrouter.io.steering import load_steering
-    from tunnelrouter.io.udp_socket import UdpSocket
-    WORKERS = 3
-    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-    group = [UdpSocket.open("127.0.0.1", 4789, link_header=22, ethernet=True, shared=True)
-             for _ in range(WORKERS)]
-    group[0].spread(WORKERS)
-    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-
-    def socket_of(reply):
-        # The reply as a VXLAN datagram carries it: which worker's socket takes it.
-        ethertype = 0x86DD if reply[0] >> 4 == 6 else 0x0800
-        sender.sendto(b"\\x08\\0\\0\\0\\0\\0\\x2a\\0" + bytes(12) + struct.pack("!H", ethertype)
-                      + reply, ("127.0.0.1", 4789))
-        time.sleep(0.002)
-        for index, sock in enumerate(group):
-            try:
-                sock.sock.recv(2048)
-                return index
-            except BlockingIOError:
-                pass
 
     def reply_to(packet):
         # Addresses and ports swapped: what the far end answers.

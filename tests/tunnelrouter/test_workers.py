@@ -8,6 +8,7 @@ to the router's thread, at the end.
 """
 
 import errno
+import socket
 import threading
 import time
 
@@ -200,44 +201,44 @@ def test_sequence_numbers_with_several_workers_remake_the_device_with_one_queue(
 
 # -- the threads -----------------------------------------------------------------------------
 
-def test_a_paused_worker_runs_no_handler_until_the_pause_ends():
+@pytest.fixture
+def worker_thread():
+    """A router's loop and one worker thread watching one end of a socket pair: ``(main,
+    workers, watch, poke)``; ``watch(handler)`` before ``workers.start()``."""
     main = Loop()
     workers = Workers(main, 2, lambda: (None, None))
-    reader, writer = __import__("socket").socketpair()
-    ran = threading.Event()
-    workers.all[1].loop.watch(reader.fileno(), lambda _events: (reader.recv(1), ran.set()))
-    workers.start()
-    try:
-        with workers.paused():
-            writer.send(b"x")
-            assert not ran.wait(0.3)
-        assert ran.wait(5)
-    finally:
-        workers.all[1].loop.forget(reader.fileno())
-        workers.close()
-        main.close()
-        reader.close()
-        writer.close()
+    reader, writer = socket.socketpair()
+
+    def watch(handler) -> None:
+        workers.all[1].loop.watch(reader.fileno(), lambda _events: (reader.recv(1),
+                                                                    handler()))
+    yield main, workers, watch, lambda: writer.send(b"x")
+    workers.all[1].loop.forget(reader.fileno())
+    workers.close()
+    main.close()
+    reader.close()
+    writer.close()
     assert workers.all[1].thread is None
 
 
-def test_what_a_worker_hands_over_runs_in_the_routers_thread():
-    main = Loop()
-    workers = Workers(main, 2, lambda: (None, None))
-    threads = []
-    reader, writer = __import__("socket").socketpair()
-    workers.all[1].loop.watch(reader.fileno(), lambda _events: (
-        reader.recv(1), workers.in_main(lambda: threads.append(threading.current_thread()))))
+def test_a_paused_worker_runs_no_handler_until_the_pause_ends(worker_thread):
+    _, workers, watch, poke = worker_thread
+    ran = threading.Event()
+    watch(ran.set)
     workers.start()
-    try:
-        writer.send(b"x")
-        deadline = time.monotonic() + 5
-        while not threads and time.monotonic() < deadline:
-            main.run_once(lambda now: None, 1.0, 0.1)
-    finally:
-        workers.all[1].loop.forget(reader.fileno())
-        workers.close()
-        main.close()
-        reader.close()
-        writer.close()
+    with workers.paused():
+        poke()
+        assert not ran.wait(0.3)
+    assert ran.wait(5)
+
+
+def test_what_a_worker_hands_over_runs_in_the_routers_thread(worker_thread):
+    main, workers, watch, poke = worker_thread
+    threads = []
+    watch(lambda: workers.in_main(lambda: threads.append(threading.current_thread())))
+    workers.start()
+    poke()
+    deadline = time.monotonic() + 5
+    while not threads and time.monotonic() < deadline:
+        main.run_once(lambda now: None, 1.0, 0.1)
     assert threads == [threading.main_thread()]
