@@ -1,8 +1,8 @@
 """The daemon: a configuration made real, and kept so for as long as the process runs.
 
 The router owns the process's parts: the event loop and its signals, the tunnels
-(``tunnels.py``: their devices, sockets and the datapath between them), the kernel's
-link events, the control socket (``show``, ``reload``), the Prometheus endpoint
+(``tunnels.py``: their devices and sockets; ``datapath.py``: the way between them), the
+kernel's link events, the control socket (``show``, ``reload``), the Prometheus endpoint
 (``metrics:``), the forwards' process, systemd's notify socket, and a tick each second. It starts them all or none, reloads the
 configuration by applying only what changed (``reload.py`` says what), answers the
 operator, and stops.

@@ -1,18 +1,12 @@
-"""The tunnels a router runs, and the datapath between their devices and sockets.
+"""The tunnels a router runs: their devices and sockets, and what the router's thread does
+for them.
 
-For every tunnel an endpoint (``tunnel/``) and a TUN/TAP device; for every underlay end
-(local address and protocol or port) one socket and one demultiplexer shared by the
-tunnels on it. The event loop calls:
-
-- a device's handler: read a batch, the endpoint encapsulates it, the socket sends it;
-- a socket's handler: read a batch, the demultiplexer hands each datagram to its
-  endpoint, which decapsulates it, and the endpoint's device takes it (segments of one
-  TCP stream joined); errors on the socket's error queue go to the endpoint they are
-  about.
-
-With ``workers:`` above one, each worker (``workers.py``) has a queue of every device and
-a socket of every UDP end, and these handlers run in its thread with its batches; what
-they share is the tunnels' state.
+For every tunnel an endpoint (``tunnel/``) and a TUN/TAP device (a queue for each worker,
+``workers.py``); for every underlay end (local address and protocol or port) one socket
+for each worker and one demultiplexer shared by the tunnels on it. The handlers the
+workers' loops call for them, the datapath, are ``datapath.py``'s; what they hand back to
+the router's thread (route MTUs and carrier that follow the peer, a device that is gone)
+is done here.
 
 Tunnels are made, changed in place and removed here (at start and by a reload); a
 device deleted under a tunnel is made again, one set up again gets its addresses and
@@ -26,20 +20,16 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from functools import partial
 
-from encap.errors import DropReason
-from encap.wire import HEADROOM
-
+from tunnelrouter.datapath import Datapath, Tunnel
 from tunnelrouter.io.device import TunTapDevice
 from tunnelrouter.io.errors import SystemProblem
-from tunnelrouter.io.loop import EPOLLERR, Loop
+from tunnelrouter.io.loop import Loop
 from tunnelrouter.io.system import System
 from tunnelrouter.io.underlay import UnderlaySocket
 from tunnelrouter.logs import event
 from tunnelrouter.modes import TunnelConfig, Underlay
 from tunnelrouter.tunnel.endpoints import endpoint_for
-from tunnelrouter.tunnel.batch import BATCH_SIZE, BUFFER_SIZE, VNET_HEADER_LENGTH, Batch
 from tunnelrouter.tunnel.counters import Counters
 from tunnelrouter.tunnel.demux import Demux
 from tunnelrouter.tunnel.endpoint import Endpoint
@@ -48,9 +38,6 @@ from tunnelrouter.workers import Worker, Workers
 
 log = logging.getLogger("tunnelrouter")
 
-# Segments cut from one 64 KB super-packet, each with its own headers, at an MSS of 48.
-SEGMENTS_SCRATCH = 512 << 10
-WIRE_DATAGRAM = 9216   # the largest datagram read from the underlay, at least: a jumbo frame
 RESTORE_FIRST, RESTORE_LONGEST = 1.0, 30.0   # seconds between attempts to remake a device
 
 
@@ -76,20 +63,15 @@ def _routed(tunnel: "_Tunnel") -> bool:
     return tunnel.endpoint.liveness.state != DOWN
 
 
-class _Tunnel:
-    """What the router holds for one tunnel besides its endpoint: its device (as a queue for
-    each worker that reads it; the first, worker 0's, stands for the device) and socket."""
+class _Tunnel(Tunnel):
+    """What the router holds for one tunnel besides what the datapath sees of it (its
+    endpoint, device and socket): its device's index and state, and when to make the device
+    again."""
 
-    __slots__ = ("config", "endpoint", "underlay", "device", "queues", "index", "up",
-                 "restore_at", "restore_delay", "handed_over")
+    __slots__ = ("index", "up", "restore_at", "restore_delay")
 
     def __init__(self, config: TunnelConfig, endpoint: Endpoint, underlay: UnderlaySocket):
-        self.config = config
-        self.endpoint = endpoint
-        self.underlay = underlay
-        self.device: TunTapDevice | None = None
-        self.queues: list[TunTapDevice] = []
-        self.handed_over = False   # a worker asked the router's thread to flush it
+        super().__init__(config, endpoint, underlay)
         self.index: int | None = None
         self.up = False
         self.restore_at = 0.0
@@ -106,26 +88,14 @@ class TunnelSet:
         self.tunnels: dict[str, _Tunnel] = {}
         self.demuxes: dict[tuple, Demux] = {}
         self._claims: dict[str, object] = {}   # claim name -> the socket that holds it
-        self._datagram = HEADROOM + max(WIRE_DATAGRAM, datagram_size)
-        self._single_limit = self._datagram   # longer than this, a packet is written alone
-        self.workers = Workers(loop, workers, self._batches)
+        self.datapath = Datapath(self.tunnels, self.demuxes, datagram_size,
+                                 lambda: self.workers, self._device_lost, self._follow)
+        self.workers = Workers(loop, workers, self.datapath.batches)
         # The programs that steer each flow to a worker's queue, for TUN (False) and TAP
         # (True) devices, loaded with the first device: before run --user drops what loading
         # takes. None: not loaded (the kernel's own choice, logged once).
         self._steering: dict[bool, int | None] = {}
         self._warned: set[tuple] = set()
-
-    def _batches(self) -> tuple[Batch, Batch]:
-        """A worker's batches. Scratch: room to cut a super-packet into segments, or to join
-        a whole batch. A device read may be a 64 KB super-packet; a datagram is no larger
-        than the underlay's MTU (a larger one, reassembled from a peer's fragments, is cut
-        short and dropped: its IP length says so), but what the kernel's GRO joined (raw
-        sockets) or a UDP socket's train joins into is up to 64 KB: every wire buffer
-        holds that."""
-        datagram = self._datagram
-        return Batch(scratch_size=SEGMENTS_SCRATCH), Batch(
-            buffer_size=max(datagram, BUFFER_SIZE),
-            scratch_size=BATCH_SIZE * (datagram + VNET_HEADER_LENGTH))
 
     @property
     def devices(self) -> dict[str, TunTapDevice | None]:
@@ -146,7 +116,7 @@ class TunnelSet:
         started = self.workers.started
         self._unload_steering()
         self.workers.close()
-        self.workers = Workers(self.loop, count, self._batches)
+        self.workers = Workers(self.loop, count, self.datapath.batches)
         if started:
             self.workers.start()
 
@@ -177,7 +147,7 @@ class TunnelSet:
             endpoint = tunnel.endpoint
             endpoint.tick(now)
             if endpoint.outbox:
-                self._flush(tunnel, main)
+                self.datapath.flush(tunnel, main)
             if tunnel.device is None and now >= tunnel.restore_at:
                 self._restore(tunnel, now)
 
@@ -301,7 +271,7 @@ class TunnelSet:
             for worker, underlay in opened:
                 worker.underlays[end] = underlay
                 # (A raw socket of worker 1 on reads nothing: only the errors of its sends.)
-                worker.loop.watch(underlay.fd, self._wire_handler(end, worker))
+                worker.loop.watch(underlay.fd, self.datapath.wire_handler(end, worker))
         return self.underlays[end]
 
     def _spread(self, underlay: UnderlaySocket, end: tuple, workers: int) -> None:
@@ -450,7 +420,7 @@ class TunnelSet:
             if again:
                 worker.loop.forget(queue.fd)
             worker.devices[tunnel.config.name] = queue
-            worker.loop.watch(queue.fd, self._device_handler(tunnel, worker, queue))
+            worker.loop.watch(queue.fd, self.datapath.device_handler(tunnel, worker, queue))
 
     def _close_device(self, tunnel: _Tunnel) -> None:
         """Close every queue of the tunnel's device: with the last, the device goes."""
@@ -460,131 +430,7 @@ class TunnelSet:
             queue.close()
         tunnel.device, tunnel.queues = None, []
 
-    # -- the datapath ---------------------------------------------------------------------
-
-    def _device_handler(self, tunnel: _Tunnel, worker: Worker,
-                        device: TunTapDevice) -> Callable[[int], None]:
-        batch, endpoint = worker.device_batch, tunnel.endpoint
-        underlay = worker.underlays[tunnel.config.kind.underlay_end(tunnel.config)]
-        encapsulate, send_batch, counters = endpoint.encapsulate, underlay.send_batch, \
-            endpoint.counters
-
-        def on_device(_events: int) -> None:
-            if device.read_batch(batch, counters):
-                worker.device_packets += batch.count
-                encapsulate(batch, time.monotonic())
-                send_batch(batch, counters)
-                if endpoint.outbox:
-                    self._flush(tunnel, worker)
-            if device.failed:
-                self._queue_failed(tunnel, worker, device,
-                                   f"reading it failed with errno {device.failed}")
-        on_device.__qualname__ = f"device {tunnel.config.name}"
-        return on_device
-
-    def _wire_handler(self, end: tuple, worker: Worker) -> Callable[[int], None]:
-        batch, underlay, demux = worker.wire_batch, worker.underlays[end], self.demuxes[end]
-
-        def on_wire(events: int) -> None:
-            if events & EPOLLERR:
-                self._wan_errors(underlay, demux, worker)
-            while underlay.read_batch(batch):
-                worker.wire_datagrams += batch.count
-                demux.decapsulate(batch, time.monotonic())
-                self._deliver(batch, worker)
-                if batch.answering:
-                    self._send_answers(batch.answering, worker)
-                if not underlay.backlog:
-                    break
-            if underlay.errors_pending:
-                self._wan_errors(underlay, demux, worker)
-        on_wire.__qualname__ = f"underlay {end[1]} {end[2]}"
-        return on_wire
-
-    def _send_answers(self, endpoints: list, worker: Worker) -> None:
-        for endpoint in endpoints:
-            tunnel = self.tunnels.get(endpoint.name)
-            if tunnel is not None and tunnel.endpoint is endpoint and endpoint.outbox:
-                self._flush(tunnel, worker)
-        endpoints.clear()
-
-    def _deliver(self, batch: Batch, worker: Worker) -> None:
-        """Write what the demultiplexer left in ``batch`` into the tunnels' devices (the
-        worker's queues of them), a run of packets for one device at a time, so that the
-        device can join TCP segments; what the socket joined already goes as it is."""
-        packets, targets, gso_sizes, run = batch.packets, batch.endpoints, batch.gso_sizes, \
-            worker.delivery
-        devices, single = worker.devices, self._single_limit
-        receiver = None
-        for i in range(batch.count):
-            endpoint = targets[i]
-            if endpoint is None:
-                continue
-            packet = packets[i]
-            if endpoint is not receiver or gso_sizes[i] or len(packet) > single:
-                if run:
-                    _write_run(devices, receiver, run, batch.scratch)
-                receiver = endpoint
-                if gso_sizes[i]:
-                    _write_joined(devices, endpoint, packet, gso_sizes[i], batch.joined[i])
-                    continue
-                if len(packet) > single:   # would not fit its share of the scratch
-                    _write_run(devices, endpoint, [packet], batch.scratch)
-                    continue
-            run.append(packet)
-        if run:
-            _write_run(devices, receiver, run, batch.scratch)
-
-    def _wan_errors(self, underlay: UnderlaySocket, demux: Demux, worker: Worker) -> None:
-        now = time.monotonic()
-        reached = set()
-        for error in underlay.read_errors():
-            # One error may concern several tunnels (a local EMSGSIZE: every one to its peer).
-            reached.update(demux.wan_error(error, now))
-        for endpoint in reached:
-            tunnel = self.tunnels.get(endpoint.name)
-            if tunnel is not None and tunnel.endpoint is endpoint and endpoint.outbox:
-                self._flush(tunnel, worker)
-
-    def _flush(self, tunnel: _Tunnel, worker: Worker) -> None:
-        """Carry out what the endpoint asked for besides its batches, with ``worker``'s queue
-        and socket; what takes netlink, in the router's own thread, and all of it there if
-        the worker has no queue of the tunnel's (one whose packets keep their order). The
-        lists are taken before anything is written: another worker may flush the same
-        endpoint meanwhile."""
-        if worker.index and worker.devices.get(tunnel.config.name) is None:
-            self._hand_over(tunnel)
-            return
-        outbox, counters = tunnel.endpoint.outbox, tunnel.endpoint.counters
-        if outbox.device_packets:
-            packets, outbox.device_packets = outbox.device_packets, []
-            device = worker.devices.get(tunnel.config.name)
-            for packet in packets:
-                if device is not None:
-                    device.write(packet, counters)
-                else:
-                    counters.drops[DropReason.DEVICE_DOWN] += 1
-        if outbox.datagrams:
-            datagrams, outbox.datagrams = outbox.datagrams, []
-            underlay = worker.underlays[tunnel.config.kind.underlay_end(tunnel.config)]
-            for datagram, destinations, marking, inner_length in datagrams:
-                underlay.send(datagram, destinations, marking, inner_length, counters)
-        if outbox.mtu_changed or outbox.liveness_changed:
-            if worker.index:
-                self._hand_over(tunnel)
-            else:
-                self._follow(tunnel)
-
-    def _hand_over(self, tunnel: _Tunnel) -> None:
-        """Have the router's thread flush the tunnel (once, however often asked meanwhile)."""
-        if not tunnel.handed_over:
-            tunnel.handed_over = True
-            self.workers.in_main(partial(self._flush_in_main, tunnel))
-
-    def _flush_in_main(self, tunnel: _Tunnel) -> None:
-        tunnel.handed_over = False
-        if self.tunnels.get(tunnel.config.name) is tunnel:   # not removed or remade since
-            self._flush(tunnel, self.workers.all[0])
+    # -- routes and carrier follow what the endpoints learnt -----------------------------
 
     def _follow(self, tunnel: _Tunnel) -> None:
         """The routes and carrier follow what the endpoint learnt (router's thread)."""
@@ -665,19 +511,6 @@ class TunnelSet:
             log.warning("%s (logged once until it works again)", message, extra=fields)
 
     # -- devices that go away or down ----------------------------------------------------
-
-    def _queue_failed(self, tunnel: _Tunnel, worker: Worker, queue: TunTapDevice,
-                      why: str) -> None:
-        """A read of the tunnel's device failed for good: the device is gone."""
-        if worker.index == 0:
-            self._device_lost(tunnel, why)
-            return
-        worker.loop.forget(queue.fd)   # or it would wake the worker until the device is closed
-
-        def lost() -> None:
-            if queue in tunnel.queues:   # not since removed, or made again
-                self._device_lost(tunnel, why)
-        self.workers.in_main(lost)
 
     def _device_lost(self, tunnel: _Tunnel, why: str) -> None:
         if tunnel.device is None:
@@ -769,19 +602,3 @@ class TunnelSet:
                           lambda: self.netlink.program_device(tunnel.config,
                                                               routes=_routed(tunnel)))
 
-
-def _write_joined(devices: dict, endpoint: Endpoint, packet, gso_size: int, joined: int) -> None:
-    device = devices[endpoint.name]
-    if device is None:
-        endpoint.counters.drops[DropReason.DEVICE_DOWN] += joined
-    else:
-        device.write_joined(packet, gso_size, joined, endpoint.counters)
-
-
-def _write_run(devices: dict, endpoint: Endpoint, run: list, scratch: bytearray) -> None:
-    device = devices[endpoint.name]
-    if device is None:
-        endpoint.counters.drops[DropReason.DEVICE_DOWN] += len(run)
-    else:
-        device.write_batch(run, endpoint.counters, scratch)
-    run.clear()

@@ -25,6 +25,7 @@ from scapy.layers.l2 import Ether
 from encap.gso import coalesce
 from encap.icmp import Icmp4Type, Icmp4Unreachable
 from encap.wire import IpProto, VXLAN_PORT
+from tunnelrouter import datapath as datapath_module
 from tunnelrouter import router as router_module
 from tunnelrouter import tunnels as tunnels_module
 from tunnelrouter.config import parse_config
@@ -784,6 +785,7 @@ def test_a_silent_peer_loses_its_routes_and_carrier_and_gets_them_back_when_it_a
         make_router, caplog, monkeypatch):
     clock = Clock()
     monkeypatch.setattr(tunnels_module, "time", clock)
+    monkeypatch.setattr(datapath_module, "time", clock)
     wire = Wire()
     a = make_router(primary_and_backup(A, B, 1), MemorySystem(wire))
     b = make_router(primary_and_backup(B, A, 2), MemorySystem(wire))
@@ -837,6 +839,7 @@ def test_keepalives_turned_off_by_a_reload_give_a_down_peers_routes_and_carrier_
         make_router, monkeypatch):
     clock = Clock()
     monkeypatch.setattr(tunnels_module, "time", clock)
+    monkeypatch.setattr(datapath_module, "time", clock)
     a = make_router(primary_and_backup(A, B, 1), MemorySystem(Wire()))   # nobody answers
     for at in range(5):
         clock.now += 1

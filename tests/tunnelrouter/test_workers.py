@@ -131,7 +131,7 @@ def test_what_a_worker_without_the_tunnels_queue_must_do_goes_to_the_router(made
     a, _ = routers(made, 2, Wire())
     tunnel = a.tunnel_set.tunnels["gre1"]
     tunnel.endpoint.outbox.device_packets.append(bytes(28))
-    a.tunnel_set._flush(tunnel, a.tunnel_set.workers.all[1])
+    a.tunnel_set.datapath.flush(tunnel, a.tunnel_set.workers.all[1])
     assert host_packets(a.system.hosts["gre1"]) == []
     drive(a, rounds=2)
     assert host_packets(a.system.hosts["gre1"]) == [bytes(28)]
