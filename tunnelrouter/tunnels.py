@@ -1,12 +1,11 @@
-"""The tunnels a router runs: their devices and sockets, and what the router's thread does
-for them.
+"""The tunnels a router runs: made, changed and removed, their devices kept alive.
 
 For every tunnel an endpoint (``tunnel/``) and a TUN/TAP device (a queue for each worker,
 ``workers.py``); for every underlay end (local address and protocol or port) one socket
 for each worker and one demultiplexer shared by the tunnels on it. The handlers the
 workers' loops call for them, the datapath, are ``datapath.py``'s; what they hand back to
-the router's thread (route MTUs and carrier that follow the peer, a device that is gone)
-is done here.
+the router's thread (routes and carrier that follow the path MTU and the peer, a device
+that is gone) is done here.
 
 Tunnels are made, changed in place and removed here (at start and by a reload); a
 device deleted under a tunnel is made again, one set up again gets its addresses and
