@@ -42,15 +42,15 @@ WIRE_DATAGRAM = 9216   # the largest datagram read from the underlay, at least: 
 
 
 class Tunnel:
-    """A running tunnel as the datapath sees it: its endpoint, its device (as a queue for
-    each worker that reads it; the first, worker 0's, stands for the device) and socket."""
+    """A running tunnel as the datapath sees it: its endpoint and its device, as a queue for
+    each worker that reads it (the first, worker 0's, stands for the device; each worker
+    has its own socket of the tunnel's end)."""
 
-    __slots__ = ("config", "endpoint", "underlay", "device", "queues", "handed_over")
+    __slots__ = ("config", "endpoint", "device", "queues", "handed_over")
 
-    def __init__(self, config: TunnelConfig, endpoint: Endpoint, underlay: UnderlaySocket):
+    def __init__(self, config: TunnelConfig, endpoint: Endpoint):
         self.config = config
         self.endpoint = endpoint
-        self.underlay = underlay
         self.device: TunTapDevice | None = None
         self.queues: list[TunTapDevice] = []
         self.handed_over = False   # a worker asked the router's thread to flush it

@@ -64,13 +64,12 @@ def _routed(tunnel: "_Tunnel") -> bool:
 
 class _Tunnel(Tunnel):
     """What the router holds for one tunnel besides what the datapath sees of it (its
-    endpoint, device and socket): its device's index and state, and when to make the device
-    again."""
+    endpoint and device): its device's index and state, and when to make the device again."""
 
     __slots__ = ("index", "up", "restore_at", "restore_delay")
 
-    def __init__(self, config: TunnelConfig, endpoint: Endpoint, underlay: UnderlaySocket):
-        super().__init__(config, endpoint, underlay)
+    def __init__(self, config: TunnelConfig, endpoint: Endpoint):
+        super().__init__(config, endpoint)
         self.index: int | None = None
         self.up = False
         self.restore_at = 0.0
@@ -218,10 +217,10 @@ class TunnelSet:
         with self.workers.paused():
             self._claim(config)
             endpoint = endpoint_for(config)
-            underlay = self._underlay_for(config)
+            self._open_underlay(config)
             self.demuxes[config.kind.underlay_end(config)].add(endpoint)
             self._agree_on_checksums(config.kind.underlay_end(config))
-            tunnel = self.tunnels[config.name] = _Tunnel(config, endpoint, underlay)
+            tunnel = self.tunnels[config.name] = _Tunnel(config, endpoint)
             for worker in self.workers.all:
                 worker.devices[config.name] = None
             self._make_device(tunnel)
@@ -240,9 +239,9 @@ class TunnelSet:
                     raise SystemProblem(f"{config.kind.describe(config)}: {problem.message}",
                                         (key,)) from None
 
-    def _underlay_for(self, config: TunnelConfig) -> UnderlaySocket:
-        """The socket of the tunnel's end (each worker's; opened with the first tunnel
-        there): a UDP end's sockets are each read by their worker, a raw end's by worker 0
+    def _open_underlay(self, config: TunnelConfig) -> None:
+        """Open the sockets of the tunnel's end (each worker's), if it is the first tunnel
+        there: a UDP end's sockets are each read by their worker, a raw end's by worker 0
         (the others send on theirs, and read only the errors of their own sends)."""
         end = config.kind.underlay_end(config)
         if end not in self.underlays:
@@ -271,7 +270,6 @@ class TunnelSet:
                 worker.underlays[end] = underlay
                 # (A raw socket of worker 1 on reads nothing: only the errors of its sends.)
                 worker.loop.watch(underlay.fd, self.datapath.wire_handler(end, worker))
-        return self.underlays[end]
 
     def _spread(self, underlay: UnderlaySocket, end: tuple, workers: int) -> None:
         try:
@@ -336,10 +334,10 @@ class TunnelSet:
         old = tunnel.config
         endpoint = endpoint_for(config)
         endpoint.take_over(tunnel.endpoint)
-        underlay = self._underlay_for(config)
+        self._open_underlay(config)
         self.demuxes[old.kind.underlay_end(old)].remove(tunnel.endpoint)
         self.demuxes[config.kind.underlay_end(config)].add(endpoint)
-        tunnel.config, tunnel.endpoint, tunnel.underlay = config, endpoint, underlay
+        tunnel.config, tunnel.endpoint = config, endpoint
         self.release(claim_names(old))
         self._close_unused_underlays()
         for end in {old.kind.underlay_end(old), config.kind.underlay_end(config)}:
