@@ -200,7 +200,9 @@ def command_check(args) -> int:
     for name, forward in config.forwards.items():
         print(f"forward {name}: {forward.protocol} {forward.listen} -> {forward.to}")
     forwards = f", {len(config.forwards)} forward(s)" if config.forwards else ""
-    print(f"{args.config}: {len(config.tunnels)} tunnel(s){forwards}, configuration is valid")
+    workers = f", {config.workers} workers" if config.workers > 1 else ""
+    print(f"{args.config}: {len(config.tunnels)} tunnel(s){forwards}{workers}, configuration "
+          f"is valid")
     if args.against_running:
         try:
             report = _ask("check", args.socket, f"reload --dry-run {Path(args.config).resolve()}",

@@ -488,3 +488,11 @@ def test_reload_of_a_router_in_memory_end_to_end(tmp_path, capsys):
     assert (dry, applied) == (0, 0)
     assert out.count("change in place tunnel gre1: mtu\n") == 2
     assert "dry run" in out and "applied, generation 2" in out
+
+
+def test_check_says_how_many_workers_serve_the_tunnels(tmp_path, capsys):
+    path = tmp_path / "workers.yaml"
+    path.write_text(json.dumps({"workers": 2, "forwards": FORWARDS}))
+    assert main(["check", str(path)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == \
+        f"{path}: 0 tunnel(s), 2 forward(s), 2 workers, configuration is valid"
